@@ -1,0 +1,55 @@
+"""Developer and CI sessions: ``nox -s tests``, ``lint``, ``typing``, ``bench``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PG15_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole suite on the embedded PostgreSQL 18, then on PostgreSQL 15 where present."""
+    # A wheel install (not editable) so the tests see contracts/ and sql/ as users do.
+    session.install(".[test]")
+    args = session.posargs or ["tests"]
+    session.run("pytest", *args, env={"DISPATCH_AIO_PG_BIN": ""})
+    if not session.posargs and PG15_BIN.is_dir() and not os.environ.get("DISPATCH_AIO_TEST_DSN"):
+        session.log("again on PostgreSQL 15: the integration tests")
+        session.run(
+            "pytest",
+            "tests/integration",
+            "-m",
+            "not slow",
+            env={"DISPATCH_AIO_PG_BIN": str(PG15_BIN)},
+        )
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and formatting."""
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def typing(session: nox.Session) -> None:
+    """mypy --strict on the package."""
+    session.install("-e", ".[test]", "mypy>=1.10")
+    session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Every benchmark, each printing figures against a baseline measured in the same run."""
+    session.install(".[bench]")
+    scripts = session.posargs or sorted(str(p) for p in Path("benchmarks").glob("*.py"))
+    for script in scripts:
+        session.run("python", script)

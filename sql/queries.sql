@@ -1,0 +1,314 @@
+-- Every query dispatch-aio runs, by name. {{schema}} is the quoted schema name.
+
+-- name: migration_lock
+-- Serialises migrate() across processes until the migrating transaction ends.
+SELECT pg_advisory_xact_lock({{lock_class}}, 0)
+
+-- name: create_migration_table
+CREATE SCHEMA IF NOT EXISTS {{schema}};
+CREATE TABLE IF NOT EXISTS {{schema}}.dispatcher_migration (
+    version     integer     NOT NULL PRIMARY KEY,
+    name        text        NOT NULL,
+    checksum    text        NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)
+
+-- name: applied_migrations
+SELECT version, name, checksum FROM {{schema}}.dispatcher_migration ORDER BY version
+
+-- name: record_migration
+INSERT INTO {{schema}}.dispatcher_migration (version, name, checksum) VALUES ($1, $2, $3)
+
+-- name: migration_table_exists
+SELECT to_regclass(format('%I.dispatcher_migration', $1::text)) IS NOT NULL
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) FROM {{schema}}.dispatcher_migration
+
+-- name: enable_notify
+CREATE OR REPLACE TRIGGER dispatcher_event_notify
+    AFTER INSERT ON {{schema}}.dispatcher_event
+    REFERENCING NEW TABLE AS new_events
+    FOR EACH STATEMENT EXECUTE FUNCTION {{schema}}.dispatcher_event_notify()
+
+-- name: disable_notify
+DROP TRIGGER IF EXISTS dispatcher_event_notify ON {{schema}}.dispatcher_event
+
+-- name: notify_enabled
+SELECT EXISTS (
+    SELECT 1 FROM pg_trigger
+    WHERE tgname = 'dispatcher_event_notify'
+      AND tgrelid = to_regclass(format('%I.dispatcher_event', $1::text))
+)
+
+-- name: insert_event
+INSERT INTO {{schema}}.dispatcher_event (
+    event_id, event_type, schema_version, tenant_id, producer, subject, actor,
+    occurred_at, correlation_id, causation_id, traceparent, payload, xid, position
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, '0', 0)
+
+-- name: insert_events
+INSERT INTO {{schema}}.dispatcher_event (
+    event_id, event_type, schema_version, tenant_id, producer, subject, actor,
+    occurred_at, correlation_id, causation_id, traceparent, payload, xid, position
+)
+SELECT e.*, '0'::xid8, 0
+FROM unnest(
+    $1::text[], $2::text[], $3::integer[], $4::text[], $5::text[], $6::text[], $7::text[],
+    $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::jsonb[]
+) AS e
+
+-- Consumer
+
+-- name: consumer_horizon_check
+-- Transaction ids stored at or above the cluster's next id mean the rows came from
+-- another cluster (a logical restore): the visibility rule would hide them forever.
+SELECT
+    pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS next_xid,
+    (SELECT max(e.xid) FROM unnest($1::text[]) AS t(event_type)
+        CROSS JOIN LATERAL (
+            SELECT xid::text::bigint AS xid FROM {{schema}}.dispatcher_event
+            WHERE event_type = t.event_type ORDER BY xid DESC LIMIT 1
+        ) e) AS max_event_xid,
+    (SELECT max(last_xid::text::bigint) FROM {{schema}}.dispatcher_cursor
+        WHERE consumer = $2) AS max_cursor_xid
+
+-- name: consumer_init_cursors
+-- New cursors start before everything ('beginning') or at the oldest running
+-- transaction ('now': events of transactions still open are still delivered).
+INSERT INTO {{schema}}.dispatcher_cursor (consumer, event_type, last_xid, last_position)
+SELECT $1, t.event_type,
+       CASE WHEN $3::boolean THEN pg_snapshot_xmin(pg_current_snapshot()) ELSE '0'::xid8 END, 0
+FROM unnest($2::text[]) AS t(event_type)
+ON CONFLICT (consumer, event_type) DO NOTHING
+
+-- name: consumer_read_cursors
+SELECT event_type, last_xid::text::bigint AS last_xid, last_position
+FROM {{schema}}.dispatcher_cursor
+WHERE consumer = $1 AND event_type = ANY($2::text[])
+
+-- name: consumer_fetch
+-- One round trip per batch. Candidates: the next events past each type's cursor whose
+-- transaction is older than every transaction still running (so none can appear behind
+-- the cursor later), in (xid, position) order. Pulled: events of a candidate's subject
+-- that committed before it (smaller position) but sort after it (larger xid); they are
+-- handled first to keep per-subject commit order. `handled` says this consumer already
+-- has an outcome for the event. The last row (kind 2) reports whether committed events
+-- wait above the horizon, i.e. a read again soon will find more.
+WITH horizon AS MATERIALIZED (
+    SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin
+),
+candidates AS MATERIALIZED (
+    SELECT e.*
+    FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS c(event_type, last_xid, last_position)
+    CROSS JOIN LATERAL (
+        SELECT e.position, e.xid, e.event_id, e.event_type, e.schema_version, e.tenant_id,
+               e.producer, e.subject, e.actor, e.occurred_at, e.correlation_id,
+               e.causation_id, e.traceparent, e.payload
+        FROM {{schema}}.dispatcher_event e
+        WHERE e.event_type = c.event_type
+          AND (e.xid, e.position) > (c.last_xid::text::xid8, c.last_position)
+          AND e.xid < (SELECT xmin FROM horizon)
+        ORDER BY e.xid, e.position
+        LIMIT $4
+    ) e
+    ORDER BY e.xid, e.position
+    LIMIT $4
+),
+pulled AS (
+    SELECT DISTINCT ON (p.position) p.*
+    FROM candidates c
+    CROSS JOIN LATERAL (
+        SELECT p.position, p.xid, p.event_id, p.event_type, p.schema_version, p.tenant_id,
+               p.producer, p.subject, p.actor, p.occurred_at, p.correlation_id,
+               p.causation_id, p.traceparent, p.payload
+        FROM {{schema}}.dispatcher_event p
+        WHERE p.subject = c.subject AND p.xid > c.xid AND p.position < c.position
+          AND p.event_type = ANY($1::text[])
+    ) p
+    WHERE NOT EXISTS (SELECT 1 FROM candidates c2 WHERE c2.position = p.position)
+)
+SELECT 0 AS kind, c.position, c.xid::text::bigint AS xid, c.event_id, c.event_type,
+       c.schema_version, c.tenant_id, c.producer, c.subject, c.actor, c.occurred_at,
+       c.correlation_id, c.causation_id, c.traceparent, c.payload::text AS payload,
+       d.event_id IS NOT NULL AS handled
+FROM candidates c
+LEFT JOIN {{schema}}.dispatcher_dedup d ON d.consumer = $5 AND d.event_id = c.event_id
+UNION ALL
+SELECT 1, p.position, p.xid::text::bigint, p.event_id, p.event_type, p.schema_version,
+       p.tenant_id, p.producer, p.subject, p.actor, p.occurred_at, p.correlation_id,
+       p.causation_id, p.traceparent, p.payload::text, d.event_id IS NOT NULL
+FROM pulled p
+LEFT JOIN {{schema}}.dispatcher_dedup d ON d.consumer = $5 AND d.event_id = p.event_id
+UNION ALL
+SELECT 2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       EXISTS (
+           SELECT 1 FROM {{schema}}.dispatcher_event w
+           WHERE w.event_type = ANY($1::text[]) AND w.xid >= (SELECT xmin FROM horizon)
+       )
+
+-- name: consumer_fetch_replays
+SELECT dl.dead_letter_id, e.position, e.xid::text::bigint AS xid, e.event_id, e.event_type,
+       e.schema_version, e.tenant_id, e.producer, e.subject, e.actor, e.occurred_at,
+       e.correlation_id, e.causation_id, e.traceparent, e.payload::text AS payload
+FROM {{schema}}.dispatcher_dead_letter dl
+JOIN {{schema}}.dispatcher_event e ON e.event_id = dl.event_id
+WHERE dl.consumer = $1 AND dl.replay_status = 'pending' AND dl.event_type = ANY($2::text[])
+ORDER BY dl.replay_requested_at
+LIMIT $3
+
+-- name: consumer_record_handled
+-- Outcomes of a group, in the group's transaction. An event another process of this
+-- consumer already finished is not returned: the caller rolls the group back.
+INSERT INTO {{schema}}.dispatcher_dedup (consumer, event_id, outcome)
+SELECT $1, e.event_id, e.outcome
+FROM unnest($2::text[], $3::text[]) AS e(event_id, outcome)
+ON CONFLICT (consumer, event_id) DO NOTHING
+RETURNING event_id
+
+-- name: consumer_record_dead_letters
+INSERT INTO {{schema}}.dispatcher_dead_letter (
+    dead_letter_id, consumer, event_id, event_type, schema_version, tenant_id, subject,
+    envelope, error_type, error_message, error_traceback, attempts
+)
+SELECT d.dead_letter_id, $1, d.event_id, d.event_type, d.schema_version, d.tenant_id,
+       d.subject, d.envelope, d.error_type, d.error_message, d.error_traceback, d.attempts
+FROM unnest(
+    $2::text[], $3::text[], $4::text[], $5::integer[], $6::text[], $7::text[], $8::jsonb[],
+    $9::text[], $10::text[], $11::text[], $12::integer[]
+) AS d(dead_letter_id, event_id, event_type, schema_version, tenant_id, subject, envelope,
+       error_type, error_message, error_traceback, attempts)
+
+-- name: consumer_finish_replays
+-- Replayed dead letters that succeeded: resolved, and the event marked handled. Only
+-- rows still pending are returned; another process may have finished one first.
+WITH done AS (
+    UPDATE {{schema}}.dispatcher_dead_letter dl
+    SET replay_status = 'succeeded', replayed_at = now(), replay_error = NULL,
+        resolved_at = now(), resolved_by = coalesce(dl.replayed_by, 'replay'),
+        resolution_note = 'replayed'
+    WHERE dl.dead_letter_id = ANY($2::text[]) AND dl.replay_status = 'pending'
+      AND dl.resolved_at IS NULL
+    RETURNING dl.dead_letter_id, dl.event_id
+),
+marked AS (
+    INSERT INTO {{schema}}.dispatcher_dedup (consumer, event_id, outcome)
+    SELECT $1, event_id, 'handled' FROM done
+    ON CONFLICT (consumer, event_id) DO UPDATE SET outcome = 'handled', handled_at = now()
+)
+SELECT dead_letter_id FROM done
+
+-- name: consumer_fail_replay
+UPDATE {{schema}}.dispatcher_dead_letter
+SET replay_status = 'failed', replayed_at = now(), replay_error = $2,
+    attempts = attempts + $3
+WHERE dead_letter_id = $1 AND replay_status = 'pending'
+
+-- name: consumer_advance_cursors
+-- Never backwards: two processes of one consumer may both advance.
+INSERT INTO {{schema}}.dispatcher_cursor AS c (consumer, event_type, last_xid, last_position)
+SELECT $1, t.event_type, t.last_xid::text::xid8, t.last_position
+FROM unnest($2::text[], $3::bigint[], $4::bigint[]) AS t(event_type, last_xid, last_position)
+ON CONFLICT (consumer, event_type) DO UPDATE
+SET last_xid = EXCLUDED.last_xid, last_position = EXCLUDED.last_position, updated_at = now()
+WHERE (c.last_xid, c.last_position) < (EXCLUDED.last_xid, EXCLUDED.last_position)
+
+-- Dead letters
+-- Every dead-letter query takes the tenant as a parameter: NULL reads and writes every
+-- tenant's rows, a value limits the statement to that tenant's rows (another tenant's row
+-- behaves as absent). Rows are returned with the envelope as text; the service parses it.
+
+-- name: dead_letters_list_active
+-- Newest first, strictly after the keyset ($2, $3) (NULLs: from the newest). The shape
+-- (consumer =, resolved_at IS NULL, row comparison, ORDER BY) is the partial index
+-- dispatcher_dead_letter_active_per_consumer, so a page costs `limit` index entries.
+SELECT dead_letter_id, consumer, event_id, event_type, schema_version, tenant_id, subject,
+       envelope::text AS envelope, error_type, error_message, error_traceback, attempts,
+       created_at, resolved_at, resolved_by, resolution_note, replay_status,
+       replay_requested_at, replayed_by, replayed_at, replay_error
+FROM {{schema}}.dispatcher_dead_letter
+WHERE consumer = $1
+  AND resolved_at IS NULL
+  AND (created_at, dead_letter_id)
+      < (coalesce($2::timestamptz, 'infinity'::timestamptz), coalesce($3::text, ''))
+  AND ($4::text IS NULL OR tenant_id = $4::text)
+ORDER BY created_at DESC, dead_letter_id DESC
+LIMIT $5
+
+-- name: dead_letters_list_all
+-- As dead_letters_list_active, resolved rows included (index dispatcher_dead_letter_per_consumer).
+SELECT dead_letter_id, consumer, event_id, event_type, schema_version, tenant_id, subject,
+       envelope::text AS envelope, error_type, error_message, error_traceback, attempts,
+       created_at, resolved_at, resolved_by, resolution_note, replay_status,
+       replay_requested_at, replayed_by, replayed_at, replay_error
+FROM {{schema}}.dispatcher_dead_letter
+WHERE consumer = $1
+  AND (created_at, dead_letter_id)
+      < (coalesce($2::timestamptz, 'infinity'::timestamptz), coalesce($3::text, ''))
+  AND ($4::text IS NULL OR tenant_id = $4::text)
+ORDER BY created_at DESC, dead_letter_id DESC
+LIMIT $5
+
+-- name: dead_letter_get
+SELECT dead_letter_id, consumer, event_id, event_type, schema_version, tenant_id, subject,
+       envelope::text AS envelope, error_type, error_message, error_traceback, attempts,
+       created_at, resolved_at, resolved_by, resolution_note, replay_status,
+       replay_requested_at, replayed_by, replayed_at, replay_error
+FROM {{schema}}.dispatcher_dead_letter
+WHERE dead_letter_id = $1
+  AND ($2::text IS NULL OR tenant_id = $2::text)
+
+-- name: dead_letter_resolve
+-- One-shot: of two concurrent calls the second waits for the first's row lock, re-checks
+-- `resolved_at IS NULL` on the committed row and updates nothing. A pending replay is
+-- cancelled: the operator has dealt with the event.
+UPDATE {{schema}}.dispatcher_dead_letter
+SET resolved_at = now(),
+    resolved_by = $3,
+    resolution_note = $4,
+    replay_status = CASE WHEN replay_status = 'pending' THEN NULL ELSE replay_status END
+WHERE dead_letter_id = $1
+  AND ($2::text IS NULL OR tenant_id = $2::text)
+  AND resolved_at IS NULL
+RETURNING dead_letter_id, consumer, event_id, event_type, schema_version, tenant_id, subject,
+          envelope::text AS envelope, error_type, error_message, error_traceback, attempts,
+          created_at, resolved_at, resolved_by, resolution_note, replay_status,
+          replay_requested_at, replayed_by, replayed_at, replay_error
+
+-- name: dead_letter_replay
+-- Marks an active row for replay; a row already pending is left as it is (idempotent).
+UPDATE {{schema}}.dispatcher_dead_letter
+SET replay_status = 'pending',
+    replay_requested_at = now(),
+    replayed_by = $3,
+    replay_error = NULL
+WHERE dead_letter_id = $1
+  AND ($2::text IS NULL OR tenant_id = $2::text)
+  AND resolved_at IS NULL
+  AND replay_status IS DISTINCT FROM 'pending'
+RETURNING dead_letter_id, consumer, event_id, event_type, schema_version, tenant_id, subject,
+          envelope::text AS envelope, error_type, error_message, error_traceback, attempts,
+          created_at, resolved_at, resolved_by, resolution_note, replay_status,
+          replay_requested_at, replayed_by, replayed_at, replay_error
+
+-- name: dead_letters_replay_all
+-- Marks every active, not yet pending row of a consumer ($2: event type or NULL for all);
+-- returns how many rows it marked.
+WITH marked AS (
+    UPDATE {{schema}}.dispatcher_dead_letter
+    SET replay_status = 'pending',
+        replay_requested_at = now(),
+        replayed_by = $3,
+        replay_error = NULL
+    WHERE consumer = $1
+      AND resolved_at IS NULL
+      AND replay_status IS DISTINCT FROM 'pending'
+      AND ($2::text IS NULL OR event_type = $2::text)
+      AND ($4::text IS NULL OR tenant_id = $4::text)
+    RETURNING 1
+)
+SELECT count(*) FROM marked
+
+-- name: dead_letter_notify_replay
+-- Wakes the consumer named by the payload; delivered only if the marking commits.
+SELECT pg_notify({{replay_channel}}, $1::text)

@@ -1,0 +1,76 @@
+"""dispatch-aio: transactional publishing and ordered, exactly-once consumers on PostgreSQL.
+
+Public names are re-exported here; modules with a leading underscore are private.
+"""
+
+from ._consumer import Consumer, ConsumerState, ConsumerStats
+from ._consumer_config import ConsumerConfig
+from ._dispatcher import DEFAULT_MAX_PAYLOAD_BYTES, Dispatcher, EventSpec
+from ._embedded import EmbeddedPostgres
+from ._envelope import Envelope, Event
+from ._errors import (
+    ConfigurationError,
+    ContractError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    DeadLetterAlreadyResolvedError,
+    DeadLetterError,
+    DeadLetterNotFoundError,
+    DispatchError,
+    EventValidationError,
+    HorizonError,
+    InvalidEnvelopeError,
+    InvalidIdentifierError,
+    InvalidPayloadError,
+    LifecycleError,
+    NotInTransactionError,
+    PayloadTooLargeError,
+    RegistryError,
+    SchemaNotMigratedError,
+    UnknownEventTypeError,
+    UnknownSchemaVersionError,
+    UsageError,
+)
+from ._migrate import SCHEMA_VERSION, MigrationResult, check_schema, migrate
+from ._registry import Registry
+from ._telemetry import Telemetry
+
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD_BYTES",
+    "SCHEMA_VERSION",
+    "ConfigurationError",
+    "Consumer",
+    "ConsumerConfig",
+    "ConsumerState",
+    "ConsumerStats",
+    "ContractError",
+    "DatabaseError",
+    "DatabaseUnavailableError",
+    "DeadLetterAlreadyResolvedError",
+    "DeadLetterError",
+    "DeadLetterNotFoundError",
+    "DispatchError",
+    "Dispatcher",
+    "EmbeddedPostgres",
+    "Envelope",
+    "Event",
+    "EventSpec",
+    "EventValidationError",
+    "HorizonError",
+    "InvalidEnvelopeError",
+    "InvalidIdentifierError",
+    "InvalidPayloadError",
+    "LifecycleError",
+    "MigrationResult",
+    "NotInTransactionError",
+    "PayloadTooLargeError",
+    "Registry",
+    "RegistryError",
+    "SchemaNotMigratedError",
+    "Telemetry",
+    "UnknownEventTypeError",
+    "UnknownSchemaVersionError",
+    "UsageError",
+    "check_schema",
+    "migrate",
+]

@@ -1,0 +1,80 @@
+"""Consumer settings: one frozen object, validated when built."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ._identifiers import validate_schema_name
+
+__all__ = ["ConsumerConfig", "HandlerOptions"]
+
+_CONSUMER_NAME = r"^[a-z][a-z0-9_.:-]{0,62}$"
+
+
+def _check_delays(value: tuple[float, ...]) -> tuple[float, ...]:
+    if any(d < 0 for d in value):
+        raise ValueError("delays must be >= 0 seconds")
+    return value
+
+
+class HandlerOptions(BaseModel):
+    """Per-handler overrides of the consumer's retry delays and timeout."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    retry_delays: tuple[float, ...] | None = None
+    timeout: float | None = Field(default=None, gt=0)
+
+    @field_validator("retry_delays")
+    @classmethod
+    def _retry(cls, value: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        return None if value is None else _check_delays(value)
+
+
+class ConsumerConfig(BaseModel):
+    """How a :class:`~dispatch_aio.Consumer` runs. Durations are in seconds.
+
+    ``retry_delays`` are the waits before each retry (default 1, 5, 15: three retries
+    after the first attempt), each stretched by a random 0 to ``retry_jitter`` (30 %).
+    ``max_group`` is how many events' outcomes may share one commit.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=_CONSUMER_NAME)
+    db_schema: str = "public"
+    concurrency: int = Field(default=16, ge=1, le=512)
+    batch_size: int = Field(default=50, ge=1, le=10_000)
+    max_group: int = Field(default=50, ge=1, le=1_000)
+    poll_interval: float = Field(default=5.0, gt=0)
+    retry_delays: tuple[float, ...] = (1.0, 5.0, 15.0)
+    retry_jitter: float = Field(default=0.3, ge=0, le=10)
+    handler_timeout: float | None = Field(default=60.0, gt=0)
+    drain_timeout: float = Field(default=30.0, ge=0)
+    commit_timeout: float = Field(default=15.0, gt=0)
+    acquire_timeout: float = Field(default=30.0, gt=0)
+    listen: bool = True
+    listen_reconnect_delays: tuple[float, ...] = (1.0, 5.0, 15.0, 60.0)
+    heartbeat_interval: float = Field(default=15.0, gt=0)
+    heartbeat_timeout: float = Field(default=5.0, gt=0)
+    start_from: Literal["beginning", "now"] = "beginning"
+    horizon_warning_after: float = Field(default=60.0, gt=0)
+
+    @field_validator("db_schema")
+    @classmethod
+    def _schema(cls, value: str) -> str:
+        return validate_schema_name(value)
+
+    @field_validator("retry_delays")
+    @classmethod
+    def _retry(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        return _check_delays(value)
+
+    @field_validator("listen_reconnect_delays")
+    @classmethod
+    def _reconnect(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value:
+            raise ValueError("listen_reconnect_delays needs at least one delay")
+        return _check_delays(value)

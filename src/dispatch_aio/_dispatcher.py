@@ -1,0 +1,291 @@
+"""Publishing: build, validate and insert envelopes inside the caller's transaction."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypedDict
+
+import asyncpg
+
+from ._db import translate_errors
+from ._envelope import Envelope, format_timestamp
+from ._errors import (
+    ConfigurationError,
+    InvalidEnvelopeError,
+    InvalidPayloadError,
+    NotInTransactionError,
+    PayloadTooLargeError,
+    UsageError,
+)
+from ._identifiers import validate_schema_name
+from ._ids import new_id
+from ._registry import Registry
+from ._sql import queries
+from ._telemetry import Telemetry
+
+__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "Dispatcher", "EventSpec"]
+
+#: Default limit of an encoded payload: large blobs do not belong in an event log.
+DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+class _EventSpecRequired(TypedDict):
+    event_type: str
+    payload: Mapping[str, Any]
+    subject: str
+    actor: str
+
+
+class EventSpec(_EventSpecRequired, total=False):
+    """One event for :meth:`Dispatcher.publish_many`: publish's arguments as a dict."""
+
+    schema_version: int
+    correlation_id: str
+    causation_id: str
+    occurred_at: datetime
+
+
+class Dispatcher:
+    """Publishes events into ``<schema>.dispatcher_event``.
+
+    ``producer`` and ``tenant_id`` fall back to ``DISPATCHER_PRODUCER`` and
+    ``DISPATCHER_TENANT_ID``, read here, at construction. The registry defaults to the
+    bundled contracts. Nothing is written for an event that fails validation.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool | None,
+        *,
+        producer: str | None = None,
+        tenant_id: str | None = None,
+        registry: Registry | None = None,
+        schema: str = "public",
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        producer = producer or os.environ.get("DISPATCHER_PRODUCER")
+        tenant_id = tenant_id or os.environ.get("DISPATCHER_TENANT_ID")
+        if not producer:
+            raise ConfigurationError(
+                "Dispatcher needs a producer: pass producer=... or set DISPATCHER_PRODUCER"
+            )
+        if not tenant_id:
+            raise ConfigurationError(
+                "Dispatcher needs a tenant: pass tenant_id=... or set DISPATCHER_TENANT_ID"
+            )
+        if max_payload_bytes <= 0:
+            raise ConfigurationError("max_payload_bytes must be positive")
+        self.pool = pool
+        self.producer = producer
+        self.tenant_id = tenant_id
+        self.schema = validate_schema_name(schema)
+        self.registry = registry if registry is not None else Registry.load()
+        self.max_payload_bytes = max_payload_bytes
+        self.telemetry = telemetry if telemetry is not None else Telemetry.default()
+        self._queries = queries(self.schema)
+
+    # -- building ------------------------------------------------------------------
+
+    def build(
+        self,
+        event_type: str,
+        payload: Mapping[str, Any],
+        *,
+        subject: str,
+        actor: str,
+        schema_version: int | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        occurred_at: datetime | None = None,
+        traceparent: str | None = None,
+    ) -> tuple[Envelope, str]:
+        """Build and validate one envelope; return it with its encoded payload. No I/O."""
+        registry = self.registry
+        version = registry.current_version(event_type) if schema_version is None else schema_version
+        if occurred_at is None:
+            occurred_at = datetime.now(UTC)
+        elif not isinstance(occurred_at, datetime):
+            raise InvalidEnvelopeError(
+                event_type,
+                version,
+                "$.occurred_at",
+                f"must be a timezone-aware datetime, not {type(occurred_at).__name__}",
+            )
+        elif occurred_at.tzinfo is None or occurred_at.utcoffset() is None:
+            raise InvalidEnvelopeError(
+                event_type, version, "$.occurred_at", "naive datetime: give a timezone-aware one"
+            )
+        if not isinstance(payload, Mapping):
+            raise InvalidPayloadError(event_type, version, "$.payload", "must be an object")
+        payload = dict(payload)
+        data: dict[str, Any] = {
+            "event_id": new_id("evt"),
+            "event_type": event_type,
+            "schema_version": version,
+            "occurred_at": format_timestamp(occurred_at),
+            "tenant_id": self.tenant_id,
+            "producer": self.producer,
+            "subject": subject,
+            "actor": actor,
+            "payload": payload,
+        }
+        if correlation_id is not None:
+            data["correlation_id"] = correlation_id
+        if causation_id is not None:
+            data["causation_id"] = causation_id
+        if traceparent is not None:
+            data["traceparent"] = traceparent
+        registry.validate_payload(event_type, version, payload)
+        registry.validate_envelope(data)
+        try:
+            encoded = _dumps(payload)
+        except (TypeError, ValueError) as exc:
+            raise InvalidPayloadError(event_type, version, "$.payload", str(exc)) from exc
+        size = len(encoded.encode())
+        if size > self.max_payload_bytes:
+            raise PayloadTooLargeError(event_type, size, self.max_payload_bytes)
+        data["occurred_at"] = occurred_at.astimezone(UTC)
+        return Envelope.model_construct(**data), encoded
+
+    @staticmethod
+    def _row(envelope: Envelope, encoded: str) -> tuple[Any, ...]:
+        return (
+            envelope.event_id,
+            envelope.event_type,
+            envelope.schema_version,
+            envelope.tenant_id,
+            envelope.producer,
+            envelope.subject,
+            envelope.actor,
+            envelope.occurred_at,
+            envelope.correlation_id,
+            envelope.causation_id,
+            envelope.traceparent,
+            encoded,
+        )
+
+    # -- publishing ----------------------------------------------------------------
+
+    async def publish(
+        self,
+        event_type: str,
+        payload: Mapping[str, Any],
+        *,
+        subject: str,
+        actor: str,
+        conn: asyncpg.Connection | None = None,
+        schema_version: int | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> Envelope:
+        """Validate and insert one event; return its envelope.
+
+        With ``conn``: runs on the caller's connection, which must be inside a
+        transaction; does not commit: the event exists if and only if that transaction
+        commits. Without ``conn``: inserts in its own transaction on a pool connection.
+        """
+        with self.telemetry.publish_span(event_type, self.producer) as traceparent:
+            envelope, encoded = self.build(
+                event_type,
+                payload,
+                subject=subject,
+                actor=actor,
+                schema_version=schema_version,
+                correlation_id=correlation_id,
+                causation_id=causation_id,
+                occurred_at=occurred_at,
+                traceparent=traceparent,
+            )
+            row = self._row(envelope, encoded)
+            with translate_errors(self.schema):
+                if conn is not None:
+                    self._require_transaction(conn)
+                    await conn.execute(self._queries.insert_event, *row)
+                else:
+                    pool = self._require_pool()
+                    async with pool.acquire() as own:
+                        await own.execute(self._queries.insert_event, *row)
+        self.telemetry.published(event_type, self.producer, 1)
+        return envelope
+
+    async def publish_many(
+        self, events: Sequence[EventSpec], *, conn: asyncpg.Connection | None = None
+    ) -> list[Envelope]:
+        """Validate every event first, then insert them all in one statement.
+
+        Nothing is written when any event is invalid. Transaction rules as for publish.
+        """
+        if isinstance(events, Mapping) or not isinstance(events, Sequence):
+            raise UsageError("publish_many takes a sequence of event dicts")
+        if not events:
+            return []
+        with self.telemetry.publish_span("(many)", self.producer) as traceparent:
+            built = [self._build_spec(spec, traceparent) for spec in events]
+            columns: list[list[Any]] = [[] for _ in range(12)]
+            for envelope, encoded in built:
+                for column, value in zip(columns, self._row(envelope, encoded), strict=True):
+                    column.append(value)
+            with translate_errors(self.schema):
+                if conn is not None:
+                    self._require_transaction(conn)
+                    await conn.execute(self._queries.insert_events, *columns)
+                else:
+                    pool = self._require_pool()
+                    async with pool.acquire() as own:
+                        await own.execute(self._queries.insert_events, *columns)
+        for envelope, _ in built:
+            self.telemetry.published(envelope.event_type, self.producer, 1)
+        return [envelope for envelope, _ in built]
+
+    def _build_spec(self, spec: EventSpec, traceparent: str | None) -> tuple[Envelope, str]:
+        if not isinstance(spec, Mapping):
+            raise UsageError("each event given to publish_many must be a dict")
+        unknown = set(spec) - {
+            "event_type",
+            "payload",
+            "subject",
+            "actor",
+            "schema_version",
+            "correlation_id",
+            "causation_id",
+            "occurred_at",
+        }
+        if unknown:
+            raise UsageError(f"unknown keys in an event given to publish_many: {sorted(unknown)}")
+        try:
+            event_type, payload = spec["event_type"], spec["payload"]
+            subject, actor = spec["subject"], spec["actor"]
+        except KeyError as exc:
+            raise UsageError(f"an event given to publish_many lacks {exc.args[0]!r}") from None
+        return self.build(
+            event_type,
+            payload,
+            subject=subject,
+            actor=actor,
+            schema_version=spec.get("schema_version"),
+            correlation_id=spec.get("correlation_id"),
+            causation_id=spec.get("causation_id"),
+            occurred_at=spec.get("occurred_at"),
+            traceparent=traceparent,
+        )
+
+    @staticmethod
+    def _require_transaction(conn: asyncpg.Connection) -> None:
+        if not conn.is_in_transaction():
+            raise NotInTransactionError(
+                "publish(conn=...) needs a connection inside a transaction "
+                "(async with conn.transaction(): ...), so that the event commits "
+                "with your own writes; omit conn to publish in a transaction of its own"
+            )
+
+    def _require_pool(self) -> asyncpg.Pool:
+        if self.pool is None:
+            raise UsageError("this Dispatcher has no pool: pass conn=... to publish")
+        return self.pool

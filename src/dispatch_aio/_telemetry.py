@@ -1,0 +1,203 @@
+"""Metrics and traces through opentelemetry-api only; the application brings the SDK.
+
+Instruments are created once per meter provider (a :class:`Telemetry` holds them); with
+no SDK installed every call lands on OpenTelemetry's no-op implementations. Attributes
+are low-cardinality only: event type, consumer, producer, outcome; never ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.propagate import extract, inject
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+__all__ = ["Telemetry"]
+
+_INSTRUMENTATION = "dispatch_aio"
+_defaults: dict[tuple[int, int], Telemetry] = {}
+_defaults_lock = threading.Lock()
+
+
+class Telemetry:
+    """The instruments and tracer dispatch-aio reports to.
+
+    ``Telemetry.default()`` uses the global providers; pass your own providers to build
+    one for a test or an application that does not set the globals.
+    """
+
+    def __init__(
+        self,
+        meter_provider: metrics.MeterProvider | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+    ) -> None:
+        meter = metrics.get_meter(_INSTRUMENTATION, meter_provider=meter_provider)
+        self.tracer = trace.get_tracer(_INSTRUMENTATION, tracer_provider=tracer_provider)
+        self.publish_count = meter.create_counter(
+            "dispatcher.publish.count", unit="{event}", description="Events published"
+        )
+        self.consume_count = meter.create_counter(
+            "dispatcher.consume.count", unit="{event}", description="Events given an outcome"
+        )
+        self.dedup_hit_count = meter.create_counter(
+            "dispatcher.dedup_hit.count",
+            unit="{event}",
+            description="Events skipped because this consumer had handled them",
+        )
+        self.dead_letter_count = meter.create_counter(
+            "dispatcher.dead_letter.count", unit="{event}", description="Events dead-lettered"
+        )
+        self.retry_count = meter.create_counter(
+            "dispatcher.retry.count", unit="{attempt}", description="Handler attempts retried"
+        )
+        self.end_to_end_latency = meter.create_histogram(
+            "dispatcher.end_to_end_latency_ms",
+            unit="ms",
+            description="From occurred_at to the handler's start",
+        )
+        self.handler_latency = meter.create_histogram(
+            "dispatcher.handler_latency_ms", unit="ms", description="Handler run time"
+        )
+        self._meter = meter
+        self._lag_sources: list[Callable[[], Iterable[tuple[int, dict[str, str]]]]] = []
+        self._lag_gauge: Any = None
+
+    @classmethod
+    def default(cls) -> Telemetry:
+        """The Telemetry of the current global providers (created once per provider pair)."""
+        key = (id(metrics.get_meter_provider()), id(trace.get_tracer_provider()))
+        found = _defaults.get(key)
+        if found is None:
+            with _defaults_lock:
+                found = _defaults.get(key)
+                if found is None:
+                    found = _defaults[key] = cls()
+        return found
+
+    # -- publish -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def publish_span(self, event_type: str, producer: str) -> Iterator[str | None]:
+        """A PRODUCER span; yields the W3C traceparent to store, or None when not sampled."""
+        with self.tracer.start_as_current_span(
+            f"{event_type} publish",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "dispatch_aio",
+                "messaging.operation.type": "publish",
+                "messaging.destination.name": event_type,
+                "dispatch_aio.producer": producer,
+            },
+        ) as span:
+            if not span.get_span_context().is_valid:
+                yield None
+                return
+            carrier: dict[str, str] = {}
+            inject(carrier)
+            yield carrier.get("traceparent")
+
+    def published(self, event_type: str, producer: str, count: int) -> None:
+        """Count published events."""
+        self.publish_count.add(count, {"event_type": event_type, "producer": producer})
+
+    # -- consume -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def consume_span(
+        self,
+        *,
+        event_type: str,
+        event_id: str,
+        consumer: str,
+        attempt: int,
+        traceparent: str | None,
+    ) -> Iterator[trace.Span]:
+        """A CONSUMER span per handler attempt, child of the producer's context."""
+        parent = extract({"traceparent": traceparent}) if traceparent else None
+        links = []
+        if parent is not None:
+            producer_ctx = trace.get_current_span(parent).get_span_context()
+            if producer_ctx.is_valid:
+                links.append(Link(producer_ctx))
+        with self.tracer.start_as_current_span(
+            f"{event_type} process",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            links=links,
+            record_exception=True,
+            set_status_on_exception=True,
+            attributes={
+                "messaging.system": "dispatch_aio",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": event_type,
+                "messaging.message.id": event_id,
+                "messaging.consumer.group.name": consumer,
+                "dispatch_aio.attempt": attempt,
+            },
+        ) as span:
+            yield span
+
+    @staticmethod
+    def mark_error(span: trace.Span, exc: BaseException) -> None:
+        """Record a handler exception on its span."""
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+
+    def consumed(self, event_type: str, consumer: str, producer: str, outcome: str) -> None:
+        """Count an event's outcome (handled, dead_lettered)."""
+        self.consume_count.add(
+            1,
+            {
+                "event_type": event_type,
+                "consumer": consumer,
+                "producer": producer,
+                "outcome": outcome,
+            },
+        )
+
+    def dedup_hit(self, event_type: str, consumer: str) -> None:
+        """Count an event skipped because it was already handled."""
+        self.dedup_hit_count.add(1, {"event_type": event_type, "consumer": consumer})
+
+    def retried(self, event_type: str, consumer: str) -> None:
+        """Count a failed attempt that will be retried."""
+        self.retry_count.add(1, {"event_type": event_type, "consumer": consumer})
+
+    def dead_lettered(self, event_type: str, consumer: str, reason: str) -> None:
+        """Count a dead letter; ``reason`` is ``exhausted`` or ``invalid``."""
+        self.dead_letter_count.add(
+            1, {"event_type": event_type, "consumer": consumer, "outcome": reason}
+        )
+
+    def observe_latency(
+        self, event_type: str, consumer: str, end_to_end_ms: float, handler_ms: float
+    ) -> None:
+        """Record the end-to-end and handler latencies of one handled event."""
+        attrs = {"event_type": event_type, "consumer": consumer}
+        self.end_to_end_latency.record(end_to_end_ms, attrs)
+        self.handler_latency.record(handler_ms, attrs)
+
+    def add_lag_source(self, source: Callable[[], Iterable[tuple[int, dict[str, str]]]]) -> None:
+        """Report ``source()``'s (lag, attributes) pairs through one observable gauge."""
+        self._lag_sources.append(source)
+        if self._lag_gauge is None:
+            self._lag_gauge = self._meter.create_observable_gauge(
+                "dispatcher.consumer.lag",
+                callbacks=[self._observe_lag],
+                unit="{event}",
+                description="Events visible to a consumer and not yet handled",
+            )
+
+    def remove_lag_source(self, source: Callable[[], Iterable[tuple[int, dict[str, str]]]]) -> None:
+        """Stop reporting a lag source added with add_lag_source."""
+        with contextlib.suppress(ValueError):
+            self._lag_sources.remove(source)
+
+    def _observe_lag(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        for source in list(self._lag_sources):
+            for value, attrs in source():
+                yield metrics.Observation(value, attrs)
