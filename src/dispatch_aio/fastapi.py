@@ -1,0 +1,369 @@
+"""FastAPI router for operators: list, show, resolve and replay dead letters over HTTP.
+
+Needs the ``[fastapi]`` extra; nothing else in dispatch-aio imports this module.
+
+The router cannot be mounted without authentication: :func:`dlq_router` requires the
+application's own dependency, which returns a :class:`Principal` (or None, or raises
+``HTTPException(401)``, when the request is not authenticated)::
+
+    from fastapi import FastAPI, Header, HTTPException
+    from dispatch_aio.fastapi import Principal, dlq_router
+
+    async def authenticate(authorization: str | None = Header(None)) -> Principal | None:
+        session = await sessions.lookup(authorization)       # the application's own
+        if session is None:
+            return None                                       # -> 401
+        return Principal(subject=session.user, tenant_id=session.tenant,
+                         can_write="dlq:write" in session.scopes)
+
+    app = FastAPI()
+    app.include_router(dlq_router(pool, authenticate=authenticate))
+
+Every route answers 401 to an unauthenticated request. A principal sees only its own
+tenant's dead letters: another tenant's row answers 404 and is left unchanged. Resolve
+and replay need ``can_write`` (else 403). Malformed ids, queries and bodies answer 422.
+"""
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import asyncpg
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ._deadletters import MAX_PAGE_SIZE, DeadLetter, DeadLetterPage, DeadLetters, text_problem
+from ._errors import (
+    DatabaseUnavailableError,
+    DeadLetterAlreadyResolvedError,
+    DeadLetterNotFoundError,
+    UsageError,
+)
+from ._identifiers import validate_schema_name
+from ._ids import UUID7, is_prefixed_id
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "ErrorResponse",
+    "Principal",
+    "ReplayRequest",
+    "ResolveRequest",
+    "dlq_router",
+]
+
+#: Where :func:`dlq_router` mounts its routes unless told otherwise.
+DEFAULT_PREFIX = "/api/dispatcher/v1/dlq"
+
+_DLQ_ID_PATTERN = f"^dlq_{UUID7}$"
+_T = TypeVar("_T")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, as the application's authentication dependency says.
+
+    ``tenant_id`` limits every read and write to that tenant's dead letters;
+    ``can_write`` allows resolve and replay.
+    """
+
+    subject: str
+    tenant_id: str
+    can_write: bool
+
+
+def _postgres_text(value: str) -> str:
+    problem = text_problem(value)
+    if problem:
+        raise ValueError(problem)
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+def _dead_letter_id(value: str) -> str:
+    if not is_prefixed_id(value, "dlq"):
+        raise ValueError("not a dead-letter id: expected dlq_ followed by a lower-case UUIDv7")
+    return value
+
+
+def _optional_note(value: str | None) -> str | None:
+    if value is not None and (problem := text_problem(value)):
+        raise ValueError(problem)
+    return value
+
+
+_Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_postgres_text)]
+
+_DeadLetterId = Annotated[
+    str,
+    Path(
+        description="A dead-letter id: dlq_ followed by a lower-case UUIDv7.",
+        json_schema_extra={"pattern": _DLQ_ID_PATTERN},
+        examples=["dlq_0196b3c2-4f1e-7a3b-9c2d-5e6f7a8b9c0d"],
+    ),
+    AfterValidator(_dead_letter_id),
+]
+
+
+class ResolveRequest(BaseModel):
+    """Body of ``POST {prefix}/{dead_letter_id}/resolve``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    resolved_by: _Name = Field(description="The operator resolving the dead letter.")
+    resolution_note: Annotated[
+        str | None, Field(max_length=2000), AfterValidator(_optional_note)
+    ] = Field(default=None, description="Why it is resolved, for the record.")
+
+
+class ReplayRequest(BaseModel):
+    """Body of ``POST {prefix}/{dead_letter_id}/replay``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    replayed_by: _Name = Field(description="The operator asking for the replay.")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer except 422 (which lists each invalid input)."""
+
+    detail: str
+
+
+class _DeadLetterRoute(APIRoute):
+    """Answers invalid requests with 422 itself, in FastAPI's shape, whatever they held.
+
+    FastAPI's default handler echoes the invalid input and fails with 500 when that input
+    is a string JSON cannot encode (a lone surrogate such as ``"\\ud800"``), and it
+    answers 400 to a body that is not UTF-8.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                detail = _encodable(jsonable_encoder(exc.errors()))
+            except StarletteHTTPException as exc:
+                # FastAPI answers 400 to a body that is not UTF-8; it is as malformed as
+                # any other body, so it gets the same 422.
+                if exc.status_code != 400 or not isinstance(exc.__cause__, UnicodeDecodeError):
+                    raise
+                detail = [
+                    {
+                        "type": "body_not_utf8",
+                        "loc": ["body"],
+                        "msg": "the request body is not UTF-8 encoded JSON",
+                        "input": None,
+                    }
+                ]
+            return JSONResponse({"detail": detail}, status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+        return handle
+
+
+def _encodable(value: Any) -> Any:
+    """``value`` with every string made encodable as UTF-8 (lone surrogates become ``?``)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, list):
+        return [_encodable(item) for item in value]
+    if isinstance(value, dict):
+        return {_encodable(k): _encodable(v) for k, v in value.items()}
+    return value
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    descriptions = {
+        401: "Not authenticated.",
+        403: "The principal may read but not resolve or replay.",
+        404: "No such dead letter for the principal's tenant.",
+        409: "The dead letter is already resolved.",
+        503: "The database does not answer.",
+    }
+    return {
+        code: {"model": ErrorResponse, "description": descriptions[code]}
+        for code in (401, *codes, 503)
+    }
+
+
+def dlq_router(
+    pool: asyncpg.Pool | Callable[[], asyncpg.Pool],
+    *,
+    authenticate: Callable[..., Any],
+    schema: str = "public",
+    prefix: str = DEFAULT_PREFIX,
+) -> APIRouter:
+    """An APIRouter with the dead-letter routes, guarded by ``authenticate``.
+
+    ``pool`` is an asyncpg pool, or a callable returning it (for a pool the application
+    creates in its lifespan). ``authenticate`` is a FastAPI dependency returning a
+    :class:`Principal`, or None (answered with 401) when the request carries no valid
+    credentials; it is required, so the routes cannot be mounted without it. Each write
+    runs in its own transaction (see :class:`~dispatch_aio.DeadLetters`).
+    """
+    if authenticate is None or not callable(authenticate):
+        raise UsageError(
+            "dlq_router needs authenticate=<a FastAPI dependency returning a Principal>; "
+            "the dead-letter routes are never mounted without authentication"
+        )
+    validate_schema_name(schema)
+    if isinstance(pool, asyncpg.Pool):
+        service = DeadLetters(pool, schema)
+        get_pool = None
+    elif callable(pool):
+        service, get_pool = None, pool
+    else:
+        raise UsageError(
+            f"dlq_router needs an asyncpg pool or a callable returning one, got {pool!r}"
+        )
+
+    def dead_letters() -> DeadLetters:
+        if service is not None:
+            return service
+        assert get_pool is not None
+        return DeadLetters(get_pool(), schema)
+
+    async def require_principal(
+        principal: Annotated[Any, Depends(authenticate)],
+    ) -> Principal:
+        if principal is None:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "not authenticated")
+        if not isinstance(principal, Principal):
+            raise TypeError(
+                f"the authenticate dependency returned {type(principal).__name__}; "
+                "it must return a dispatch_aio.fastapi.Principal or None"
+            )
+        return principal
+
+    async def require_writer(
+        principal: Annotated[Principal, Depends(require_principal)],
+    ) -> Principal:
+        if not principal.can_write:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"{principal.subject} may read dead letters but not resolve or replay them",
+            )
+        return principal
+
+    router = APIRouter(
+        prefix=prefix,
+        tags=["dead letters"],
+        dependencies=[Depends(require_principal)],
+        route_class=_DeadLetterRoute,
+    )
+
+    @router.get(
+        "",
+        response_model=DeadLetterPage,
+        responses=_responses(),
+        summary="List a consumer's dead letters, newest first",
+    )
+    async def list_dead_letters(
+        principal: Annotated[Principal, Depends(require_principal)],
+        consumer: Annotated[
+            str,
+            Query(min_length=1, max_length=200, description="The consumer's name."),
+            AfterValidator(_postgres_text),
+        ],
+        include_resolved: Annotated[
+            bool, Query(description="Include resolved dead letters.")
+        ] = False,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Page size.")] = 50,
+        cursor: Annotated[
+            str | None,
+            Query(max_length=200, description="next_cursor of the previous page."),
+        ] = None,
+    ) -> DeadLetterPage:
+        try:
+            return await _call(
+                dead_letters().list(
+                    consumer,
+                    include_resolved=include_resolved,
+                    limit=limit,
+                    before=cursor,
+                    tenant_id=principal.tenant_id,
+                )
+            )
+        except UsageError as exc:
+            _unprocessable(("query", "cursor"), str(exc), cursor)
+
+    @router.get(
+        "/{dead_letter_id}",
+        response_model=DeadLetter,
+        responses=_responses(404),
+        summary="Show one dead letter",
+    )
+    async def get_dead_letter(
+        principal: Annotated[Principal, Depends(require_principal)],
+        dead_letter_id: _DeadLetterId,
+    ) -> DeadLetter:
+        return await _call(dead_letters().get(dead_letter_id, tenant_id=principal.tenant_id))
+
+    @router.post(
+        "/{dead_letter_id}/resolve",
+        response_model=DeadLetter,
+        responses=_responses(403, 404, 409),
+        summary="Resolve a dead letter (one-shot)",
+    )
+    async def resolve_dead_letter(
+        principal: Annotated[Principal, Depends(require_writer)],
+        dead_letter_id: _DeadLetterId,
+        body: ResolveRequest,
+    ) -> DeadLetter:
+        return await _call(
+            dead_letters().resolve(
+                dead_letter_id,
+                resolved_by=body.resolved_by,
+                note=body.resolution_note,
+                tenant_id=principal.tenant_id,
+            )
+        )
+
+    @router.post(
+        "/{dead_letter_id}/replay",
+        response_model=DeadLetter,
+        responses=_responses(403, 404, 409),
+        summary="Have the consumer handle the dead letter's event again",
+    )
+    async def replay_dead_letter(
+        principal: Annotated[Principal, Depends(require_writer)],
+        dead_letter_id: _DeadLetterId,
+        body: ReplayRequest,
+    ) -> DeadLetter:
+        return await _call(
+            dead_letters().replay(
+                dead_letter_id, replayed_by=body.replayed_by, tenant_id=principal.tenant_id
+            )
+        )
+
+    return router
+
+
+async def _call(operation: Awaitable[_T]) -> _T:
+    """Await a service call, turning dead-letter errors into HTTP answers."""
+    try:
+        result = await operation
+    except DeadLetterNotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except DeadLetterAlreadyResolvedError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    except DatabaseUnavailableError as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "the dead-letter store is unavailable"
+        ) from exc
+    return result
+
+
+def _unprocessable(loc: tuple[str, ...], message: str, value: Any) -> NoReturn:
+    """Answer 422 in FastAPI's own shape, so the OpenAPI 422 model holds."""
+    raise RequestValidationError(
+        [{"type": "value_error", "loc": loc, "msg": message, "input": value}]
+    )
