@@ -143,8 +143,11 @@ LEFT JOIN {{schema}}.dispatcher_dedup d ON d.consumer = $5 AND d.event_id = p.ev
 UNION ALL
 SELECT 2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        EXISTS (
-           SELECT 1 FROM {{schema}}.dispatcher_event w
-           WHERE w.event_type = ANY($1::text[]) AND w.xid >= (SELECT xmin FROM horizon)
+           -- The newest event of each type, read backwards from the index: O(types).
+           SELECT 1 FROM unnest($1::text[]) AS t(event_type)
+           WHERE (SELECT w.xid FROM {{schema}}.dispatcher_event w
+                  WHERE w.event_type = t.event_type
+                  ORDER BY w.xid DESC LIMIT 1) >= (SELECT xmin FROM horizon)
        )
 
 -- name: consumer_fetch_replays
@@ -312,3 +315,42 @@ SELECT count(*) FROM marked
 -- name: dead_letter_notify_replay
 -- Wakes the consumer named by the payload; delivered only if the marking commits.
 SELECT pg_notify({{replay_channel}}, $1::text)
+
+-- Status
+
+-- name: status_consumers
+-- Lag counts the events past the stored cursor: an upper bound, since the cursor is a
+-- low-water mark and events handled out of order past it are counted too.
+SELECT c.consumer, c.event_type, c.last_xid::text::bigint AS last_xid, c.last_position,
+       c.updated_at,
+       (SELECT count(*) FROM {{schema}}.dispatcher_event e
+         WHERE e.event_type = c.event_type
+           AND (e.xid, e.position) > (c.last_xid, c.last_position)) AS lag,
+       (SELECT e.created_at FROM {{schema}}.dispatcher_event e
+         WHERE e.event_type = c.event_type
+           AND (e.xid, e.position) > (c.last_xid, c.last_position)
+         ORDER BY e.xid, e.position LIMIT 1) AS oldest_pending_at,
+       (SELECT count(*) FROM {{schema}}.dispatcher_dead_letter d
+         WHERE d.consumer = c.consumer AND d.event_type = c.event_type
+           AND d.resolved_at IS NULL) AS dead_letters,
+       now() AS now
+FROM {{schema}}.dispatcher_cursor c
+WHERE $1::text IS NULL OR c.consumer = $1
+ORDER BY c.consumer, c.event_type
+
+-- name: status_horizon_holders
+-- Open transactions that hold an xid, in any database: each keeps every consumer from
+-- reading events committed after it began. Prepared transactions count too.
+SELECT 'backend' AS kind, a.pid, NULL::text AS gid, a.datname AS database,
+       a.usename AS user_name, a.application_name, a.state,
+       a.backend_xid::text AS xid,
+       extract(epoch FROM now() - coalesce(a.xact_start, now()))::float8 AS age_seconds,
+       left(a.query, 200) AS query
+FROM pg_stat_activity a
+WHERE a.backend_xid IS NOT NULL AND a.pid <> pg_backend_pid()
+UNION ALL
+SELECT 'prepared', NULL, p.gid, p.database, p.owner, NULL, 'prepared',
+       p.transaction::text,
+       extract(epoch FROM now() - p.prepared)::float8, NULL
+FROM pg_prepared_xacts p
+ORDER BY age_seconds DESC

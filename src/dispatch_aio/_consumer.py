@@ -66,6 +66,7 @@ logger = logging.getLogger("dispatch_aio.consumer")
 Handler: TypeAlias = Callable[..., Awaitable[None]]
 
 _RECENT_LIMIT = 4096
+_IDLE_RELEASE = 1.0  # seconds a worker keeps its connection with nothing to do
 
 
 class ConsumerState(enum.Enum):
@@ -291,6 +292,11 @@ class Consumer:
         except BaseException:
             self._state = ConsumerState.CLOSED
             raise
+        self._untrack_backlog = self.telemetry.track_backlog(
+            self.name,
+            self.event_types,
+            lambda: [i.event_type for i in list(self._inflight.values())],
+        )
         self._runner = asyncio.create_task(self._run(), name=f"dispatch-aio consumer {self.name}")
         started = asyncio.ensure_future(self._started.wait())
         done, _ = await asyncio.wait({started, self._runner}, return_when=asyncio.FIRST_COMPLETED)
@@ -384,6 +390,7 @@ class Consumer:
         self._tg_for_side_work: anyio.abc.TaskGroup | None = None
         self._fetch_seq = 0
         self._idle_seq = -1
+        self._fetch_limit = config.batch_size
         self._max_buffered = max(4 * config.batch_size, config.concurrency * config.max_group)
         self._channel = channel_for(config.db_schema)
         self._replay_channel = replay_channel_for(config.db_schema)
@@ -431,6 +438,7 @@ class Consumer:
                 tg.cancel_scope.cancel()
         finally:
             self._state = ConsumerState.CLOSED
+            self._untrack_backlog()
             logger.info("consumer stopped", extra=self._log)
 
     async def _supervise(self) -> None:
@@ -460,7 +468,7 @@ class Consumer:
             return await self._listen_connect()
         pool = self.pool
         # The pool's own connect function and arguments: same server, same settings.
-        return await pool._connect(*pool._connect_args, **pool._connect_kwargs)  # type: ignore[no-any-return]
+        return await pool._connect(*pool._connect_args, **pool._connect_kwargs)
 
     def _on_notify(self, channel: str, payload: str) -> None:
         if channel == self._replay_channel:
@@ -481,41 +489,55 @@ class Consumer:
         config = self.config
         backoff = 0.0
         failures = 0
-        while not self._stop_requested.is_set():
-            if len(self._inflight) >= self._max_buffered:
-                self._capacity.clear()
-                await self._capacity.wait()
-                continue
-            try:
-                async with self.pool.acquire(timeout=config.acquire_timeout) as conn:
+        conn: asyncpg.Connection | None = None
+        try:
+            while not self._stop_requested.is_set():
+                if len(self._inflight) >= self._max_buffered:
+                    self._capacity.clear()
+                    await self._capacity.wait()
+                    continue
+                try:
+                    if conn is None:
+                        conn = await self.pool.acquire(timeout=config.acquire_timeout)
                     await self._flush_cursors(conn)
                     full = await self._fetch_once(conn)
-                failures = 0
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                failures += 1
-                delay = min(config.poll_interval, 0.1 * 2**failures)
-                logger.warning(
-                    "fetch failed (%s: %s); again in %.1fs",
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                    extra=self._log,
-                )
-                await self._sleep_or_wake(delay)
-                continue
-            if full:
+                    failures = 0
+                except (
+                    OSError,
+                    asyncpg.PostgresError,
+                    asyncpg.InterfaceError,
+                    TimeoutError,
+                ) as exc:
+                    failures += 1
+                    delay = min(config.poll_interval, 0.1 * 2**failures)
+                    logger.warning(
+                        "fetch failed (%s: %s); again in %.1fs",
+                        type(exc).__name__,
+                        exc,
+                        delay,
+                        extra=self._log,
+                    )
+                    if conn is not None:
+                        broken, conn = conn, None
+                        await self._release(broken)
+                    await self._sleep_or_wake(delay)
+                    continue
+                if full:
+                    backoff = 0.0
+                    continue
+                if self._waiting_above_horizon:
+                    # Committed events wait behind an older open transaction: look again soon.
+                    backoff = min(max(backoff * 2, 0.002), 0.1)
+                    await self._sleep_or_wake(backoff)
+                    continue
                 backoff = 0.0
-                continue
-            if self._waiting_above_horizon:
-                # Committed events wait behind an older open transaction; look again soon.
-                backoff = min(max(backoff * 2, 0.002), 0.1)
-                await self._sleep_or_wake(backoff)
-                continue
-            backoff = 0.0
-            if not self._inflight and not self._retry_heap and not self._replays_inflight:
-                self._idle_seq = self._fetch_seq
-                self._idle.set()
-            await self._sleep_or_wake(config.poll_interval)
+                if not self._inflight and not self._retry_heap and not self._replays_inflight:
+                    self._idle_seq = self._fetch_seq
+                    self._idle.set()
+                await self._sleep_or_wake(config.poll_interval)
+        finally:
+            if conn is not None:
+                await self._release(conn)
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         with anyio.move_on_after(seconds):
@@ -528,7 +550,9 @@ class Consumer:
         self._wake.clear()
         self._fetch_seq += 1
         cursors = {t: c.read for t, c in self._cursors.items()}
-        result = await self._store.fetch(conn, cursors, self.config.batch_size)
+        # A full batch means a backlog: read ahead in bigger steps (up to the buffer).
+        limit = self._fetch_limit
+        result = await self._store.fetch(conn, cursors, limit)
         self.stats.fetches += 1
         self._waiting_above_horizon = result.waiting_above_horizon
         for row in result.pulled:
@@ -560,7 +584,10 @@ class Consumer:
         if self._replays_due:
             self._replays_due = False
             await self._fetch_replays(conn)
-        return len(result.candidates) >= self.config.batch_size
+        full = len(result.candidates) >= limit
+        room = max(self.config.batch_size, self._max_buffered - len(self._inflight))
+        self._fetch_limit = min(limit * 4, room) if full else self.config.batch_size
+        return full
 
     async def _fetch_replays(self, conn: asyncpg.Connection) -> None:
         for row in await self._store.fetch_replays(conn, self.config.batch_size):
@@ -656,22 +683,58 @@ class Consumer:
             self._ready.put_nowait(None)
 
     async def _worker(self) -> None:
-        while True:
-            key = await self._ready.get()
-            if key is None or self._stop_requested.is_set():
-                return
-            group = self._take_group(key)
-            if not group:
-                continue
-            self._groups_running += 1
-            self._groups_idle.clear()
-            try:
-                await self._run_group(group)
-            finally:
-                self._groups_running -= 1
-                self._after_group(group)
-                if self._groups_running == 0:
-                    self._groups_idle.set()
+        """Run groups; keep a pool connection while work keeps coming, give it back when idle."""
+        conn: asyncpg.Connection | None = None
+        try:
+            while True:
+                if conn is None:
+                    key = await self._ready.get()
+                else:
+                    try:
+                        key = await asyncio.wait_for(self._ready.get(), _IDLE_RELEASE)
+                    except TimeoutError:
+                        # Idle for a while: give the connection back to the pool.
+                        idle, conn = conn, None
+                        await self._release(idle)
+                        continue
+                if key is None or self._stop_requested.is_set():
+                    return
+                group = self._take_group(key)
+                if not group:
+                    continue
+                self._groups_running += 1
+                self._groups_idle.clear()
+                try:
+                    if conn is None:
+                        conn = await self._acquire_for(group)
+                    if conn is not None and not await self._run_group(group, conn):
+                        broken, conn = conn, None
+                        await self._release(broken)  # the pool replaces it
+                finally:
+                    self._groups_running -= 1
+                    self._after_group(group)
+                    if self._groups_running == 0:
+                        self._groups_idle.set()
+        finally:
+            if conn is not None:
+                await self._release(conn)
+
+    async def _acquire_for(self, group: list[_Item]) -> asyncpg.Connection | None:
+        """A pool connection, or None (the group requeued) when the pool cannot give one."""
+        try:
+            conn: asyncpg.Connection = await self.pool.acquire(timeout=self.config.acquire_timeout)
+            return conn
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            self._requeue(group)
+            logger.warning(
+                "no database connection for %d events (%s: %s); they will run again",
+                len(group),
+                type(exc).__name__,
+                exc,
+                extra=self._log,
+            )
+            await anyio.sleep(0.5)
+            return None
 
     def _take_group(self, first: str) -> list[_Item]:
         """Head events of ready subjects, for one transaction; their subjects become busy.
@@ -735,13 +798,11 @@ class Consumer:
                 subject = self._subjects[item.subject] = _Subject()
             bisect.insort(subject.items, item, key=lambda i: i.position)
 
-    async def _run_group(self, group: list[_Item]) -> None:
-        config = self.config
-        conn: asyncpg.Connection | None = None
+    async def _run_group(self, group: list[_Item], conn: asyncpg.Connection) -> bool:
+        """Handle a group on ``conn``; False when the connection broke (it is terminated)."""
         transaction: Any = None
         ran: list[_Item] = []
         try:
-            conn = await self.pool.acquire(timeout=config.acquire_timeout)
             failure: tuple[_Item, BaseException] | None = None
             for item in group:
                 if item.dead_letter is not None or item.succeeded:
@@ -762,7 +823,7 @@ class Consumer:
                 await self._rollback(transaction)
                 transaction = None
                 self._fail(group, ran, *failure)
-                return
+                return True
             statements = (
                 any(i.dead_letter is not None for i in group)
                 + any(i.replay_of is not None for i in group)
@@ -773,14 +834,14 @@ class Consumer:
                 await transaction.start()
             if not await self._record(conn, group):
                 await self._rollback(transaction)
-                transaction = None
-                return
+                return True
             if transaction is not None:
                 await self._commit(transaction)
                 transaction = None
             self._finish(group)
+            return True
         except BaseException as exc:
-            if transaction is not None and conn is not None and not conn.is_closed():
+            if transaction is not None and not conn.is_closed():
                 with contextlib.suppress(Exception):
                     await self._rollback(transaction)
             self.stats.groups_rolled_back += 1
@@ -794,8 +855,9 @@ class Consumer:
                     exc,
                     extra=self._log,
                 )
+                conn.terminate()
                 await anyio.sleep(0.2)
-                return
+                return False
             if isinstance(exc, asyncpg.InFailedSQLTransactionError | asyncpg.PostgresError):
                 # A handler swallowed a database error, or an outcome could not be written:
                 # run these events one per transaction so the culprit shows itself.
@@ -808,11 +870,8 @@ class Consumer:
                     exc,
                     extra=self._log,
                 )
-                return
+                return not conn.is_closed()
             raise
-        finally:
-            if conn is not None:
-                await self._release(conn)
 
     async def _call(
         self, subscription: _Subscription, item: _Item, conn: asyncpg.Connection

@@ -87,6 +87,11 @@ class ConsumerStore:
                 pulled.append(row)
             else:
                 waiting = bool(row["handled"])
+        # The outer UNION ALL / LEFT JOIN does not keep the CTE's order (a hash join
+        # scrambles it), and the caller relies on cursor order: it moves the read cursor
+        # to the last row and completes cursor entries as a prefix. Out of order, the
+        # stored cursor could pass an event that has no outcome yet.
+        candidates.sort(key=lambda r: (r["xid"], r["position"]))
         pulled.sort(key=lambda r: r["position"])
         return FetchResult(candidates, pulled, waiting)
 

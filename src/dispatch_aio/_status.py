@@ -1,0 +1,125 @@
+"""Consumer health: cursors, lag, dead letters, and what holds the read horizon back."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+import asyncpg
+from pydantic import BaseModel, ConfigDict
+
+from ._db import translate_errors
+from ._identifiers import validate_schema_name
+from ._sql import queries
+
+__all__ = ["ConsumerHealth", "HorizonHolder", "StatusReport", "consumer_status", "horizon_holders"]
+
+logger = logging.getLogger("dispatch_aio.status")
+
+
+class ConsumerHealth(BaseModel):
+    """One consumer's position on one event type."""
+
+    model_config = ConfigDict(frozen=True)
+
+    consumer: str
+    event_type: str
+    cursor_xid: int
+    cursor_position: int
+    cursor_updated_at: datetime
+    lag: int
+    oldest_pending_age_seconds: float | None
+    dead_letters: int
+
+
+class HorizonHolder(BaseModel):
+    """An open transaction with an id: consumers cannot read past it until it ends."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str
+    pid: int | None
+    gid: str | None
+    database: str | None
+    user_name: str | None
+    application_name: str | None
+    state: str | None
+    xid: str
+    age_seconds: float
+    query: str | None
+
+
+class StatusReport(BaseModel):
+    """Everything ``dispatch-aio status`` shows."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_name: str
+    consumers: list[ConsumerHealth]
+    horizon_holders: list[HorizonHolder]
+    warnings: list[str]
+
+
+async def horizon_holders(
+    conn: asyncpg.Connection, *, schema: str = "public"
+) -> list[HorizonHolder]:
+    """Transactions holding consumers back, oldest first (all databases of the cluster)."""
+    rows = await conn.fetch(queries(schema).status_horizon_holders)
+    return [HorizonHolder(**dict(r)) for r in rows]
+
+
+async def consumer_status(
+    pool: asyncpg.Pool | asyncpg.Connection,
+    *,
+    schema: str = "public",
+    consumer: str | None = None,
+    horizon_warning_after: float = 60.0,
+) -> StatusReport:
+    """Per consumer and event type: cursor, lag, oldest pending age, dead letters.
+
+    Also lists transactions holding the read horizon back; one open longer than
+    ``horizon_warning_after`` seconds is logged as a warning and reported in ``warnings``.
+    Read-only; runs outside any transaction.
+    """
+    validate_schema_name(schema)
+    with translate_errors(schema):
+        if isinstance(pool, asyncpg.Pool):
+            async with pool.acquire() as conn:
+                return await _status(conn, schema, consumer, horizon_warning_after)
+        return await _status(pool, schema, consumer, horizon_warning_after)
+
+
+async def _status(
+    conn: asyncpg.Connection, schema: str, consumer: str | None, warn_after: float
+) -> StatusReport:
+    rows = await conn.fetch(queries(schema).status_consumers, consumer)
+    health = [
+        ConsumerHealth(
+            consumer=r["consumer"],
+            event_type=r["event_type"],
+            cursor_xid=r["last_xid"],
+            cursor_position=r["last_position"],
+            cursor_updated_at=r["updated_at"],
+            lag=r["lag"],
+            oldest_pending_age_seconds=None
+            if r["oldest_pending_at"] is None
+            else max(0.0, (r["now"] - r["oldest_pending_at"]).total_seconds()),
+            dead_letters=r["dead_letters"],
+        )
+        for r in rows
+    ]
+    holders = await horizon_holders(conn, schema=schema)
+    warnings = []
+    for holder in holders:
+        if holder.age_seconds >= warn_after:
+            who = f"pid {holder.pid}" if holder.pid is not None else f"prepared {holder.gid!r}"
+            message = (
+                f"transaction {holder.xid} ({who}, database {holder.database}) has been open "
+                f"{holder.age_seconds:.0f}s: consumers cannot read events committed after it "
+                "began until it ends"
+            )
+            warnings.append(message)
+            logger.warning(message, extra={"pid": holder.pid, "age_seconds": holder.age_seconds})
+    return StatusReport(
+        schema_name=schema, consumers=health, horizon_holders=holders, warnings=warnings
+    )

@@ -1,0 +1,123 @@
+"""A loopback TCP proxy in front of PostgreSQL that can turn into a black hole.
+
+``blackhole()`` keeps every socket open but drops the bytes flowing either way, as a
+network partition or a dead peer behind NAT does: the client sees a half-open
+connection, not a closed one. ``restore()`` forwards again (also for new connections).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+__all__ = ["TcpProxy"]
+
+
+class TcpProxy:
+    """Forward 127.0.0.1:<port> to a unix socket (or a TCP host and port)."""
+
+    def __init__(
+        self,
+        *,
+        unix_path: str | Path | None = None,
+        host: str | None = None,
+        port: int | None = None,
+    ) -> None:
+        if (unix_path is None) == (host is None):
+            raise ValueError("give either unix_path or host and port")
+        self._unix_path = str(unix_path) if unix_path is not None else None
+        self._host = host
+        self._port = port
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.blackholed = False
+        self.accepted = 0
+        self.dropped_bytes = 0
+
+    @property
+    def port(self) -> int:
+        """The local port clients connect to."""
+        assert self._server is not None, "the proxy is not started"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> TcpProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return self
+
+    def blackhole(self) -> None:
+        """Stop forwarding in both directions, closing nothing."""
+        self.blackholed = True
+
+    def restore(self) -> None:
+        """Forward again."""
+        self.blackholed = False
+
+    async def aclose(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> TcpProxy:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)  # type: ignore[arg-type]
+        self._writers.add(client_w)
+        try:
+            if self._unix_path is not None:
+                server_r, server_w = await asyncio.open_unix_connection(self._unix_path)
+            else:
+                server_r, server_w = await asyncio.open_connection(self._host, self._port)
+        except OSError:
+            client_w.close()
+            self._writers.discard(client_w)
+            self._tasks.discard(task)  # type: ignore[arg-type]
+            return
+        self._writers.add(server_w)
+        try:
+            pipes = [
+                asyncio.ensure_future(self._pipe(client_r, server_w)),
+                asyncio.ensure_future(self._pipe(server_r, client_w)),
+            ]
+            try:
+                # Either side closing ends the link: close both.
+                await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for pipe in pipes:
+                    pipe.cancel()
+                await asyncio.gather(*pipes, return_exceptions=True)
+        finally:
+            for writer in (client_w, server_w):
+                self._writers.discard(writer)
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+            self._tasks.discard(task)  # type: ignore[arg-type]
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    return
+                if self.blackholed:
+                    self.dropped_bytes += len(data)
+                    continue
+                writer.write(data)
+                await writer.drain()
