@@ -228,6 +228,24 @@ class EmbeddedPostgres:
                 self._terminate(pid)
         shutil.rmtree(tmp, ignore_errors=True)
 
+    def detach(self) -> tuple[Path, int | None]:
+        """Leave the server running after this object and the interpreter are gone.
+
+        Cancels the stop at interpreter exit; ``stop()`` and the context manager's exit
+        become no-ops. Returns the cluster directory and the postmaster's pid: stop the
+        server with ``kill -INT <pid>``, then remove the directory.
+        """
+        tmp = self._tmp
+        if tmp is None:
+            raise ConfigurationError("the embedded PostgreSQL is not running")
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.stop)
+        pid: int | None = None
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int((tmp / "data" / "postmaster.pid").read_text().splitlines()[0])
+        self._tmp = None
+        return tmp, pid
+
     @staticmethod
     def _terminate(pid: int) -> None:
         """Ask the postmaster to shut down fast; kill it if it is still there after 30 s."""
