@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole ``dispatch-aio`` parser, built from :data:`SUBCOMMANDS`."""
     parser = argparse.ArgumentParser(
         prog="dispatch-aio",
-        description="Operate dispatch-aio: migrations, contracts and dead letters.",
+        description="Operate dispatch-aio: migrations, workers, status, contracts, dead letters.",
         parents=[_global_options(top_level=True)],
         epilog="Exit codes: 0 success, 1 failure, 2 usage error.",
     )
@@ -480,14 +480,186 @@ def redact_dsn(dsn: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
+# --------------------------------------------------------------------------- status
+
+
+def _configure_status(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--consumer", help="only this consumer")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--warn-after",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="warn about transactions open longer than this (default: 60)",
+    )
+    parser.set_defaults(handler=_run_status)
+
+
+async def _run_status(args: argparse.Namespace, ctx: Context) -> int:
+    from ._status import consumer_status
+
+    async with ctx.pool() as pool:
+        report = await consumer_status(
+            pool,
+            schema=ctx.schema,
+            consumer=args.consumer,
+            horizon_warning_after=args.warn_after,
+        )
+    if args.json:
+        ctx.print_json(report.model_dump(mode="json"))
+        return EXIT_OK
+    if not report.consumers:
+        ctx.print("no consumers have run against this schema yet")
+    else:
+        rows = [
+            [
+                h.consumer,
+                h.event_type,
+                f"{h.cursor_xid}/{h.cursor_position}",
+                str(h.lag),
+                "-"
+                if h.oldest_pending_age_seconds is None
+                else f"{h.oldest_pending_age_seconds:.1f}s",
+                str(h.dead_letters),
+            ]
+            for h in report.consumers
+        ]
+        headers = ["CONSUMER", "EVENT TYPE", "CURSOR (XID/POS)", "LAG", "OLDEST", "DEAD"]
+        ctx.print(*_table(headers, rows))
+    if report.horizon_holders:
+        ctx.print("", "transactions holding consumers back (oldest first):")
+        holders = [
+            [
+                str(h.pid) if h.pid is not None else f"prepared {h.gid}",
+                h.database or "-",
+                f"{h.age_seconds:.1f}s",
+                h.state or "-",
+                _shorten(h.query or "", 60),
+            ]
+            for h in report.horizon_holders
+        ]
+        ctx.print(*_table(["PID", "DATABASE", "AGE", "STATE", "QUERY"], holders))
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=ctx.err)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def _configure_worker(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "target",
+        metavar="MODULE:ATTRIBUTE",
+        help="a Consumer, or a function (pool) -> Consumer, sync or async",
+    )
+    parser.add_argument(
+        "--pool-size",
+        type=int,
+        default=None,
+        help="connections of the pool made for a factory (default: concurrency + 2)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="stderr log level (default INFO)")
+    parser.set_defaults(handler=_run_worker)
+
+
+def _load_target(target: str) -> Any:
+    import importlib
+    import inspect
+
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise CommandError(f"expected MODULE:ATTRIBUTE, got {target!r}", EXIT_USAGE)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CommandError(f"cannot import {module_name!r}: {exc}", EXIT_USAGE) from exc
+    value = module
+    for part in attribute.split("."):
+        try:
+            value = getattr(value, part)
+        except AttributeError:
+            raise CommandError(
+                f"{module_name!r} has no attribute {attribute!r}", EXIT_USAGE
+            ) from None
+    if not (callable(value) or inspect.isawaitable(value)) and not hasattr(value, "run"):
+        raise CommandError(f"{target} is neither a Consumer nor a factory", EXIT_USAGE)
+    return value
+
+
+async def _run_worker(args: argparse.Namespace, ctx: Context) -> int:
+    import inspect
+    import logging
+
+    from ._consumer import Consumer
+
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=ctx.err,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    target = _load_target(args.target)
+    if isinstance(target, Consumer):
+        pool = target.pool
+        await pool  # initialise a pool made outside a running loop; no-op otherwise
+        await target.run()
+        return EXIT_OK
+    dsn = ctx.require_dsn()
+    size = args.pool_size or 18
+    try:
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError, ValueError, asyncpg.PostgresError) as exc:
+        raise CommandError(f"cannot reach the database at {redact_dsn(dsn)}: {exc}") from exc
+    try:
+        parameters = inspect.signature(target).parameters
+        made = target(pool) if parameters else target()
+        consumer = await made if inspect.isawaitable(made) else made
+        if not isinstance(consumer, Consumer):
+            raise CommandError(f"{args.target} returned {type(consumer).__name__}, not a Consumer")
+        await consumer.run()
+    finally:
+        await asyncio.wait_for(pool.close(), timeout=CONNECT_TIMEOUT)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def _configure_demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--events", type=int, default=200, help="events to publish (default 200)")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the database (and its schema) in place and print the DSN",
+    )
+    parser.set_defaults(handler=_run_demo)
+
+
+async def _run_demo(args: argparse.Namespace, ctx: Context) -> int:
+    from ._demo import run_demo
+
+    if args.events < 1:
+        raise CommandError("--events must be at least 1", EXIT_USAGE)
+    # Only an explicit --dsn: the demo never writes into $DATABASE_URL by surprise.
+    summary = await run_demo(
+        getattr(args, "explicit_dsn", None), events=args.events, keep=args.keep, out=ctx.out
+    )
+    return EXIT_OK if summary.ok else EXIT_FAILURE
+
+
 # --------------------------------------------------------------------------- main
 
-#: The commands, in the order ``--help`` lists them. ``status``, ``worker`` and ``demo``
-#: join from their own modules.
+#: The commands, in the order ``--help`` lists them.
 SUBCOMMANDS: dict[str, Subcommand] = {
     "migrate": Subcommand("create or upgrade the dispatcher tables", _configure_migrate),
     "contracts": Subcommand("check event contracts", _configure_contracts),
     "dlq": Subcommand("list, show, resolve and replay dead letters", _configure_dlq),
+    "status": Subcommand("consumer lag, dead letters and horizon holders", _configure_status),
+    "worker": Subcommand("run a Consumer until SIGTERM", _configure_worker),
+    "demo": Subcommand("run the demo scenario on an embedded PostgreSQL", _configure_demo),
 }
 
 
@@ -498,6 +670,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or argparse's own usage error
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    args.explicit_dsn = args.dsn
     dsn = args.dsn if args.dsn is not None else os.environ.get("DATABASE_URL")
     ctx = Context(dsn=dsn or None, schema=args.schema, debug=args.debug)
     try:
