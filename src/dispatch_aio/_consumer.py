@@ -832,7 +832,7 @@ class Consumer:
             if transaction is None and statements > 1:
                 transaction = conn.transaction()
                 await transaction.start()
-            if not await self._record(conn, group):
+            if not await self._record(conn, group, in_transaction=transaction is not None):
                 await self._rollback(transaction)
                 return True
             if transaction is not None:
@@ -903,8 +903,14 @@ class Consumer:
             item.event_type, self.name, end_to_end_ms, (time.time() - started) * 1000.0
         )
 
-    async def _record(self, conn: asyncpg.Connection, group: list[_Item]) -> bool:
-        """Write the group's outcomes; False when another process finished some first."""
+    async def _record(
+        self, conn: asyncpg.Connection, group: list[_Item], *, in_transaction: bool
+    ) -> bool:
+        """Write the group's outcomes; False when another process finished some first.
+
+        Outside a transaction (one statement, no handler wrote) the markers that went in
+        are already committed: those events are done, the others were done elsewhere.
+        """
         letters = [i.dead_letter for i in group if i.dead_letter is not None]
         if letters:
             await self._store.record_dead_letters(conn, letters)
@@ -926,6 +932,13 @@ class Consumer:
                 "dead_lettered" if i.dead_letter is not None else "handled" for i in regular
             ]
             inserted = await self._store.record_outcomes(conn, ids, outcomes)
+            if len(inserted) != len(regular) and not in_transaction:
+                for item in regular:
+                    if item.event_id not in inserted:
+                        self._complete(item, counted=False)
+                        self.stats.dedup_hits += 1
+                        self.telemetry.dedup_hit(item.event_type, self.name)
+                return True
             if len(inserted) != len(regular):
                 # Another process of this consumer finished some of these first: drop our
                 # effects for the whole group; the others run again.
@@ -972,6 +985,8 @@ class Consumer:
     def _finish(self, group: list[_Item]) -> None:
         self.stats.groups_committed += 1
         for item in group:
+            if item.done:
+                continue  # finished by another process of this consumer
             if item.replay_of is not None and item.dead_letter is None:
                 self.stats.replayed += 1
                 self._replays_inflight.discard(item.replay_of)
@@ -1134,6 +1149,7 @@ class Consumer:
         if self._state is ConsumerState.NEW:
             raise LifecycleError("the consumer has not started")
         started = self._fetch_seq
+        self._replays_due = True  # a replay may have been asked for just before
         while True:
             self._wake.set()
             waiter = asyncio.ensure_future(self._idle.wait())
