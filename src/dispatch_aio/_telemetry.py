@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from opentelemetry import metrics, trace
 from opentelemetry.propagate import extract, inject
@@ -62,9 +61,13 @@ class Telemetry:
         self.handler_latency = meter.create_histogram(
             "dispatcher.handler_latency_ms", unit="ms", description="Handler run time"
         )
-        self._meter = meter
         self._lag_sources: list[Callable[[], Iterable[tuple[int, dict[str, str]]]]] = []
-        self._lag_gauge: Any = None
+        self.consumer_lag = meter.create_observable_gauge(
+            "dispatcher.consumer.lag",
+            callbacks=[self._observe_lag],
+            unit="{event}",
+            description="Events a consumer has read and not yet given an outcome",
+        )
 
     @classmethod
     def default(cls) -> Telemetry:
@@ -116,7 +119,11 @@ class Telemetry:
         attempt: int,
         traceparent: str | None,
     ) -> Iterator[trace.Span]:
-        """A CONSUMER span per handler attempt, child of the producer's context."""
+        """A CONSUMER span per handler attempt: a child of the producer's context, linked to it.
+
+        Exceptions are not recorded automatically: report a failed attempt with
+        :meth:`mark_error`.
+        """
         parent = extract({"traceparent": traceparent}) if traceparent else None
         links = []
         if parent is not None:
@@ -128,8 +135,10 @@ class Telemetry:
             context=parent,
             kind=SpanKind.CONSUMER,
             links=links,
-            record_exception=True,
-            set_status_on_exception=True,
+            # The consumer records a handler's exception with mark_error; recording it
+            # here as well would put two exception events on the span.
+            record_exception=False,
+            set_status_on_exception=False,
             attributes={
                 "messaging.system": "dispatch_aio",
                 "messaging.operation.type": "process",
@@ -181,16 +190,36 @@ class Telemetry:
         self.end_to_end_latency.record(end_to_end_ms, attrs)
         self.handler_latency.record(handler_ms, attrs)
 
+    def track_backlog(
+        self,
+        consumer: str,
+        event_types: Sequence[str],
+        backlog: Callable[[], Iterable[str]],
+    ) -> Callable[[], None]:
+        """Report a consumer's backlog per event type through ``dispatcher.consumer.lag``.
+
+        ``backlog()`` gives the event type of each event the consumer has read and not yet
+        given an outcome; subscribed types with none report 0. It is called from the
+        metric reader's thread, so it must only take a snapshot. Returns the function
+        that stops the reporting.
+        """
+        types = tuple(event_types)
+
+        def source() -> Iterable[tuple[int, dict[str, str]]]:
+            counts = dict.fromkeys(types, 0)
+            for event_type in backlog():
+                counts[event_type] = counts.get(event_type, 0) + 1
+            return [
+                (count, {"consumer": consumer, "event_type": event_type})
+                for event_type, count in counts.items()
+            ]
+
+        self.add_lag_source(source)
+        return lambda: self.remove_lag_source(source)
+
     def add_lag_source(self, source: Callable[[], Iterable[tuple[int, dict[str, str]]]]) -> None:
         """Report ``source()``'s (lag, attributes) pairs through one observable gauge."""
         self._lag_sources.append(source)
-        if self._lag_gauge is None:
-            self._lag_gauge = self._meter.create_observable_gauge(
-                "dispatcher.consumer.lag",
-                callbacks=[self._observe_lag],
-                unit="{event}",
-                description="Events visible to a consumer and not yet handled",
-            )
 
     def remove_lag_source(self, source: Callable[[], Iterable[tuple[int, dict[str, str]]]]) -> None:
         """Stop reporting a lag source added with add_lag_source."""

@@ -131,3 +131,15 @@ def dispatcher(dispatch_pool: asyncpg.Pool) -> Any:
     from ._dispatcher import Dispatcher
 
     return Dispatcher(dispatch_pool, producer="tests", tenant_id="tnt_tests")
+
+
+@pytest.fixture(scope="session")
+def dispatch_registry() -> Any:
+    """The contract registry (bundled, or ``DISPATCH_AIO_CONTRACTS``), loaded once per session.
+
+    Pass it as ``registry=`` to the Dispatchers and Consumers a test builds, so that they
+    do not load and compile the contracts again.
+    """
+    from ._registry import Registry
+
+    return Registry.load()

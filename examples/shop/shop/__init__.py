@@ -1,0 +1,1 @@
+"""An example shop: orders come in over HTTP, a worker keeps a revenue projection."""
