@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypedDict
 
 import asyncpg
+import fastjsonschema
 
 from ._db import translate_errors
 from ._envelope import Envelope, format_timestamp
@@ -22,7 +24,7 @@ from ._errors import (
 )
 from ._identifiers import validate_schema_name
 from ._ids import new_id
-from ._registry import Registry
+from ._registry import ENVELOPE_SCHEMA_PATH, Registry, _compile
 from ._sql import queries
 from ._telemetry import Telemetry
 
@@ -32,6 +34,21 @@ __all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "Dispatcher", "EventSpec"]
 DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+#: Envelope fields whose values come from the caller of publish (occurred_at aside).
+_CALLER_FIELDS = ("subject", "actor", "correlation_id", "causation_id", "traceparent")
+_SPEC_KEYS = frozenset(
+    {
+        "event_type",
+        "payload",
+        "subject",
+        "actor",
+        "schema_version",
+        "correlation_id",
+        "causation_id",
+        "occurred_at",
+    }
+)
 
 
 class _EventSpecRequired(TypedDict):
@@ -48,6 +65,54 @@ class EventSpec(_EventSpecRequired, total=False):
     correlation_id: str
     causation_id: str
     occurred_at: datetime
+
+
+class _EnvelopeCheck:
+    """Validates built envelopes against the registry's envelope schema, cheaply.
+
+    What publish makes itself (event_id, tenant_id, producer, schema_version, a generated
+    occurred_at) has the same shape on every event, so the whole envelope is validated
+    once per (event type, version). The fields a caller passes are validated on every
+    event, by a validator compiled from the same schema with ``required`` narrowed to
+    them; an occurred_at given by the caller sends the envelope through the whole check.
+    Any failure is reported by the registry's full validation: its typed error and path.
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+        self._checked: set[tuple[str, int]] = set()
+        schema = json.loads((registry.root / ENVELOPE_SCHEMA_PATH).read_text(encoding="utf-8"))
+        schema.pop("examples", None)
+        schema["required"] = [name for name in schema.get("required", ()) if name in _CALLER_FIELDS]
+        self._caller_fields = _compile(schema)
+
+    def __call__(self, data: dict[str, Any], *, occurred_at_given: bool) -> None:
+        key = (data["event_type"], data["schema_version"])
+        if occurred_at_given or key not in self._checked:
+            self._full(data)
+            self._checked.add(key)
+            return
+        try:
+            self._caller_fields({name: data[name] for name in _CALLER_FIELDS if name in data})
+        except fastjsonschema.JsonSchemaValueException as exc:
+            self._full(data)  # raises the typed error with its path
+            raise InvalidEnvelopeError(key[0], key[1], "$", exc.message) from None
+
+    def _full(self, data: dict[str, Any]) -> None:
+        self._registry.validate_envelope(
+            {**data, "occurred_at": format_timestamp(data["occurred_at"])}
+        )
+
+
+def _has_nul(value: Any) -> bool:
+    """True when a string or key anywhere in ``value`` holds U+0000 (jsonb refuses it)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(item) for item in value)
+    return False
 
 
 class Dispatcher:
@@ -86,6 +151,7 @@ class Dispatcher:
         self.tenant_id = tenant_id
         self.schema = validate_schema_name(schema)
         self.registry = registry if registry is not None else Registry.load()
+        self._check_envelope = _EnvelopeCheck(self.registry)
         self.max_payload_bytes = max_payload_bytes
         self.telemetry = telemetry if telemetry is not None else Telemetry.default()
         self._queries = queries(self.schema)
@@ -108,27 +174,20 @@ class Dispatcher:
         """Build and validate one envelope; return it with its encoded payload. No I/O."""
         registry = self.registry
         version = registry.current_version(event_type) if schema_version is None else schema_version
+        occurred_at_given = occurred_at is not None
         if occurred_at is None:
             occurred_at = datetime.now(UTC)
-        elif not isinstance(occurred_at, datetime):
-            raise InvalidEnvelopeError(
-                event_type,
-                version,
-                "$.occurred_at",
-                f"must be a timezone-aware datetime, not {type(occurred_at).__name__}",
-            )
-        elif occurred_at.tzinfo is None or occurred_at.utcoffset() is None:
-            raise InvalidEnvelopeError(
-                event_type, version, "$.occurred_at", "naive datetime: give a timezone-aware one"
-            )
+        else:
+            occurred_at = _as_utc(event_type, version, occurred_at)
         if not isinstance(payload, Mapping):
             raise InvalidPayloadError(event_type, version, "$.payload", "must be an object")
         payload = dict(payload)
+        registry.validate_payload(event_type, version, payload)
         data: dict[str, Any] = {
             "event_id": new_id("evt"),
             "event_type": event_type,
             "schema_version": version,
-            "occurred_at": format_timestamp(occurred_at),
+            "occurred_at": occurred_at,
             "tenant_id": self.tenant_id,
             "producer": self.producer,
             "subject": subject,
@@ -141,17 +200,19 @@ class Dispatcher:
             data["causation_id"] = causation_id
         if traceparent is not None:
             data["traceparent"] = traceparent
-        registry.validate_payload(event_type, version, payload)
-        registry.validate_envelope(data)
+        self._check_envelope(data, occurred_at_given=occurred_at_given)
         try:
             encoded = _dumps(payload)
-        except (TypeError, ValueError) as exc:
+            size = len(encoded.encode())
+        except (TypeError, ValueError) as exc:  # UnicodeEncodeError: a lone surrogate
             raise InvalidPayloadError(event_type, version, "$.payload", str(exc)) from exc
-        size = len(encoded.encode())
+        if "\\u0000" in encoded and _has_nul(payload):
+            raise InvalidPayloadError(
+                event_type, version, "$.payload", "PostgreSQL jsonb cannot store U+0000 in text"
+            )
         if size > self.max_payload_bytes:
             raise PayloadTooLargeError(event_type, size, self.max_payload_bytes)
-        data["occurred_at"] = occurred_at.astimezone(UTC)
-        return Envelope.model_construct(**data), encoded
+        return Envelope.model_validate(data), encoded
 
     @staticmethod
     def _row(envelope: Envelope, encoded: str) -> tuple[Any, ...]:
@@ -228,10 +289,8 @@ class Dispatcher:
             return []
         with self.telemetry.publish_span("(many)", self.producer) as traceparent:
             built = [self._build_spec(spec, traceparent) for spec in events]
-            columns: list[list[Any]] = [[] for _ in range(12)]
-            for envelope, encoded in built:
-                for column, value in zip(columns, self._row(envelope, encoded), strict=True):
-                    column.append(value)
+            rows = [self._row(envelope, encoded) for envelope, encoded in built]
+            columns = [list(column) for column in zip(*rows, strict=True)]
             with translate_errors(self.schema):
                 if conn is not None:
                     self._require_transaction(conn)
@@ -240,23 +299,15 @@ class Dispatcher:
                     pool = self._require_pool()
                     async with pool.acquire() as own:
                         await own.execute(self._queries.insert_events, *columns)
-        for envelope, _ in built:
-            self.telemetry.published(envelope.event_type, self.producer, 1)
-        return [envelope for envelope, _ in built]
+        envelopes = [envelope for envelope, _ in built]
+        for event_type, count in Counter(envelope.event_type for envelope in envelopes).items():
+            self.telemetry.published(event_type, self.producer, count)
+        return envelopes
 
     def _build_spec(self, spec: EventSpec, traceparent: str | None) -> tuple[Envelope, str]:
         if not isinstance(spec, Mapping):
             raise UsageError("each event given to publish_many must be a dict")
-        unknown = set(spec) - {
-            "event_type",
-            "payload",
-            "subject",
-            "actor",
-            "schema_version",
-            "correlation_id",
-            "causation_id",
-            "occurred_at",
-        }
+        unknown = spec.keys() - _SPEC_KEYS
         if unknown:
             raise UsageError(f"unknown keys in an event given to publish_many: {sorted(unknown)}")
         try:
@@ -289,3 +340,17 @@ class Dispatcher:
         if self.pool is None:
             raise UsageError("this Dispatcher has no pool: pass conn=... to publish")
         return self.pool
+
+
+def _as_utc(event_type: str, version: int, value: Any) -> datetime:
+    """A caller's occurred_at in UTC; InvalidEnvelopeError unless it is an aware datetime."""
+    if not isinstance(value, datetime):
+        reason = f"must be a timezone-aware datetime, not {type(value).__name__}"
+    elif value.tzinfo is None or value.utcoffset() is None:
+        reason = "naive datetime: give a timezone-aware one"
+    else:
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            reason = "out of range once converted to UTC"
+    raise InvalidEnvelopeError(event_type, version, "$.occurred_at", reason)
