@@ -20,6 +20,10 @@ def tests(session: nox.Session) -> None:
     session.install(".[test]")
     args = session.posargs or ["tests"]
     session.run("pytest", *args, env={"DISPATCH_AIO_PG_BIN": ""})
+    if not session.posargs:
+        session.log("the example project's own tests, written only with the pytest plugin")
+        with session.chdir("examples/shop"):
+            session.run("pytest", env={"DISPATCH_AIO_PG_BIN": ""})
     if not session.posargs and PG15_BIN.is_dir() and not os.environ.get("DISPATCH_AIO_TEST_DSN"):
         session.log("again on PostgreSQL 15: the integration tests")
         session.run(
@@ -35,8 +39,12 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff: lint and formatting."""
     session.install("ruff>=0.5")
-    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "noxfile.py")
+    paths = ["src", "tests", "benchmarks", "noxfile.py"]
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
+    with session.chdir("examples/shop"):
+        session.run("ruff", "check", ".")
+        session.run("ruff", "format", "--check", ".")
 
 
 @nox.session
