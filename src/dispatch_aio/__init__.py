@@ -5,6 +5,7 @@ Public names are re-exported here; modules with a leading underscore are private
 
 from ._consumer import Consumer, ConsumerState, ConsumerStats
 from ._consumer_config import ConsumerConfig
+from ._deadletters import DeadLetter, DeadLetterPage, DeadLetters
 from ._dispatcher import DEFAULT_MAX_PAYLOAD_BYTES, Dispatcher, EventSpec
 from ._embedded import EmbeddedPostgres
 from ._envelope import Envelope, Event
@@ -33,6 +34,7 @@ from ._errors import (
 )
 from ._migrate import SCHEMA_VERSION, MigrationResult, check_schema, migrate
 from ._registry import Registry
+from ._status import ConsumerHealth, HorizonHolder, StatusReport, consumer_status
 from ._telemetry import Telemetry
 
 __all__ = [
@@ -41,14 +43,18 @@ __all__ = [
     "ConfigurationError",
     "Consumer",
     "ConsumerConfig",
+    "ConsumerHealth",
     "ConsumerState",
     "ConsumerStats",
     "ContractError",
     "DatabaseError",
     "DatabaseUnavailableError",
+    "DeadLetter",
     "DeadLetterAlreadyResolvedError",
     "DeadLetterError",
     "DeadLetterNotFoundError",
+    "DeadLetterPage",
+    "DeadLetters",
     "DispatchError",
     "Dispatcher",
     "EmbeddedPostgres",
@@ -57,6 +63,7 @@ __all__ = [
     "EventSpec",
     "EventValidationError",
     "HorizonError",
+    "HorizonHolder",
     "InvalidEnvelopeError",
     "InvalidIdentifierError",
     "InvalidPayloadError",
@@ -67,10 +74,12 @@ __all__ = [
     "Registry",
     "RegistryError",
     "SchemaNotMigratedError",
+    "StatusReport",
     "Telemetry",
     "UnknownEventTypeError",
     "UnknownSchemaVersionError",
     "UsageError",
     "check_schema",
+    "consumer_status",
     "migrate",
 ]

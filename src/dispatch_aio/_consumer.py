@@ -1065,7 +1065,6 @@ class Consumer:
 
     def _replay_failed(self, item: _Item, exc: BaseException) -> None:
         item.done = True
-        self._replays_inflight.discard(item.replay_of or "")
         subject = self._subjects.get(item.subject)
         if subject is not None and not subject.items:
             del self._subjects[item.subject]
@@ -1073,10 +1072,22 @@ class Consumer:
         self._tg_for_side_work.start_soon(self._store_replay_failure, item, exc)
 
     async def _store_replay_failure(self, item: _Item, exc: BaseException) -> None:
-        async with self.pool.acquire(timeout=self.config.acquire_timeout) as conn:
-            await self._store.fail_replay(
-                conn, item.replay_of or "", f"{type(exc).__name__}: {exc}", item.attempts
+        """Record a failed replay; the replay counts as in flight until it is recorded."""
+        try:
+            async with self.pool.acquire(timeout=self.config.acquire_timeout) as conn:
+                await self._store.fail_replay(
+                    conn, item.replay_of or "", f"{type(exc).__name__}: {exc}", item.attempts
+                )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
+            # The row stays pending: the next read of replays tries the event again.
+            logger.warning(
+                "could not record a failed replay (%s: %s)",
+                type(error).__name__,
+                error,
+                extra={**self._log, "event_id": item.event_id},
             )
+        finally:
+            self._replays_inflight.discard(item.replay_of or "")
 
     def _dead_letter_row(self, item: _Item, exc: BaseException, *, attempts: int) -> DeadLetterRow:
         row = item.row

@@ -18,6 +18,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 __all__ = ["Telemetry"]
 
 _INSTRUMENTATION = "dispatch_aio"
+_NOOP_TRACER_PROVIDERS = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 _defaults: dict[tuple[int, int], Telemetry] = {}
 _defaults_lock = threading.Lock()
 
@@ -36,6 +37,7 @@ class Telemetry:
     ) -> None:
         meter = metrics.get_meter(_INSTRUMENTATION, meter_provider=meter_provider)
         self.tracer = trace.get_tracer(_INSTRUMENTATION, tracer_provider=tracer_provider)
+        self._tracer_provider = tracer_provider
         self.publish_count = meter.create_counter(
             "dispatcher.publish.count", unit="{event}", description="Events published"
         )
@@ -81,11 +83,22 @@ class Telemetry:
                     found = _defaults[key] = cls()
         return found
 
+    def tracing_enabled(self) -> bool:
+        """False while no tracer provider is installed: spans are skipped, not made no-op.
+
+        Checked on every call, so an SDK installed after start-up is picked up.
+        """
+        provider = self._tracer_provider or trace.get_tracer_provider()
+        return not isinstance(provider, _NOOP_TRACER_PROVIDERS)
+
     # -- publish -------------------------------------------------------------------
 
     @contextlib.contextmanager
     def publish_span(self, event_type: str, producer: str) -> Iterator[str | None]:
         """A PRODUCER span; yields the W3C traceparent to store, or None when not sampled."""
+        if not self.tracing_enabled():
+            yield None
+            return
         with self.tracer.start_as_current_span(
             f"{event_type} publish",
             kind=SpanKind.PRODUCER,
@@ -124,6 +137,9 @@ class Telemetry:
         Exceptions are not recorded automatically: report a failed attempt with
         :meth:`mark_error`.
         """
+        if not self.tracing_enabled():
+            yield trace.INVALID_SPAN
+            return
         parent = extract({"traceparent": traceparent}) if traceparent else None
         links = []
         if parent is not None:

@@ -1,0 +1,85 @@
+"""Replaying a dead letter: the consumer handles the event again, exactly once."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from dispatch_aio import Consumer, DeadLetterAlreadyResolvedError, DeadLetters, Dispatcher, Event
+
+from .helpers import locked_payload, uid
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_replay_handles_the_event_once_more_and_resolves_the_row(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    await dispatch_pool.execute("CREATE TABLE effects (event_id text)")
+    broken = {"yes": True}
+    calls: list[str] = []
+    consumer = Consumer(dispatch_pool, name="projector", poll_interval=0.2, retry_delays=(0,))
+
+    @consumer.on("credit.locked")
+    async def project(event: Event, conn: asyncpg.Connection) -> None:
+        calls.append(event.event_id)
+        await conn.execute("INSERT INTO effects VALUES ($1)", event.event_id)
+        if broken["yes"]:
+            raise RuntimeError("projection table is read-only")
+
+    envelope = await dispatcher.publish(
+        "credit.locked", locked_payload(), subject=uid("per"), actor="system:tests"
+    )
+    dead_letters = DeadLetters(dispatch_pool)
+    async with consumer:
+        await consumer.wait_idle()
+        page = await dead_letters.list("projector")
+        [letter] = page.items
+        assert letter.event_id == envelope.event_id
+        assert letter.attempts == 2
+        assert await dispatch_pool.fetchval("SELECT count(*) FROM effects") == 0
+
+        broken["yes"] = False
+        calls.clear()
+        await dead_letters.replay(letter.dead_letter_id, replayed_by="ops:alice")
+        await consumer.wait_idle()
+
+    assert calls == [envelope.event_id]
+    assert await dispatch_pool.fetchval("SELECT count(*) FROM effects") == 1
+    row = await dead_letters.get(letter.dead_letter_id)
+    assert row.replay_status == "succeeded"
+    assert row.resolved_by == "ops:alice"
+    assert row.resolved_at is not None
+    outcome = await dispatch_pool.fetchval(
+        "SELECT outcome FROM dispatcher_dedup WHERE consumer = 'projector' AND event_id = $1",
+        envelope.event_id,
+    )
+    assert outcome == "handled"
+    with pytest.raises(DeadLetterAlreadyResolvedError):
+        await dead_letters.replay(letter.dead_letter_id, replayed_by="ops:alice")
+
+
+async def test_a_replay_that_fails_again_is_recorded_and_stays_active(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    consumer = Consumer(dispatch_pool, name="projector", poll_interval=0.2, retry_delays=())
+
+    @consumer.on("credit.locked")
+    async def project(event: Event) -> None:
+        raise ValueError("still broken")
+
+    await dispatcher.publish(
+        "credit.locked", locked_payload(), subject=uid("per"), actor="system:tests"
+    )
+    dead_letters = DeadLetters(dispatch_pool)
+    async with consumer:
+        await consumer.wait_idle()
+        [letter] = (await dead_letters.list("projector")).items
+        await dead_letters.replay(letter.dead_letter_id, replayed_by="ops")
+        await consumer.wait_idle()
+    row = await dead_letters.get(letter.dead_letter_id)
+    assert row.replay_status == "failed"
+    assert row.replay_error is not None
+    assert "still broken" in row.replay_error
+    assert row.resolved_at is None
+    assert len((await dead_letters.list("projector")).items) == 1
