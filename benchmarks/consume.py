@@ -1,0 +1,548 @@
+"""Consumer benchmarks: dispatch-aio against PgQueuer, measured in the same run.
+
+    python benchmarks/consume.py            # full run (a few minutes)
+    python benchmarks/consume.py --quick    # small sizes: a smoke run, figures meaningless
+
+(a) drain a backlog with a no-op handler: dispatch-aio events/s vs PgQueuer jobs/s
+    (``QueueManager.run(batch_size=100)``, its other defaults);
+(b) the same with a handler inserting one row: dispatch-aio through the event's
+    connection (commits with the event's outcome), PgQueuer through a pool connection;
+(c) end-to-end latency, producer commit to handler start, at a steady rate;
+(d) dispatch-aio's drain of the same backlog behind a long history (events its cursor
+    has passed) versus on a table holding only the backlog.
+
+Both systems get one database each on one embedded PostgreSQL with fsync on, an
+asyncpg pool of the same size, the standard asyncio event loop, and settled tables
+(VACUUM ANALYZE + CHECKPOINT before measuring). Drains run ``--rounds`` times, the
+order flipped every round; the best round of each counts (all are printed). A drain
+counts from starting the consumer to the last event done: for dispatch-aio, its
+outcome committed; for PgQueuer, its handler returned (its status write is buffered
+and comes later, so this favours PgQueuer slightly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from importlib.metadata import version as package_version
+from typing import Any
+
+import _common as common
+import asyncpg
+
+from dispatch_aio import Consumer, Event
+
+try:
+    from pgqueuer import AsyncpgDriver, AsyncpgPoolDriver, Queries, QueueManager
+except ImportError:  # pragma: no cover - a benchmark-only dependency
+    sys.exit("PgQueuer is needed for the comparison: pip install 'dispatch-aio[bench]'")
+
+EVENT_TYPE = "credit.locked"
+CONSUMER = "bench"
+ENTRYPOINT = "bench"
+HISTORY_TYPES = (("credit.locked", 0.6), ("credit.reserved", 0.2), ("credit.released", 0.2))
+PROJECTION_DDL = "CREATE TABLE projection (id bigserial PRIMARY KEY, event_id text NOT NULL)"
+DRAIN_TIMEOUT = 300.0  # seconds: a drain slower than this is broken, not slow
+INSERT_PROJECTION = "INSERT INTO projection (event_id) VALUES ($1)"
+
+HEADINGS = (
+    "== settings ==",
+    "== (a) backlog drain, no-op handler ==",
+    "== (b) backlog drain, handler inserting one row ==",
+    "== (c) end-to-end latency ==",
+    "== (d) drain behind a long history ==",
+    "== goals ==",
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    backlog: int
+    subjects: int
+    history: int
+    rate: int
+    duration: float
+    rounds: int
+    latency_rounds: int
+    quick: bool = False
+    pool_size: int = 20
+
+
+FULL = Settings(
+    backlog=20_000,
+    subjects=4_000,
+    history=1_000_000,
+    rate=100,
+    duration=10,
+    rounds=3,
+    latency_rounds=2,
+)
+QUICK = Settings(
+    backlog=1_000,
+    subjects=200,
+    history=20_000,
+    rate=100,
+    duration=2,
+    rounds=1,
+    latency_rounds=1,
+    quick=True,
+)
+
+
+@dataclass
+class Results:
+    drains: dict[str, list[float]] = field(default_factory=dict)  # label -> events/s per round
+    latency: dict[str, list[float]] = field(default_factory=dict)  # label -> ms samples
+
+    def add(self, label: str, rate: float) -> None:
+        self.drains.setdefault(label, []).append(rate)
+
+    def best(self, label: str) -> float:
+        return max(self.drains[label])
+
+
+def log(message: str) -> None:
+    print(f"  .. {message}", file=sys.stderr, flush=True)
+
+
+# -- dispatch-aio --------------------------------------------------------------------------
+
+
+async def reset_dispatch(pool: asyncpg.Pool, cursor_at: tuple[int, int]) -> None:
+    """Forget the measured consumer's outcomes and put its cursor back at ``cursor_at``."""
+    async with pool.acquire() as conn:
+        await conn.execute("TRUNCATE dispatcher_dedup, projection")
+        await common.set_cursor(conn, CONSUMER, [EVENT_TYPE], cursor_at)
+    await common.settle(pool, "dispatcher_cursor")
+
+
+async def dispatch_drain(
+    pool: asyncpg.Pool, cursor_at: tuple[int, int], expected: int, *, write: bool
+) -> float:
+    """Drain ``expected`` events past ``cursor_at``; returns events per second."""
+    await reset_dispatch(pool, cursor_at)
+    consumer = Consumer(pool, name=CONSUMER)
+    if write:
+
+        @consumer.on(EVENT_TYPE)
+        async def write_one(event: Event, conn: asyncpg.Connection) -> None:
+            await conn.execute(INSERT_PROJECTION, event.event_id)
+
+    else:
+
+        @consumer.on(EVENT_TYPE)
+        async def no_op(event: Event) -> None:
+            return None
+
+    start = time.perf_counter()
+    async with consumer:
+        end = await common.wait_until(
+            lambda: consumer.stats.handled >= expected, within=DRAIN_TIMEOUT
+        )
+    marked = await pool.fetchval(
+        "SELECT count(*) FROM dispatcher_dedup WHERE consumer = $1", CONSUMER
+    )
+    written = await pool.fetchval("SELECT count(*) FROM projection")
+    if consumer.stats.handled != expected or marked != expected:
+        raise AssertionError(f"dispatch-aio handled {consumer.stats.handled}, marked {marked}")
+    if write and written != expected:
+        raise AssertionError(f"dispatch-aio wrote {written} rows for {expected} events")
+    return expected / (end - start)
+
+
+# -- PgQueuer ------------------------------------------------------------------------------
+
+
+async def pgq_fill(pool: asyncpg.Pool, payloads: list[bytes | None]) -> None:
+    """Empty PgQueuer's tables, enqueue one job per payload, settle the queue table."""
+    await pool.execute("TRUNCATE pgqueuer, pgqueuer_log, pgqueuer_statistics, projection")
+    queries = Queries(AsyncpgPoolDriver(pool))
+    for start in range(0, len(payloads), 5_000):
+        part = payloads[start : start + 5_000]
+        await queries.enqueue([ENTRYPOINT] * len(part), part, [0] * len(part))
+    await common.settle(pool, "pgqueuer")
+
+
+async def pgq_drain(pool: asyncpg.Pool, payloads: list[bytes | None], *, write: bool) -> float:
+    """PgQueuer drains one job per payload with ``batch_size=100``; returns jobs per second."""
+    await pgq_fill(pool, payloads)
+    expected = len(payloads)
+    qm = QueueManager(Queries(AsyncpgPoolDriver(pool)))
+    handled = 0
+
+    if write:
+
+        @qm.entrypoint(ENTRYPOINT)
+        async def write_one(job: Any) -> None:
+            nonlocal handled
+            async with pool.acquire() as conn:
+                await conn.execute(INSERT_PROJECTION, str(job.id))
+            handled += 1
+
+    else:
+
+        @qm.entrypoint(ENTRYPOINT)
+        async def no_op(job: Any) -> None:
+            nonlocal handled
+            handled += 1
+
+    start = time.perf_counter()
+    runner = asyncio.create_task(qm.run(batch_size=100))
+    try:
+        end = await common.wait_until(lambda: handled >= expected, within=DRAIN_TIMEOUT)
+    finally:
+        qm.shutdown.set()
+        await runner
+    left = await pool.fetchval("SELECT count(*) FROM pgqueuer")
+    written = await pool.fetchval("SELECT count(*) FROM projection")
+    if handled != expected or left != 0:
+        raise AssertionError(f"PgQueuer handled {handled} of {expected}, {left} left queued")
+    if write and written != expected:
+        raise AssertionError(f"PgQueuer wrote {written} rows for {expected} jobs")
+    return expected / (end - start)
+
+
+# -- latency -------------------------------------------------------------------------------
+
+
+async def paced(
+    count: int, rate: int, produce: Callable[[], Awaitable[tuple[Any, float]]]
+) -> dict[Any, float]:
+    """Call ``produce`` ``count`` times at ``rate`` per second; key -> commit time."""
+    sent: dict[Any, float] = {}
+    start = time.perf_counter()
+    for i in range(count):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        key, committed = await produce()
+        sent[key] = committed
+    return sent
+
+
+def latencies_ms(sent: dict[Any, float], started: dict[Any, float]) -> list[float]:
+    missing = set(sent) - set(started)
+    if missing:
+        raise AssertionError(f"{len(missing)} of {len(sent)} never reached a handler")
+    return [(started[k] - sent[k]) * 1000.0 for k in sent]
+
+
+async def dispatch_latency(dsn: str, settings: Settings, payload: dict[str, Any]) -> list[float]:
+    pool = await common.open_pool(dsn, settings.pool_size)
+    producer_conn = await asyncpg.connect(dsn)
+    publisher = common.dispatcher(None)
+    subject_ids = common.subjects(50)
+    started: dict[str, float] = {}
+    consumer = Consumer(pool, name="latency")
+
+    @consumer.on(EVENT_TYPE)
+    async def on_event(event: Event) -> None:
+        started.setdefault(event.event_id, time.perf_counter())
+
+    counter = 0
+
+    async def produce() -> tuple[str, float]:
+        nonlocal counter
+        counter += 1
+        transaction = producer_conn.transaction()
+        await transaction.start()
+        envelope = await publisher.publish(
+            EVENT_TYPE,
+            payload,
+            subject=subject_ids[counter % len(subject_ids)],
+            actor=common.ACTOR,
+            conn=producer_conn,
+        )
+        committing = time.perf_counter()
+        await transaction.commit()
+        return envelope.event_id, committing
+
+    try:
+        await common.settle(pool)
+        async with consumer:
+            await consumer.wait_idle()
+            sent = await paced(int(settings.rate * settings.duration), settings.rate, produce)
+            await common.wait_until(lambda: set(sent) <= set(started), within=30, interval=0.01)
+    finally:
+        await producer_conn.close()
+        await pool.close()
+    return latencies_ms(sent, started)
+
+
+async def pgq_latency(dsn: str, settings: Settings, payload: bytes) -> list[float]:
+    pool = await common.open_pool(dsn, settings.pool_size + 1)
+    producer_conn = await asyncpg.connect(dsn)
+    producer = Queries(AsyncpgDriver(producer_conn))
+    qm = QueueManager(Queries(AsyncpgPoolDriver(pool)))
+    started: dict[int, float] = {}
+
+    @qm.entrypoint("latency")
+    async def on_job(job: Any) -> None:
+        started.setdefault(int(job.id), time.perf_counter())
+
+    async def produce() -> tuple[int, float]:
+        transaction = producer_conn.transaction()
+        await transaction.start()
+        (job_id,) = await producer.enqueue("latency", payload)
+        committing = time.perf_counter()
+        await transaction.commit()
+        return int(job_id), committing
+
+    await pool.execute("TRUNCATE pgqueuer, pgqueuer_log, pgqueuer_statistics")
+    await common.settle(pool, "pgqueuer")
+    runner = asyncio.create_task(qm.run())  # its defaults
+    try:
+        await asyncio.sleep(0.5)  # let it start listening
+        sent = await paced(int(settings.rate * settings.duration), settings.rate, produce)
+        await common.wait_until(lambda: set(sent) <= set(started), within=60, interval=0.01)
+    finally:
+        qm.shutdown.set()
+        await runner
+        await producer_conn.close()
+        await pool.close()
+    return latencies_ms(sent, started)
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+async def prepare(
+    server: common.BenchServer, settings: Settings
+) -> tuple[str, str, str, str, tuple[int, int], list[bytes | None], dict[str, Any]]:
+    factory = common.PayloadFactory()
+    hot = common.subjects(settings.subjects)
+    specs = common.backlog_specs(settings.backlog, hot, EVENT_TYPE, factory, seed=1)
+    payload_bytes: list[bytes | None] = [
+        json.dumps(s["payload"], separators=(",", ":")).encode() for s in specs
+    ]
+
+    small = await server.create_database("bench_small")
+    big = await server.create_database("bench_big")
+    pgq = await server.create_database("bench_pgqueuer", dispatch_schema=False)
+    latency = await server.create_database("bench_latency")
+
+    for dsn in (small, big, pgq):
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(PROJECTION_DDL)
+        finally:
+            await conn.close()
+
+    conn = await asyncpg.connect(pgq)
+    try:
+        await Queries(AsyncpgDriver(conn)).install()
+    finally:
+        await conn.close()
+
+    started = time.perf_counter()
+    pool = await common.open_pool(big, 4)
+    try:
+        await common.copy_history(
+            pool,
+            settings.history,
+            types=HISTORY_TYPES,
+            hot_subjects=hot,
+            factory=factory,
+            progress=lambda n: log(f"history: {n:,} events") if n % 200_000 == 0 else None,
+        )
+        async with pool.acquire() as conn:
+            passed = await common.set_cursor_past_everything(conn, CONSUMER, [EVENT_TYPE])
+        await common.publish_backlog(pool, specs)
+    finally:
+        await pool.close()
+    log(f"history of {settings.history:,} loaded in {time.perf_counter() - started:.1f}s")
+
+    pool = await common.open_pool(small, 4)
+    try:
+        await common.publish_backlog(pool, specs)
+    finally:
+        await pool.close()
+
+    await common.settle(small, "dispatcher_event")
+    await common.settle(big, "dispatcher_event")
+    return small, big, pgq, latency, passed, payload_bytes, specs[0]["payload"]
+
+
+async def run(settings: Settings) -> int:
+    loop = type(asyncio.get_running_loop())
+    if "uvloop" in f"{type(asyncio.get_event_loop_policy()).__module__}{loop.__module__}":
+        raise SystemExit("these figures are for the standard asyncio event loop")
+    server = common.BenchServer.start()
+    try:
+        run_started = time.perf_counter()
+        version = await server.server_version()
+        small, big, pgq, latency, passed, payloads, one_payload = await prepare(server, settings)
+        print_settings(settings, version, loop)
+        results = Results()
+        await measure_drains(settings, results, small, big, pgq, passed, payloads)
+        for r in range(settings.latency_rounds):
+            log(f"latency round {r + 1}: dispatch-aio")
+            sample = await dispatch_latency(latency, settings, one_payload)
+            results.latency.setdefault("da", []).extend(sample)
+            log(f"latency round {r + 1}: PgQueuer")
+            sample = await pgq_latency(pgq, settings, json.dumps(one_payload).encode())
+            results.latency.setdefault("pgq", []).extend(sample)
+        report(results, settings)
+        print(f"  total run time {time.perf_counter() - run_started:.0f}s")
+    finally:
+        server.stop()
+    return 0
+
+
+async def measure_drains(
+    settings: Settings,
+    results: Results,
+    small: str,
+    big: str,
+    pgq: str,
+    passed: tuple[int, int],
+    payloads: list[bytes | None],
+) -> None:
+    """Every drain, ``rounds`` times; the order within a round flips from round to round."""
+    n = settings.backlog
+    small_pool = await common.open_pool(small, settings.pool_size)
+    big_pool = await common.open_pool(big, settings.pool_size)
+    pgq_pool = await common.open_pool(pgq, settings.pool_size + 1)
+    try:
+        steps: list[tuple[str, Callable[[], Awaitable[float]]]] = [
+            ("pgq noop", lambda: pgq_drain(pgq_pool, payloads, write=False)),
+            ("da noop", lambda: dispatch_drain(small_pool, (0, 0), n, write=False)),
+            ("da noop big", lambda: dispatch_drain(big_pool, passed, n, write=False)),
+            ("pgq write", lambda: pgq_drain(pgq_pool, payloads, write=True)),
+            ("da write", lambda: dispatch_drain(small_pool, (0, 0), n, write=True)),
+        ]
+        for r in range(settings.rounds):
+            log(f"drain round {r + 1} of {settings.rounds}")
+            # Every other round runs backwards, so that no drain always follows the same one.
+            for label, drain in steps if r % 2 == 0 else reversed(steps):
+                results.add(label, await drain())
+    finally:
+        await small_pool.close()
+        await big_pool.close()
+        await pgq_pool.close()
+
+
+def print_settings(settings: Settings, version: str, loop: type) -> None:
+    print(HEADINGS[0])
+    lines = (
+        f"{common.machine_summary()}, event loop {loop.__module__}.{loop.__name__}",
+        f"PostgreSQL {version}, embedded, fsync=on, synchronous_commit=on, autovacuum off "
+        "(VACUUM ANALYZE + CHECKPOINT before each measurement)",
+        f"PgQueuer {package_version('pgqueuer')}: durable tables, AsyncpgPoolDriver; "
+        "QueueManager.run(batch_size=100) for drains, run() defaults for latency",
+        "dispatch-aio: Consumer defaults (concurrency 16, batch_size 50, max_group 50, "
+        "poll_interval 5 s)",
+        f"pools: {settings.pool_size} connections each; PgQueuer's has one more, which its "
+        "LISTEN takes (dispatch-aio's LISTEN connection is outside its pool)",
+        f"backlog: {settings.backlog:,} events of {EVENT_TYPE} over {settings.subjects:,} "
+        f"subjects; history (d): {settings.history:,} older events the cursor has passed",
+        f"drains: best of {settings.rounds} round(s), order flipped every round; latency: "
+        f"{settings.latency_rounds} round(s) of {settings.rate}/s for {settings.duration:g} s, "
+        "samples pooled",
+    )
+    for line in lines:
+        print(f"  {line}")
+    sys.stdout.flush()
+
+
+def _rounds(values: list[float]) -> str:
+    return "rounds: " + ", ".join(f"{v:,.0f}" for v in values)
+
+
+def report(results: Results, settings: Settings) -> None:
+    drains, best = results.drains, results.best
+    da_noop, pgq_noop = best("da noop"), best("pgq noop")
+    da_write, pgq_write = best("da write"), best("pgq write")
+    big = best("da noop big")
+    ratio_a = da_noop / pgq_noop
+    ratio_b = da_write / pgq_noop
+    ratio_d = big / da_noop
+    width = 48
+
+    def row(label: str, value: str, rounds: str = "") -> None:
+        print(f"  {label:<{width}} {value:>10}   {rounds}".rstrip())
+
+    print(HEADINGS[1])
+    row("dispatch-aio (events/s)", f"{da_noop:,.0f}", _rounds(drains["da noop"]))
+    row("PgQueuer, batch_size=100 (jobs/s)", f"{pgq_noop:,.0f}", _rounds(drains["pgq noop"]))
+    row("ratio dispatch-aio / PgQueuer", f"{ratio_a:.2f}x")
+
+    print(HEADINGS[2])
+    row(
+        "dispatch-aio, via the event's conn (events/s)",
+        f"{da_write:,.0f}",
+        _rounds(drains["da write"]),
+    )
+    row("PgQueuer, via a pool conn (jobs/s)", f"{pgq_write:,.0f}", _rounds(drains["pgq write"]))
+    row("ratio dispatch-aio / PgQueuer, both writing", f"{da_write / pgq_write:.2f}x")
+    row("ratio dispatch-aio writing / PgQueuer no-op", f"{ratio_b:.2f}x")
+
+    print(HEADINGS[3])
+    count = int(settings.rate * settings.duration) * settings.latency_rounds
+    print(
+        f"  {count} events at {settings.rate}/s; ms from the producer sending COMMIT "
+        "to the handler starting"
+    )
+    print(f"  {'':<{width - 22}} {'p50':>9} {'p95':>9} {'p99':>9} {'max':>9}")
+    p99: dict[str, float] = {}
+    for key, label in (("da", "dispatch-aio"), ("pgq", "PgQueuer (defaults)")):
+        sample = results.latency[key]
+        p99[key] = common.percentile(sample, 99)
+        figures = (common.percentile(sample, 50), common.percentile(sample, 95), p99[key])
+        cells = " ".join(f"{v:>9.2f}" for v in (*figures, max(sample)))
+        print(f"  {label:<{width - 22}} {cells}")
+
+    print(HEADINGS[4])
+    table = settings.history + settings.backlog
+    row(
+        f"dispatch-aio, table of {settings.backlog:,} (events/s)",
+        f"{da_noop:,.0f}",
+        _rounds(drains["da noop"]),
+    )
+    row(
+        f"dispatch-aio, table of {table:,} (events/s)",
+        f"{big:,.0f}",
+        _rounds(drains["da noop big"]),
+    )
+    row("ratio large table / small table", f"{ratio_d:.2f}")
+
+    print(HEADINGS[5])
+    goals = (
+        (
+            "(a) >= 1.0x PgQueuer's drain in the same run, on the standard asyncio loop",
+            ratio_a >= 1.0,
+            f"{ratio_a:.2f}x",
+        ),
+        ("(b) >= 0.7x PgQueuer's no-op drain", ratio_b >= 0.7, f"{ratio_b:.2f}x"),
+        (
+            "(c) p99 <= PgQueuer's p99 in the same run",
+            p99["da"] <= p99["pgq"],
+            f"{p99['da']:.2f} ms vs {p99['pgq']:.2f} ms",
+        ),
+        ("(d) ratio >= 0.9", ratio_d >= 0.9, f"{ratio_d:.2f}"),
+    )
+    for text, ok, value in goals:
+        print(f"  {'PASS' if ok else 'FAIL'}  {text}: {value}")
+    if settings.quick:
+        print("  (--quick: sizes too small for these figures to mean anything)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--rounds", type=int, default=None, help="drain rounds (default 3)")
+    args = parser.parse_args()
+    settings = QUICK if args.quick else FULL
+    if args.rounds is not None:
+        settings = dataclasses.replace(settings, rounds=max(1, args.rounds))
+    return asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

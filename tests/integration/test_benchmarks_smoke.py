@@ -1,0 +1,62 @@
+"""The consumer benchmark runs end to end (``--quick``); its figures are not checked here."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dispatch_aio import ConfigurationError
+from dispatch_aio._embedded import find_pg_bin
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "consume.py"
+
+HEADINGS = (
+    "== settings ==",
+    "== (a) backlog drain, no-op handler ==",
+    "== (b) backlog drain, handler inserting one row ==",
+    "== (c) end-to-end latency ==",
+    "== (d) drain behind a long history ==",
+    "== goals ==",
+)
+
+
+def _requirements_missing() -> str | None:
+    if not SCRIPT.exists():
+        return "benchmarks/ is not part of this checkout"
+    if importlib.util.find_spec("pgqueuer") is None:
+        return "PgQueuer (the benchmark's baseline) is not installed: pip install '.[bench]'"
+    try:
+        find_pg_bin()
+    except ConfigurationError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_consume_benchmark_quick_run_prints_every_table() -> None:
+    missing = _requirements_missing()
+    if missing is not None:
+        pytest.skip(missing)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick"],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
+    )
+    output = result.stdout
+    assert result.returncode == 0, f"exit {result.returncode}\n{output}\n{result.stderr[-4000:]}"
+    for heading in HEADINGS:
+        assert heading in output, f"missing {heading!r} in:\n{output}"
+    verdicts = [
+        line.split()[0] for line in output.splitlines() if line.strip()[:4] in ("PASS", "FAIL")
+    ]
+    assert len(verdicts) == 4, output  # one per goal, whatever the figures on this machine
