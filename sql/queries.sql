@@ -92,7 +92,8 @@ WHERE consumer = $1 AND event_type = ANY($2::text[])
 -- transaction is older than every transaction still running (so none can appear behind
 -- the cursor later), in (xid, position) order. Pulled: events of a candidate's subject
 -- that committed before it (smaller position) but sort after it (larger xid); they are
--- handled first to keep per-subject commit order. `handled` says this consumer already
+-- handled first to keep per-subject commit order. Only candidates the insert trigger
+-- flagged out_of_order can have such events, so the others cost no look-up. `handled` says this consumer already
 -- has an outcome for the event. The last row (kind 2) reports whether committed events
 -- wait above the horizon, i.e. a read again soon will find more.
 WITH horizon AS MATERIALIZED (
@@ -104,7 +105,7 @@ candidates AS MATERIALIZED (
     CROSS JOIN LATERAL (
         SELECT e.position, e.xid, e.event_id, e.event_type, e.schema_version, e.tenant_id,
                e.producer, e.subject, e.actor, e.occurred_at, e.correlation_id,
-               e.causation_id, e.traceparent, e.payload
+               e.causation_id, e.traceparent, e.payload, e.out_of_order
         FROM {{schema}}.dispatcher_event e
         WHERE e.event_type = c.event_type
           AND (e.xid, e.position) > (c.last_xid::text::xid8, c.last_position)
@@ -117,7 +118,7 @@ candidates AS MATERIALIZED (
 ),
 pulled AS (
     SELECT DISTINCT ON (p.position) p.*
-    FROM candidates c
+    FROM (SELECT * FROM candidates WHERE out_of_order) c
     CROSS JOIN LATERAL (
         SELECT p.position, p.xid, p.event_id, p.event_type, p.schema_version, p.tenant_id,
                p.producer, p.subject, p.actor, p.occurred_at, p.correlation_id,

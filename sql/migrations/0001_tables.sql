@@ -25,6 +25,9 @@ CREATE TABLE {{schema}}.dispatcher_event (
     causation_id    text,
     traceparent     text,
     payload         jsonb       NOT NULL,
+    -- Set by the trigger when an earlier event of the subject (smaller position) has a
+    -- larger xid: readers then pull those forward to keep the subject's commit order.
+    out_of_order    boolean     NOT NULL DEFAULT false,
     created_at      timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT dispatcher_event_pkey PRIMARY KEY (position),
     CONSTRAINT dispatcher_event_event_id_key UNIQUE (event_id)
@@ -46,6 +49,14 @@ BEGIN
     PERFORM pg_advisory_xact_lock({{lock_class}}, hashtext(NEW.subject));
     NEW.position := nextval('{{schema}}.dispatcher_event_position_seq');
     NEW.xid := pg_current_xact_id();
+    -- Under the lock every earlier event of the subject is committed (or ours) and, in
+    -- READ COMMITTED, visible to this fresh snapshot. A stricter isolation level keeps an
+    -- older snapshot, so there the flag is set without looking.
+    NEW.out_of_order := current_setting('transaction_isolation') <> 'read committed'
+        OR EXISTS (
+            SELECT 1 FROM {{schema}}.dispatcher_event e
+            WHERE e.subject = NEW.subject AND e.xid > NEW.xid
+        );
     RETURN NEW;
 END
 $fn$;

@@ -149,6 +149,20 @@ class _Done:
         self.done = True
 
 
+_EVENT_FIELDS = frozenset(Event.model_fields)
+
+
+def _build_event(values: dict[str, Any]) -> Event:
+    """An Event from values already validated (what ``model_construct`` does, minus its
+    per-field default handling: every field is given). Runs once per consumed event."""
+    event = Event.__new__(Event)
+    object.__setattr__(event, "__dict__", values)
+    object.__setattr__(event, "__pydantic_fields_set__", set(_EVENT_FIELDS))
+    object.__setattr__(event, "__pydantic_extra__", None)
+    object.__setattr__(event, "__pydantic_private__", None)
+    return event
+
+
 class _InfrastructureError(Exception):
     """The database, not the handler, failed; the group is requeued, not retried."""
 
@@ -392,6 +406,7 @@ class Consumer:
         self._idle_seq = -1
         self._fetch_limit = config.batch_size
         self._max_buffered = max(4 * config.batch_size, config.concurrency * config.max_group)
+        self._refill_below = max(config.batch_size, self._max_buffered // 2)
         self._channel = channel_for(config.db_schema)
         self._replay_channel = replay_channel_for(config.db_schema)
         async with self.pool.acquire(timeout=config.acquire_timeout) as conn:
@@ -492,7 +507,9 @@ class Consumer:
         conn: asyncpg.Connection | None = None
         try:
             while not self._stop_requested.is_set():
-                if len(self._inflight) >= self._max_buffered:
+                if len(self._inflight) >= self._refill_below:
+                    # Enough buffered: read again once the workers have used half of it,
+                    # in one large read rather than many small ones.
                     self._capacity.clear()
                     await self._capacity.wait()
                     continue
@@ -586,7 +603,7 @@ class Consumer:
             await self._fetch_replays(conn)
         full = len(result.candidates) >= limit
         room = max(self.config.batch_size, self._max_buffered - len(self._inflight))
-        self._fetch_limit = min(limit * 4, room) if full else self.config.batch_size
+        self._fetch_limit = room if full else self.config.batch_size
         return full
 
     async def _fetch_replays(self, conn: asyncpg.Connection) -> None:
@@ -624,21 +641,23 @@ class Consumer:
             raise ValueError("payload is not a JSON object")
         event_type, version = row["event_type"], row["schema_version"]
         self.registry.validate_payload(event_type, version, payload)
-        return Event.model_construct(
-            event_id=row["event_id"],
-            event_type=event_type,
-            schema_version=version,
-            occurred_at=row["occurred_at"],
-            tenant_id=row["tenant_id"],
-            producer=row["producer"],
-            subject=row["subject"],
-            actor=row["actor"],
-            payload=payload,
-            correlation_id=row["correlation_id"],
-            causation_id=row["causation_id"],
-            traceparent=row["traceparent"],
-            position=row["position"],
-            attempt=1,
+        return _build_event(
+            {
+                "event_id": row["event_id"],
+                "event_type": event_type,
+                "schema_version": version,
+                "occurred_at": row["occurred_at"],
+                "tenant_id": row["tenant_id"],
+                "producer": row["producer"],
+                "subject": row["subject"],
+                "actor": row["actor"],
+                "payload": payload,
+                "correlation_id": row["correlation_id"],
+                "causation_id": row["causation_id"],
+                "traceparent": row["traceparent"],
+                "position": row["position"],
+                "attempt": 1,
+            }
         )
 
     def _enqueue(self, item: _Item, *, track: bool = True) -> None:
@@ -787,7 +806,7 @@ class Consumer:
                 self._mark_ready(item.subject, subject)
             elif not subject.parked:
                 del self._subjects[item.subject]
-        if len(self._inflight) < self._max_buffered:
+        if len(self._inflight) < self._refill_below:
             self._capacity.set()
         self._wake.set()
 
@@ -891,7 +910,9 @@ class Consumer:
             traceparent=event.traceparent,
         ) as span:
             try:
-                with anyio.fail_after(subscription.timeout):
+                # asyncio.timeout, not an anyio cancel scope: a tenth of the cost per call,
+                # and this runs once per event. TimeoutError counts as a handler failure.
+                async with asyncio.timeout(subscription.timeout):
                     if subscription.wants_conn:
                         await subscription.handler(event, conn)
                     else:

@@ -47,7 +47,7 @@ class ConsumerConfig(BaseModel):
     db_schema: str = "public"
     concurrency: int = Field(default=16, ge=1, le=512)
     batch_size: int = Field(default=50, ge=1, le=10_000)
-    max_group: int = Field(default=50, ge=1, le=1_000)
+    max_group: int = Field(default=200, ge=1, le=1_000)
     poll_interval: float = Field(default=5.0, gt=0)
     retry_delays: tuple[float, ...] = (1.0, 5.0, 15.0)
     retry_jitter: float = Field(default=0.3, ge=0, le=10)
