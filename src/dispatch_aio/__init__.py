@@ -1,6 +1,7 @@
 """dispatch-aio: transactional publishing and ordered, exactly-once consumers on PostgreSQL.
 
 Public names are re-exported here; modules with a leading underscore are private.
+Logging goes to the ``dispatch_aio`` logger hierarchy; nothing is configured at import.
 """
 
 from ._consumer import Consumer, ConsumerState, ConsumerStats

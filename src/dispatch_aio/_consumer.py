@@ -57,6 +57,7 @@ from ._listener import Listener
 from ._migrate import check_schema
 from ._registry import Registry
 from ._sql import channel_for, replay_channel_for
+from ._status import horizon_holders
 from ._telemetry import Telemetry
 
 __all__ = ["Consumer", "ConsumerState", "ConsumerStats"]
@@ -505,6 +506,7 @@ class Consumer:
         backoff = 0.0
         failures = 0
         conn: asyncpg.Connection | None = None
+        held_since: float | None = None
         try:
             while not self._stop_requested.is_set():
                 if len(self._inflight) >= self._refill_below:
@@ -544,9 +546,16 @@ class Consumer:
                     continue
                 if self._waiting_above_horizon:
                     # Committed events wait behind an older open transaction: look again soon.
+                    now = time.monotonic()
+                    if held_since is None:
+                        held_since = now
+                    elif now - held_since >= config.horizon_warning_after:
+                        held_since = now  # warn again after another interval
+                        await self._warn_horizon(conn)
                     backoff = min(max(backoff * 2, 0.002), 0.1)
                     await self._sleep_or_wake(backoff)
                     continue
+                held_since = None
                 backoff = 0.0
                 if not self._inflight and not self._retry_heap and not self._replays_inflight:
                     self._idle_seq = self._fetch_seq
@@ -555,6 +564,25 @@ class Consumer:
         finally:
             if conn is not None:
                 await self._release(conn)
+
+    async def _warn_horizon(self, conn: asyncpg.Connection | None) -> None:
+        """Log the open transactions that have kept committed events from this consumer."""
+        if conn is None:
+            return
+        try:
+            holders = await horizon_holders(conn, schema=self.config.db_schema)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            return
+        for holder in holders[:5]:
+            who = f"pid {holder.pid}" if holder.pid is not None else f"prepared {holder.gid!r}"
+            logger.warning(
+                "committed events wait behind transaction %s (%s, database %s, open %.0fs)",
+                holder.xid,
+                who,
+                holder.database,
+                holder.age_seconds,
+                extra={**self._log, "pid": holder.pid, "age_seconds": holder.age_seconds},
+            )
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         with anyio.move_on_after(seconds):

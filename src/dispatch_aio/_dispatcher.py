@@ -83,8 +83,21 @@ class _EnvelopeCheck:
         self._checked: set[tuple[str, int]] = set()
         schema = json.loads((registry.root / ENVELOPE_SCHEMA_PATH).read_text(encoding="utf-8"))
         schema.pop("examples", None)
+        identity = {**schema, "required": ["producer", "tenant_id"]}
         schema["required"] = [name for name in schema.get("required", ()) if name in _CALLER_FIELDS]
         self._caller_fields = _compile(schema)
+        self._identity = _compile(identity)
+
+    def check_identity(self, producer: str, tenant_id: str) -> None:
+        """Refuse, at construction, a producer or tenant that no envelope could carry."""
+        try:
+            self._identity({"producer": producer, "tenant_id": tenant_id})
+        except fastjsonschema.JsonSchemaValueException as exc:
+            field = "producer" if "producer" in (exc.name or "") else "tenant_id"
+            value = producer if field == "producer" else tenant_id
+            raise ConfigurationError(
+                f"{field} {value!r} does not fit the envelope contract: {exc.message}"
+            ) from None
 
     def __call__(self, data: dict[str, Any], *, occurred_at_given: bool) -> None:
         key = (data["event_type"], data["schema_version"])
@@ -152,6 +165,7 @@ class Dispatcher:
         self.schema = validate_schema_name(schema)
         self.registry = registry if registry is not None else Registry.load()
         self._check_envelope = _EnvelopeCheck(self.registry)
+        self._check_envelope.check_identity(producer, tenant_id)
         self.max_payload_bytes = max_payload_bytes
         self.telemetry = telemetry if telemetry is not None else Telemetry.default()
         self._queries = queries(self.schema)

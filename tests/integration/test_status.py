@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+import anyio
 import asyncpg
 import pytest
 
@@ -59,3 +62,47 @@ async def test_status_reports_lag_dead_letters_and_horizon_holders(
 
     quiet = await consumer_status(dispatch_pool, consumer="nobody")
     assert quiet.consumers == []
+
+
+async def test_a_running_consumer_warns_about_a_transaction_holding_it_back(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher, dispatch_dsn: str
+) -> None:
+    warned = anyio.Event()
+    records: list[logging.LogRecord] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "wait behind transaction" in record.getMessage():
+                records.append(record)
+                warned.set()
+
+    catch = Catch(level=logging.WARNING)
+    logging.getLogger("dispatch_aio.consumer").addHandler(catch)
+    consumer = Consumer(
+        dispatch_pool, name="projector", poll_interval=0.1, horizon_warning_after=0.2
+    )
+
+    @consumer.on("credit.locked")
+    async def handle(event: Event) -> None:
+        pass
+
+    holder = await asyncpg.connect(dispatch_dsn)
+    try:
+        async with consumer:
+            tx = holder.transaction()
+            await tx.start()
+            await holder.execute("CREATE TEMP TABLE hold (x int)")
+            holder_pid = await holder.fetchval("SELECT pg_backend_pid()")
+            await dispatcher.publish(
+                "credit.locked", locked_payload(), subject=uid("per"), actor="system:t"
+            )
+            with anyio.fail_after(10):
+                await warned.wait()
+            await tx.rollback()
+            await consumer.wait_idle()
+            assert consumer.stats.handled == 1
+    finally:
+        logging.getLogger("dispatch_aio.consumer").removeHandler(catch)
+        await holder.close()
+    assert records[0].__dict__["pid"] == holder_pid
+    assert records[0].__dict__["consumer"] == "projector"
