@@ -930,27 +930,35 @@ class Consumer:
             event = item.event = event.model_copy(update={"attempt": item.attempts})
         started = time.time()
         end_to_end_ms = (started - event.occurred_at.timestamp()) * 1000.0
-        with self.telemetry.consume_span(
-            event_type=item.event_type,
-            event_id=item.event_id,
-            consumer=self.name,
-            attempt=item.attempts,
-            traceparent=event.traceparent,
-        ) as span:
-            try:
-                # asyncio.timeout, not an anyio cancel scope: a tenth of the cost per call,
-                # and this runs once per event. TimeoutError counts as a handler failure.
-                async with asyncio.timeout(subscription.timeout):
-                    if subscription.wants_conn:
-                        await subscription.handler(event, conn)
-                    else:
-                        await subscription.handler(event)
-            except Exception as exc:
-                self.telemetry.mark_error(span, exc)
-                raise
-        self.telemetry.observe_latency(
+        telemetry = self.telemetry
+        if telemetry.tracing_enabled():
+            with telemetry.consume_span(
+                event_type=item.event_type,
+                event_id=item.event_id,
+                consumer=self.name,
+                attempt=item.attempts,
+                traceparent=event.traceparent,
+            ) as span:
+                try:
+                    await self._invoke(subscription, event, conn)
+                except Exception as exc:
+                    telemetry.mark_error(span, exc)
+                    raise
+        else:
+            await self._invoke(subscription, event, conn)
+        telemetry.observe_latency(
             item.event_type, self.name, end_to_end_ms, (time.time() - started) * 1000.0
         )
+
+    @staticmethod
+    async def _invoke(subscription: _Subscription, event: Event, conn: asyncpg.Connection) -> None:
+        # asyncio.timeout, not an anyio cancel scope: a tenth of the cost per call, and
+        # this runs once per event. TimeoutError counts as a handler failure.
+        async with asyncio.timeout(subscription.timeout):
+            if subscription.wants_conn:
+                await subscription.handler(event, conn)
+            else:
+                await subscription.handler(event)
 
     async def _record(
         self, conn: asyncpg.Connection, group: list[_Item], *, in_transaction: bool

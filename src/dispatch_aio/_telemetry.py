@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from opentelemetry import metrics, trace
@@ -38,6 +39,8 @@ class Telemetry:
         meter = metrics.get_meter(_INSTRUMENTATION, meter_provider=meter_provider)
         self.tracer = trace.get_tracer(_INSTRUMENTATION, tracer_provider=tracer_provider)
         self._tracer_provider = tracer_provider
+        self._tracing = False
+        self._tracing_recheck_at = 0.0
         self.publish_count = meter.create_counter(
             "dispatcher.publish.count", unit="{event}", description="Events published"
         )
@@ -86,10 +89,15 @@ class Telemetry:
     def tracing_enabled(self) -> bool:
         """False while no tracer provider is installed: spans are skipped, not made no-op.
 
-        Checked on every call, so an SDK installed after start-up is picked up.
+        Looking the global provider up costs about a microsecond, so the answer is kept
+        for a second: an SDK installed after start-up is picked up within that second.
         """
-        provider = self._tracer_provider or trace.get_tracer_provider()
-        return not isinstance(provider, _NOOP_TRACER_PROVIDERS)
+        now = time.monotonic()
+        if now >= self._tracing_recheck_at:
+            provider = self._tracer_provider or trace.get_tracer_provider()
+            self._tracing = not isinstance(provider, _NOOP_TRACER_PROVIDERS)
+            self._tracing_recheck_at = now + 1.0
+        return self._tracing
 
     # -- publish -------------------------------------------------------------------
 
