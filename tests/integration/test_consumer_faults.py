@@ -4,11 +4,10 @@ malformed rows, stopping with handlers in flight, and misuse (DESIGN.md invarian
 from __future__ import annotations
 
 import asyncio
-import inspect
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -28,24 +27,10 @@ from dispatch_aio import (
 )
 from dispatch_aio.pytest_plugin import TestPostgres
 
-from .helpers import locked_payload, uid
+from .helpers import eventually, locked_payload, uid
 from .tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.anyio
-
-
-async def eventually(
-    check: Callable[[], bool | Awaitable[bool]], *, within: float, what: str, every: float = 0.01
-) -> None:
-    """Poll ``check`` (sync or async) until true; fail the test after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if await result if inspect.isawaitable(result) else result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(every)
 
 
 async def publish(dispatcher: Dispatcher, **payload: object) -> str:

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import itertools
 import json
 import random
 import signal
 import sys
-import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -25,7 +23,7 @@ import pytest
 
 from dispatch_aio import Consumer, Dispatcher, Event
 
-from .helpers import example, locked_payload, uid
+from .helpers import eventually, example, locked_payload, uid
 
 pytestmark = pytest.mark.anyio
 
@@ -41,20 +39,6 @@ WHERE (e.xid, e.position) <= (c.last_xid, c.last_position)
       SELECT 1 FROM dispatcher_dedup d WHERE d.consumer = $1 AND d.event_id = e.event_id
   )
 """
-
-
-async def eventually(
-    check: Callable[[], bool | Awaitable[bool]], *, within: float, what: str, every: float = 0.01
-) -> None:
-    """Poll ``check`` (sync or async) until true; fail the test after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if await result if inspect.isawaitable(result) else result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(every)
 
 
 @contextlib.asynccontextmanager
