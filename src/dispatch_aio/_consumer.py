@@ -406,7 +406,8 @@ class Consumer:
         self._fetch_seq = 0
         self._idle_seq = -1
         self._fetch_limit = config.batch_size
-        self._max_buffered = max(4 * config.batch_size, config.concurrency * config.max_group)
+        self._workers = self._worker_count()
+        self._max_buffered = max(4 * config.batch_size, self._workers * config.max_group)
         self._refill_below = max(config.batch_size, self._max_buffered // 2)
         self._channel = channel_for(config.db_schema)
         self._replay_channel = replay_channel_for(config.db_schema)
@@ -416,6 +417,29 @@ class Consumer:
             await self._store.init_cursors(conn, from_now=config.start_from == "now")
             stored = await self._store.read_cursors(conn)
         self._cursors = {t: _TypeCursor(read=c, committed=c, flushed=c) for t, c in stored.items()}
+
+    def _worker_count(self) -> int:
+        """``concurrency``, or fewer when the pool cannot give each worker a connection.
+
+        Each worker holds a connection while it runs a group and the fetcher holds one:
+        more workers than the pool can serve would only wait on the pool.
+        """
+        wanted = self.config.concurrency
+        get_max_size = getattr(self.pool, "get_max_size", None)
+        if get_max_size is None:
+            return wanted
+        available = max(1, int(get_max_size()) - 1)
+        if available < wanted:
+            logger.warning(
+                "the pool has %d connections: running %d workers instead of concurrency=%d "
+                "(give the pool concurrency + 2 connections)",
+                available + 1,
+                available,
+                wanted,
+                extra=self._log,
+            )
+            return available
+        return wanted
 
     async def _check_horizon(self, conn: asyncpg.Connection) -> None:
         row = await self._store.horizon_check(conn)
@@ -461,7 +485,7 @@ class Consumer:
         """Run fetcher and workers; on stop, drain then cancel what is left."""
         async with anyio.create_task_group() as workers:
             workers.start_soon(self._fetch_loop)
-            for _ in range(self.config.concurrency):
+            for _ in range(self._workers):
                 workers.start_soon(self._worker)
             self._started.set()
             logger.info("consumer started for %s", ", ".join(self.event_types), extra=self._log)
@@ -726,7 +750,7 @@ class Consumer:
     # -- workers -------------------------------------------------------------------
 
     def _release_workers(self) -> None:
-        for _ in range(self.config.concurrency):
+        for _ in range(self._workers):
             self._ready.put_nowait(None)
 
     async def _worker(self) -> None:
@@ -790,7 +814,7 @@ class Consumer:
         is waiting, so that a small backlog still spreads over the workers.
         """
         config = self.config
-        limit = min(config.max_group, max(1, math.ceil(len(self._inflight) / config.concurrency)))
+        limit = min(config.max_group, max(1, math.ceil(len(self._inflight) / self._workers)))
         group: list[_Item] = []
         key: str | None = first
         while key is not None:

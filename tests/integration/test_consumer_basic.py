@@ -44,3 +44,29 @@ async def test_handles_each_event_once_with_handler_writes(
     )
     top = await dispatch_pool.fetchval("SELECT max(position) FROM dispatcher_event")
     assert cursor["last_position"] == top
+
+
+async def test_a_small_pool_caps_the_workers_instead_of_starving_them(
+    dispatch_dsn: str, dispatcher: Dispatcher, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = await asyncpg.create_pool(dispatch_dsn, min_size=1, max_size=4)
+    try:
+        consumer = Consumer(pool, name="small", poll_interval=0.2, concurrency=16)
+        seen: list[str] = []
+
+        @consumer.on("credit.locked")
+        async def on_locked(event: Event, conn: asyncpg.Connection) -> None:
+            await conn.execute("SELECT 1")
+            seen.append(event.event_id)
+
+        for _ in range(30):
+            await dispatcher.publish(
+                "credit.locked", locked_payload(), subject=uid("per"), actor="system:tests"
+            )
+        with caplog.at_level("WARNING", logger="dispatch_aio.consumer"):
+            async with consumer:
+                await consumer.wait_idle()
+        assert len(seen) == 30
+        assert "running 3 workers instead of concurrency=16" in caplog.text
+    finally:
+        await pool.close()
