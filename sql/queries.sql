@@ -355,3 +355,39 @@ SELECT 'prepared', NULL, p.gid, p.database, p.owner, NULL, 'prepared',
        extract(epoch FROM now() - p.prepared)::float8, NULL
 FROM pg_prepared_xacts p
 ORDER BY age_seconds DESC
+
+-- Retention
+
+-- name: prune_events
+-- One batch of old events that no consumer still needs: every cursor on their type has
+-- passed them and no unresolved dead letter points at them. Their dedup markers go with
+-- them. Oldest first, by position (the primary key), so a batch stops at $2 rows.
+WITH doomed AS (
+    SELECT e.position, e.event_id
+    FROM {{schema}}.dispatcher_event e
+    WHERE e.created_at < now() - make_interval(secs => $1::float8)
+      AND NOT EXISTS (
+          SELECT 1 FROM {{schema}}.dispatcher_cursor c
+          WHERE c.event_type = e.event_type
+            AND (c.last_xid, c.last_position) < (e.xid, e.position)
+      )
+      AND NOT EXISTS (
+          SELECT 1 FROM {{schema}}.dispatcher_dead_letter d
+          WHERE d.event_id = e.event_id AND d.resolved_at IS NULL
+      )
+    ORDER BY e.position
+    LIMIT $2
+),
+gone AS (
+    DELETE FROM {{schema}}.dispatcher_event e
+    USING doomed
+    WHERE e.position = doomed.position
+    RETURNING e.event_id
+),
+markers AS (
+    DELETE FROM {{schema}}.dispatcher_dedup d
+    USING gone, (SELECT DISTINCT consumer FROM {{schema}}.dispatcher_cursor) c
+    WHERE d.consumer = c.consumer AND d.event_id = gone.event_id
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM gone) AS events, (SELECT count(*) FROM markers) AS markers

@@ -35,6 +35,7 @@ from ._errors import (
 )
 from ._migrate import SCHEMA_VERSION, MigrationResult, check_schema, migrate
 from ._registry import Registry
+from ._retention import PruneResult, prune
 from ._status import ConsumerHealth, HorizonHolder, StatusReport, consumer_status
 from ._telemetry import Telemetry
 
@@ -72,6 +73,7 @@ __all__ = [
     "MigrationResult",
     "NotInTransactionError",
     "PayloadTooLargeError",
+    "PruneResult",
     "Registry",
     "RegistryError",
     "SchemaNotMigratedError",
@@ -83,4 +85,5 @@ __all__ = [
     "check_schema",
     "consumer_status",
     "migrate",
+    "prune",
 ]

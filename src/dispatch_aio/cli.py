@@ -36,7 +36,7 @@ import sys
 import traceback
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
@@ -650,6 +650,54 @@ async def _run_demo(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK if summary.ok else EXIT_FAILURE
 
 
+# --------------------------------------------------------------------------- prune
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> timedelta:
+    """``30d``, ``12h``, ``90m`` or ``3600s``."""
+    value, unit = text[:-1], text[-1:].lower()
+    if unit not in _DURATION_UNITS or not value.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: give a whole number and a unit, e.g. 30d, 12h, 90m"
+        )
+    return timedelta(seconds=int(value) * _DURATION_UNITS[unit])
+
+
+def _configure_prune(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--older-than",
+        type=_duration,
+        required=True,
+        metavar="AGE",
+        help="delete events older than this that every consumer has passed (e.g. 30d)",
+    )
+    parser.add_argument("--batch-size", type=int, default=5_000, help="rows per transaction")
+    parser.set_defaults(handler=_run_prune)
+
+
+async def _run_prune(args: argparse.Namespace, ctx: Context) -> int:
+    from ._retention import PruneResult, prune
+
+    def progress(so_far: PruneResult) -> None:
+        ctx.progress(f"  deleted {so_far.events:,} events so far ...")
+
+    async with ctx.pool() as pool:
+        result = await prune(
+            pool,
+            older_than=args.older_than,
+            schema=ctx.schema,
+            batch_size=args.batch_size,
+            progress=progress,
+        )
+    ctx.print(
+        f"deleted {result.events:,} events and {result.dedup_markers:,} dedup markers "
+        f"older than {args.older_than}"
+    )
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- main
 
 #: The commands, in the order ``--help`` lists them.
@@ -660,6 +708,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "status": Subcommand("consumer lag, dead letters and horizon holders", _configure_status),
     "worker": Subcommand("run a Consumer until SIGTERM", _configure_worker),
     "demo": Subcommand("run the demo scenario on an embedded PostgreSQL", _configure_demo),
+    "prune": Subcommand("delete old events every consumer has passed", _configure_prune),
 }
 
 

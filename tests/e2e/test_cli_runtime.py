@@ -114,3 +114,21 @@ async def test_demo_runs_to_its_summary_on_the_embedded_postgres() -> None:
 
 async def test_demo_with_a_dead_dsn_prints_one_line() -> None:
     assert_error(await cli("demo", "--dsn", UNREACHABLE), 1, "cannot connect to PostgreSQL")
+
+
+async def test_prune_deletes_old_events_every_consumer_passed(
+    dispatch_dsn: str, dispatch_pool: asyncpg.Pool
+) -> None:
+    dispatcher = Dispatcher(dispatch_pool, producer="tests", tenant_id="tnt_tests")
+    await dispatcher.publish("credit.locked", locked_payload(), subject=uid("per"), actor="a:b")
+    run = await cli("prune", "--older-than", "0s", dsn=dispatch_dsn)
+    assert run.code == 0, run
+    assert "deleted 1 events" in run.out
+    assert await dispatch_pool.fetchval("SELECT count(*) FROM dispatcher_event") == 0
+
+
+async def test_prune_with_a_malformed_age_is_a_usage_error(dispatch_dsn: str) -> None:
+    run = await cli("prune", "--older-than", "a month", dsn=dispatch_dsn)
+    assert run.code == 2
+    assert "is not a duration" in run.err
+    assert "Traceback" not in run.err

@@ -1,0 +1,89 @@
+"""prune: old events every consumer has passed go, with their dedup markers; others stay."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import asyncpg
+import pytest
+
+from dispatch_aio import Consumer, Dispatcher, Event, UsageError, prune
+
+from .helpers import locked_payload, uid
+
+pytestmark = pytest.mark.anyio
+
+
+async def _count(pool: asyncpg.Pool, table: str) -> int:
+    value = await pool.fetchval(f"SELECT count(*) FROM {table}")
+    assert isinstance(value, int)
+    return value
+
+
+async def _drain(pool: asyncpg.Pool, name: str, *, fail: set[str] | None = None) -> None:
+    consumer = Consumer(pool, name=name, poll_interval=0.2, retry_delays=())
+
+    @consumer.on("credit.locked")
+    async def handle(event: Event) -> None:
+        if fail and event.event_id in fail:
+            raise RuntimeError("not today")
+
+    async with consumer:
+        await consumer.wait_idle()
+
+
+async def test_prune_keeps_what_a_consumer_or_a_dead_letter_still_needs(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    ids = [
+        (
+            await dispatcher.publish(
+                "credit.locked", locked_payload(), subject=uid("per"), actor="system:t"
+            )
+        ).event_id
+        for _ in range(10)
+    ]
+    await _drain(dispatch_pool, "fast", fail={ids[3]})
+    # A second consumer that has not read anything yet holds every event back.
+    await dispatch_pool.execute(
+        "INSERT INTO dispatcher_cursor (consumer, event_type) VALUES ('slow', 'credit.locked')"
+    )
+    nothing = await prune(dispatch_pool, older_than=timedelta(0))
+    assert (nothing.events, nothing.dedup_markers) == (0, 0)
+    assert await _count(dispatch_pool, "dispatcher_event") == 10
+
+    await _drain(dispatch_pool, "slow")
+    too_young = await prune(dispatch_pool, older_than=timedelta(hours=1))
+    assert too_young.events == 0
+
+    batches: list[int] = []
+    result = await prune(
+        dispatch_pool,
+        older_than=timedelta(0),
+        batch_size=4,
+        progress=lambda so_far: batches.append(so_far.events),
+    )
+    # Nine go; the one with an unresolved dead letter stays for a replay.
+    assert result.events == 9
+    assert result.dedup_markers == 9 + 9  # the markers of both consumers for those nine
+    assert batches == [4, 8, 9]
+    left = await dispatch_pool.fetch("SELECT event_id FROM dispatcher_event")
+    assert [r["event_id"] for r in left] == [ids[3]]
+    markers = await dispatch_pool.fetch("SELECT consumer FROM dispatcher_dedup ORDER BY 1")
+    assert [r["consumer"] for r in markers] == ["fast", "slow"]
+
+    # The consumers go on as before after a prune.
+    fresh = await dispatcher.publish(
+        "credit.locked", locked_payload(), subject=uid("per"), actor="system:t"
+    )
+    await _drain(dispatch_pool, "fast")
+    handled = await dispatch_pool.fetchval(
+        "SELECT count(*) FROM dispatcher_dedup WHERE consumer = 'fast' AND event_id = $1",
+        fresh.event_id,
+    )
+    assert handled == 1
+
+
+async def test_prune_refuses_a_negative_age(dispatch_pool: asyncpg.Pool) -> None:
+    with pytest.raises(UsageError):
+        await prune(dispatch_pool, older_than=timedelta(seconds=-1))
