@@ -36,7 +36,7 @@ from typing import Any
 import _common as common
 import asyncpg
 
-from dispatch_aio import Consumer, Event, Telemetry
+from dispatch_aio import Consumer, ConsumerConfig, Event, Telemetry
 
 try:
     from pgqueuer import AsyncpgDriver, AsyncpgPoolDriver, Queries, QueueManager
@@ -50,6 +50,8 @@ HISTORY_TYPES = (("credit.locked", 0.6), ("credit.reserved", 0.2), ("credit.rele
 PROJECTION_DDL = "CREATE TABLE projection (id bigserial PRIMARY KEY, event_id text NOT NULL)"
 DRAIN_TIMEOUT = 300.0  # seconds: a drain slower than this is broken, not slow
 INSERT_PROJECTION = "INSERT INTO projection (event_id) VALUES ($1)"
+
+_DEFAULTS = ConsumerConfig(name="defaults")
 
 HEADINGS = (
     "== settings ==",
@@ -437,8 +439,9 @@ def print_settings(settings: Settings, version: str, loop: type) -> None:
         "(VACUUM ANALYZE + CHECKPOINT before each measurement)",
         f"PgQueuer {package_version('pgqueuer')}: durable tables, AsyncpgPoolDriver; "
         "QueueManager.run(batch_size=100) for drains, run() defaults for latency",
-        "dispatch-aio: Consumer defaults (concurrency 16, batch_size 50, max_group 50, "
-        "poll_interval 5 s)",
+        f"dispatch-aio: Consumer defaults (concurrency {_DEFAULTS.concurrency}, batch_size "
+        f"{_DEFAULTS.batch_size}, max_group {_DEFAULTS.max_group}, poll_interval "
+        f"{_DEFAULTS.poll_interval:g} s)",
         f"pools: {settings.pool_size} connections each; PgQueuer's has one more, which its "
         "LISTEN takes (dispatch-aio's LISTEN connection is outside its pool)",
         f"backlog: {settings.backlog:,} events of {EVENT_TYPE} over {settings.subjects:,} "
