@@ -926,8 +926,10 @@ class Consumer:
                     exc,
                     extra=self._log,
                 )
-                conn.terminate()
                 await anyio.sleep(0.2)
+                if isinstance(exc, asyncpg.SerializationError | asyncpg.DeadlockDetectedError):
+                    return not conn.is_closed()  # rolled back above; the connection is fine
+                conn.terminate()
                 return False
             if isinstance(exc, asyncpg.InFailedSQLTransactionError | asyncpg.PostgresError):
                 # A handler swallowed a database error, or an outcome could not be written:

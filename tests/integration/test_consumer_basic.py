@@ -70,3 +70,29 @@ async def test_a_small_pool_caps_the_workers_instead_of_starving_them(
         assert "running 3 workers instead of concurrency=16" in caplog.text
     finally:
         await pool.close()
+
+
+async def test_a_deadlock_is_not_a_handler_attempt(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    await dispatch_pool.execute("CREATE TABLE seen (event_id text)")
+    consumer = Consumer(dispatch_pool, name="locks", poll_interval=0.2, retry_delays=())
+    deadlocks = [1]
+
+    @consumer.on("credit.locked")
+    async def on_locked(event: Event, conn: asyncpg.Connection) -> None:
+        await conn.execute("INSERT INTO seen VALUES ($1)", event.event_id)
+        if deadlocks:
+            deadlocks.pop()
+            raise asyncpg.DeadlockDetectedError("deadlock detected")
+
+    await dispatcher.publish(
+        "credit.locked", locked_payload(), subject=uid("per"), actor="system:tests"
+    )
+    async with consumer:
+        await consumer.wait_idle()
+    # No retry counted and no dead letter, even with no retries allowed: the group ran again.
+    assert consumer.stats.handled == 1
+    assert consumer.stats.retried == 0
+    assert consumer.stats.dead_lettered == 0
+    assert await dispatch_pool.fetchval("SELECT count(*) FROM seen") == 1
