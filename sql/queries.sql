@@ -391,3 +391,14 @@ markers AS (
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM gone) AS events, (SELECT count(*) FROM markers) AS markers
+
+-- Testing
+
+-- name: published_events
+-- What code under test published, optionally of one type and/or subject.
+SELECT event_id, event_type, schema_version, occurred_at, tenant_id, producer, subject,
+       actor, payload::text AS payload, correlation_id, causation_id, traceparent
+FROM {{schema}}.dispatcher_event
+WHERE ($1::text IS NULL OR event_type = $1::text)
+  AND ($2::text IS NULL OR subject = $2::text)
+ORDER BY position

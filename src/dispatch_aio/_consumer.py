@@ -164,10 +164,6 @@ def _build_event(values: dict[str, Any]) -> Event:
     return event
 
 
-class _InfrastructureError(Exception):
-    """The database, not the handler, failed; the group is requeued, not retried."""
-
-
 def _is_infrastructure(exc: BaseException, conn: asyncpg.Connection | None) -> bool:
     if isinstance(
         exc,
@@ -179,7 +175,6 @@ def _is_infrastructure(exc: BaseException, conn: asyncpg.Connection | None) -> b
             asyncpg.TooManyConnectionsError,
             asyncpg.SerializationError,
             asyncpg.DeadlockDetectedError,
-            _InfrastructureError,
         ),
     ):
         return True

@@ -14,7 +14,7 @@ from ._errors import (
     SchemaNotMigratedError,
 )
 
-__all__ = ["CONNECTION_ERRORS", "is_connection_error", "translate_errors"]
+__all__ = ["CONNECTION_ERRORS", "translate_errors"]
 
 #: Exceptions that mean the connection, not the statement, failed.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -27,11 +27,6 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.TooManyConnectionsError,
 )
-
-
-def is_connection_error(exc: BaseException) -> bool:
-    """True when ``exc`` says the database could not be reached or the connection died."""
-    return isinstance(exc, (*CONNECTION_ERRORS, TimeoutError))
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ import functools
 import re
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 from ._identifiers import quote_ident, validate_schema_name
 from ._resources import bundled_sql_dir
@@ -123,8 +122,3 @@ def _blocks() -> dict[str, str]:
 def queries(schema: str) -> Queries:
     """The named queries for ``schema`` (rendered once, cached)."""
     return Queries(schema, _blocks())
-
-
-def sql_dir() -> Path:
-    """The bundled SQL directory."""
-    return bundled_sql_dir()

@@ -32,19 +32,9 @@ from ._consumer import Consumer, ConsumerState, ConsumerStats
 from ._db import translate_errors
 from ._envelope import Envelope
 from ._errors import LifecycleError, UsageError
-from ._identifiers import quote_ident
+from ._sql import queries
 
 __all__ = ["DrainResult", "drain", "instant_retries", "published_events"]
-
-# A test helper, not a runtime path: its one query stays here, next to its only user.
-_PUBLISHED_EVENTS = """
-SELECT event_id, event_type, schema_version, occurred_at, tenant_id, producer, subject,
-       actor, payload::text AS payload, correlation_id, causation_id, traceparent
-FROM {schema}.dispatcher_event
-WHERE ($1::text IS NULL OR event_type = $1::text)
-  AND ($2::text IS NULL OR subject = $2::text)
-ORDER BY position
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,9 +149,8 @@ async def published_events(
     Given a connection inside a transaction, also returns that transaction's own
     uncommitted events. Position order is commit order for the events of one subject.
     """
-    query = _PUBLISHED_EVENTS.format(schema=quote_ident(schema))
     with translate_errors(schema):
-        rows = await pool.fetch(query, event_type, subject)
+        rows = await pool.fetch(queries(schema).published_events, event_type, subject)
     return [
         Envelope(
             event_id=row["event_id"],
