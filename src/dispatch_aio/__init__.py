@@ -36,6 +36,7 @@ from ._errors import (
 from ._migrate import SCHEMA_VERSION, MigrationResult, check_schema, migrate
 from ._registry import Registry
 from ._retention import PruneResult, prune
+from ._signals import HandlerSignal, Reject, RetryAfter
 from ._status import ConsumerHealth, HorizonHolder, StatusReport, consumer_status
 from ._telemetry import Telemetry
 
@@ -64,6 +65,7 @@ __all__ = [
     "Event",
     "EventSpec",
     "EventValidationError",
+    "HandlerSignal",
     "HorizonError",
     "HorizonHolder",
     "InvalidEnvelopeError",
@@ -76,6 +78,8 @@ __all__ = [
     "PruneResult",
     "Registry",
     "RegistryError",
+    "Reject",
+    "RetryAfter",
     "SchemaNotMigratedError",
     "StatusReport",
     "Telemetry",
