@@ -8,7 +8,7 @@ from ._errors import InvalidIdentifierError
 
 __all__ = ["quote_ident", "validate_schema_name"]
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _MAX_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1: longer names are silently truncated
 
 
@@ -20,14 +20,17 @@ def validate_schema_name(name: str) -> str:
     """
     if not isinstance(name, str) or not name:
         raise InvalidIdentifierError("schema name must be a non-empty string")
-    if len(name.encode()) > _MAX_BYTES:
+    # The pattern first: it is ASCII-only, so the length check below cannot meet a lone
+    # surrogate that str.encode would refuse.
+    if not _IDENT.fullmatch(name):
         raise InvalidIdentifierError(
-            f"schema name {name!r} is longer than {_MAX_BYTES} bytes; PostgreSQL would truncate it"
-        )
-    if not _IDENT.match(name):
-        raise InvalidIdentifierError(
-            f"schema name {name!r} may only contain letters, digits and underscores "
+            f"schema name {name[:80]!r} may only contain letters, digits and underscores "
             "and must not start with a digit"
+        )
+    if len(name) > _MAX_BYTES:
+        raise InvalidIdentifierError(
+            f"schema name {name[:80]!r} is longer than {_MAX_BYTES} bytes; "
+            "PostgreSQL would truncate it"
         )
     return name
 

@@ -64,8 +64,8 @@ _SCHEMA_URIS: Final = frozenset(
     }
 )
 _STATUSES: Final = frozenset({"active", "deprecated"})
-_EVENT_TYPE_RE: Final = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
-_SLUG_RE: Final = re.compile(r"^[a-z][a-z0-9]*([_-][a-z0-9]+)*$")
+_EVENT_TYPE_RE: Final = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+\Z")
+_SLUG_RE: Final = re.compile(r"[a-z][a-z0-9]*([_-][a-z0-9]+)*\Z")
 _ENTRY_KEYS: Final = frozenset(
     {"contract", "producer", "subscribers", "current_version", "versions"}
 )
@@ -346,7 +346,7 @@ class Registry:
 # --------------------------------------------------------------------------- error paths
 
 
-_IDENTIFIER_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENTIFIER_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def _envelope_identity(data: Any) -> tuple[str, int | None]:
@@ -361,7 +361,7 @@ def _envelope_identity(data: Any) -> tuple[str, int | None]:
 
 
 def _member(path: str, key: str) -> str:
-    return f"{path}.{key}" if _IDENTIFIER_RE.match(key) else f"{path}[{json.dumps(key)}]"
+    return f"{path}.{key}" if _IDENTIFIER_RE.fullmatch(key) else f"{path}[{json.dumps(key)}]"
 
 
 def _describe(exc: fastjsonschema.JsonSchemaValueException, root: str) -> tuple[str, str]:
@@ -675,7 +675,7 @@ class _Loader:
             self.problems.append(f"{where}: 'event_types' must be an object")
             return
         for event_type, raw in event_types.items():
-            if not _EVENT_TYPE_RE.match(event_type):
+            if not _EVENT_TYPE_RE.fullmatch(event_type):
                 self.problems.append(
                     f"{where}: event type {event_type!r} is not dotted lower-case "
                     "(e.g. 'credit.locked')"
@@ -701,14 +701,14 @@ class _Loader:
         if extra:
             self.problems.append(f"{where}: unknown keys {extra}")
         contract, producer = raw.get("contract"), raw.get("producer")
-        if "contract" in raw and not (isinstance(contract, str) and _SLUG_RE.match(contract)):
+        if "contract" in raw and not (isinstance(contract, str) and _SLUG_RE.fullmatch(contract)):
             self.problems.append(f"{where}: 'contract' must be a lower-case slug")
-        if "producer" in raw and not (isinstance(producer, str) and _SLUG_RE.match(producer)):
+        if "producer" in raw and not (isinstance(producer, str) and _SLUG_RE.fullmatch(producer)):
             self.problems.append(f"{where}: 'producer' must be a lower-case slug")
         subscribers = raw.get("subscribers")
         if "subscribers" in raw:
             if not isinstance(subscribers, list) or not all(
-                isinstance(s, str) and _SLUG_RE.match(s) for s in subscribers
+                isinstance(s, str) and _SLUG_RE.fullmatch(s) for s in subscribers
             ):
                 self.problems.append(f"{where}: 'subscribers' must be a list of lower-case slugs")
             elif len(set(subscribers)) != len(subscribers):

@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 _NAME = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
-_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_MIGRATION_FILE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql\Z")
 
 
 def lock_class_for(schema: str) -> int:
@@ -82,7 +82,7 @@ def migrations() -> tuple[Migration, ...]:
     """All bundled migrations, in version order."""
     found: list[Migration] = []
     for path in sorted((bundled_sql_dir() / "migrations").iterdir()):
-        match = _MIGRATION_FILE.match(path.name)
+        match = _MIGRATION_FILE.fullmatch(path.name)
         if match is None:
             continue
         text = path.read_text()
