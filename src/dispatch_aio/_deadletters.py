@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
@@ -270,7 +270,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created_text, dead_letter_id = raw.split("|")
         created_at = datetime.fromisoformat(created_text)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        # A cursor this code wrote holds a UTC time; an offset that pushes the time out
+        # of datetime's range (0001-01-01T00:00+14:00) only comes from a crafted one.
+        created_at = created_at.astimezone(UTC) if created_at.tzinfo is not None else created_at
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise invalid from None
     if created_at.tzinfo is None or not is_prefixed_id(dead_letter_id, "dlq"):
         raise invalid

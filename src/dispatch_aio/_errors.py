@@ -8,6 +8,7 @@ Every error derives from :class:`DispatchError`::
     │   └── LifecycleError                a Consumer started twice, reused, ...
     ├── ConfigurationError              a setting or the database is not as required
     │   ├── InvalidIdentifierError        a schema name that is not a safe identifier
+    │   ├── InvalidDsnError               a DSN that does not parse (also a ValueError)
     │   ├── SchemaNotMigratedError        the tables are missing or older than this code
     │   └── HorizonError                  stored transaction ids are ahead of the cluster
     ├── ContractError                   an event does not fit its contract
@@ -40,6 +41,7 @@ __all__ = [
     "DispatchError",
     "EventValidationError",
     "HorizonError",
+    "InvalidDsnError",
     "InvalidEnvelopeError",
     "InvalidIdentifierError",
     "InvalidPayloadError",
@@ -76,6 +78,10 @@ class ConfigurationError(DispatchError):
 
 class InvalidIdentifierError(ConfigurationError):
     """A SQL identifier (schema name) is empty, too long or has unsafe characters."""
+
+
+class InvalidDsnError(ConfigurationError, ValueError):
+    """A DSN that does not parse; nothing was attempted. The message masks its password."""
 
 
 class SchemaNotMigratedError(ConfigurationError):

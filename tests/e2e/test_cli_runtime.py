@@ -113,7 +113,7 @@ async def test_demo_runs_to_its_summary_on_the_embedded_postgres() -> None:
 
 
 async def test_demo_with_a_dead_dsn_prints_one_line() -> None:
-    assert_error(await cli("demo", "--dsn", UNREACHABLE), 1, "cannot connect to PostgreSQL")
+    assert_error(await cli("demo", "--dsn", UNREACHABLE), 1, "cannot reach the database")
 
 
 async def test_prune_deletes_old_events_every_consumer_passed(

@@ -8,7 +8,8 @@ import asyncpg
 import pytest
 
 from dispatch_aio import DatabaseUnavailableError
-from dispatch_aio._demo import COACHING, WAREHOUSE, run_demo
+from dispatch_aio.demo import run_demo
+from dispatch_aio.demo.domain import COACHING, WAREHOUSE
 
 pytestmark = pytest.mark.anyio
 
@@ -107,6 +108,6 @@ async def test_demo_keep_leaves_the_schema(dispatch_dsn: str) -> None:
 
 async def test_demo_against_a_dsn_that_does_not_answer() -> None:
     out = io.StringIO()
-    with pytest.raises(DatabaseUnavailableError, match=r"cannot connect to PostgreSQL at .*\*\*\*"):
+    with pytest.raises(DatabaseUnavailableError, match=r"cannot reach the database at .*\*\*\*"):
         await run_demo("postgresql://demo:secret@127.0.0.1:1/postgres", events=5, out=out)
     assert "secret" not in out.getvalue()

@@ -1,0 +1,75 @@
+"""``dispatch-aio status``: consumer lag, dead letters and horizon holders."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import arguments
+from .context import EXIT_OK, Context
+from .formatting import shorten, table
+
+__all__ = ["configure"]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Options of ``status``."""
+    parser.add_argument("--consumer", type=arguments.text, help="only this consumer")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--warn-after",
+        type=arguments.positive_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="warn about transactions open longer than this (default: 60)",
+    )
+    parser.set_defaults(handler=run)
+
+
+async def run(args: argparse.Namespace, ctx: Context) -> int:
+    """Print the health of every consumer (or one)."""
+    from .._status import consumer_status
+
+    async with ctx.pool() as pool:
+        report = await consumer_status(
+            pool,
+            schema=ctx.schema,
+            consumer=args.consumer,
+            horizon_warning_after=args.warn_after,
+        )
+    if args.json:
+        ctx.print_json(report.model_dump(mode="json"))
+        return EXIT_OK
+    if not report.consumers:
+        ctx.print("no consumers have run against this schema yet")
+    else:
+        rows = [
+            [
+                h.consumer,
+                h.event_type,
+                f"{h.cursor_xid}/{h.cursor_position}",
+                str(h.lag),
+                "-"
+                if h.oldest_pending_age_seconds is None
+                else f"{h.oldest_pending_age_seconds:.1f}s",
+                str(h.dead_letters),
+            ]
+            for h in report.consumers
+        ]
+        headers = ["CONSUMER", "EVENT TYPE", "CURSOR (XID/POS)", "LAG", "OLDEST", "DEAD"]
+        ctx.print(*table(headers, rows))
+    if report.horizon_holders:
+        ctx.print("", "transactions holding consumers back (oldest first):")
+        holders = [
+            [
+                str(h.pid) if h.pid is not None else f"prepared {h.gid}",
+                h.database or "-",
+                f"{h.age_seconds:.1f}s",
+                h.state or "-",
+                shorten(h.query or "", 60),
+            ]
+            for h in report.horizon_holders
+        ]
+        ctx.print(*table(["PID", "DATABASE", "AGE", "STATE", "QUERY"], holders))
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=ctx.err)
+    return EXIT_OK

@@ -1,0 +1,32 @@
+"""The demo: a small but real scenario from the credit-reservation domain, end to end.
+
+What runs (``dispatch-aio demo``, or ``await run_demo()``):
+
+- **Revenue**, the producer, owns a ``credit_reservation`` table. A few producer tasks
+  reserve credits for people's lessons, then lock, consume, forfeit or release them.
+  Each step is one transaction that updates the reservation row *and* publishes the
+  matching event on the same connection (transactional outbox). A couple of those
+  transactions fail on purpose after publishing: their events must never appear.
+- **Coaching** keeps an ``availability`` projection (one row per reservation: the
+  slot is ``held``, ``booked`` or ``open``) through its handler's connection, so each
+  projection write commits with the event's outcome. It runs as two workers of the same
+  consumer, as two processes would: each event is handled by exactly one of them, the
+  other counts a dedup hit.
+- **platform-warehouse** counts events per type in memory (a handler without a
+  connection). It rejects three chosen events on every attempt: they are retried with
+  short delays, then dead-lettered. The demo then "fixes" the handler and replays the
+  dead letters; each is handled again exactly once and its row is resolved.
+
+At the end it prints a summary and checks that the projection matches Revenue's table,
+that the warehouse saw every event once, and that rolled-back events stayed invisible.
+
+Both domain tables live in the dispatcher's schema here for brevity; real services keep
+their own databases. With no DSN the demo starts an embedded PostgreSQL (schema
+``public``); with a DSN it works in a fresh schema ``dispatch_demo_<random>``. Either is
+removed at the end unless ``keep``.
+"""
+
+from .run import run_demo
+from .summary import ConsumerSummary, DeadLetterSummary, DemoSummary
+
+__all__ = ["ConsumerSummary", "DeadLetterSummary", "DemoSummary", "run_demo"]
