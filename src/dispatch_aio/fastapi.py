@@ -19,12 +19,16 @@ application's own dependency, which returns a :class:`Principal` (or None, or ra
     app = FastAPI()
     app.include_router(dlq_router(pool, authenticate=authenticate))
 
-Every route answers 401 to an unauthenticated request. A principal sees only its own
-tenant's dead letters: another tenant's row answers 404 and is left unchanged. Resolve
-and replay need ``can_write`` (else 403). Malformed ids, queries and bodies answer 422.
+Each request is handled in this order: authenticate (401), authorise (403), then parse
+and validate the id, the query and the body (422; a body above :data:`MAX_BODY_BYTES`
+answers 413, JSON nested deeper than :data:`MAX_BODY_DEPTH` answers 422). A principal
+sees only its own tenant's dead letters: another tenant's row answers 404 and is left
+unchanged. Seeing every tenant takes an explicit ``Principal(..., all_tenants=True)``.
+A 422 never echoes more than a short prefix of what it refuses.
 """
 
 import dataclasses
+import json
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -34,7 +38,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ._deadletters import MAX_PAGE_SIZE, DeadLetter, DeadLetterPage, DeadLetters, text_problem
@@ -49,6 +53,8 @@ from ._ids import UUID7, is_prefixed_id
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "MAX_BODY_BYTES",
+    "MAX_BODY_DEPTH",
     "ErrorResponse",
     "Principal",
     "ReplayRequest",
@@ -59,6 +65,15 @@ __all__ = [
 #: Where :func:`dlq_router` mounts its routes unless told otherwise.
 DEFAULT_PREFIX = "/api/dispatcher/v1/dlq"
 
+#: The largest request body the routes read; a larger one answers 413.
+MAX_BODY_BYTES = 16 * 1024
+#: The deepest JSON nesting a body may have; a deeper one answers 422.
+MAX_BODY_DEPTH = 16
+#: How much of a refused input a 422 answer quotes.
+_ECHO_LIMIT = 120
+
+# A JSON Schema (ECMA-262) pattern for the OpenAPI document; the check itself is
+# is_prefixed_id, which matches the whole string.
 _DLQ_ID_PATTERN = f"^dlq_{UUID7}$"
 _T = TypeVar("_T")
 
@@ -68,12 +83,39 @@ class Principal:
     """Who is calling, as the application's authentication dependency says.
 
     ``tenant_id`` limits every read and write to that tenant's dead letters;
-    ``can_write`` allows resolve and replay.
+    ``can_write`` allows resolve and replay. A platform operator who may see every
+    tenant is ``Principal(subject, tenant_id=None, can_write=..., all_tenants=True)``;
+    any other combination (no tenant without ``all_tenants``, a tenant with it, an empty
+    or non-text tenant or subject) raises UsageError here, when the principal is built.
     """
 
     subject: str
-    tenant_id: str
+    tenant_id: str | None
     can_write: bool
+    all_tenants: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.subject, str) or not self.subject.strip():
+            raise UsageError("Principal.subject must be a non-empty string")
+        if (problem := text_problem(self.subject)) is not None:
+            raise UsageError(f"Principal.subject {problem}")
+        if not isinstance(self.can_write, bool) or not isinstance(self.all_tenants, bool):
+            raise UsageError("Principal.can_write and Principal.all_tenants must be bools")
+        if self.all_tenants:
+            if self.tenant_id is not None:
+                raise UsageError(
+                    "a Principal with all_tenants=True sees every tenant: pass tenant_id=None"
+                )
+            return
+        if self.tenant_id is None:
+            raise UsageError(
+                "Principal.tenant_id is None: give the caller's tenant, or all_tenants=True "
+                "for an operator who may see every tenant"
+            )
+        if not isinstance(self.tenant_id, str) or not self.tenant_id.strip():
+            raise UsageError("Principal.tenant_id must be a non-empty string")
+        if (problem := text_problem(self.tenant_id)) is not None:
+            raise UsageError(f"Principal.tenant_id {problem}")
 
 
 def _postgres_text(value: str) -> str:
@@ -150,7 +192,7 @@ class _DeadLetterRoute(APIRoute):
             try:
                 return await handler(request)
             except RequestValidationError as exc:
-                detail = _encodable(jsonable_encoder(exc.errors()))
+                detail = [_capped(error) for error in _encodable(jsonable_encoder(exc.errors()))]
             except StarletteHTTPException as exc:
                 # FastAPI answers 400 to a body that is not UTF-8; it is as malformed as
                 # any other body, so it gets the same 422.
@@ -167,6 +209,19 @@ class _DeadLetterRoute(APIRoute):
             return JSONResponse({"detail": detail}, status.HTTP_422_UNPROCESSABLE_CONTENT)
 
         return handle
+
+
+def _capped(error: Any) -> Any:
+    """One 422 error entry, quoting at most a short prefix of the refused input."""
+    if not isinstance(error, dict):
+        return error
+    capped = dict(error)
+    for key in ("input", "ctx"):
+        if key in capped:
+            text = json.dumps(capped[key], ensure_ascii=False, default=str)
+            if len(text) > _ECHO_LIMIT:
+                capped[key] = text[:_ECHO_LIMIT] + f"... ({len(text)} characters)"
+    return capped
 
 
 def _encodable(value: Any) -> Any:
@@ -186,6 +241,7 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         403: "The principal may read but not resolve or replay.",
         404: "No such dead letter for the principal's tenant.",
         409: "The dead letter is already resolved.",
+        413: f"The request body is larger than {MAX_BODY_BYTES} bytes.",
         503: "The database does not answer.",
     }
     return {
@@ -310,14 +366,16 @@ def dlq_router(
     @router.post(
         "/{dead_letter_id}/resolve",
         response_model=DeadLetter,
-        responses=_responses(403, 404, 409),
+        responses=_responses(403, 404, 409, 413),
         summary="Resolve a dead letter (one-shot)",
+        openapi_extra=_request_body(ResolveRequest),
     )
     async def resolve_dead_letter(
         principal: Annotated[Principal, Depends(require_writer)],
         dead_letter_id: _DeadLetterId,
-        body: ResolveRequest,
+        request: Request,
     ) -> DeadLetter:
+        body = await _parse_body(request, ResolveRequest)
         return await _call(
             dead_letters().resolve(
                 dead_letter_id,
@@ -330,14 +388,16 @@ def dlq_router(
     @router.post(
         "/{dead_letter_id}/replay",
         response_model=DeadLetter,
-        responses=_responses(403, 404, 409),
+        responses=_responses(403, 404, 409, 413),
         summary="Have the consumer handle the dead letter's event again",
+        openapi_extra=_request_body(ReplayRequest),
     )
     async def replay_dead_letter(
         principal: Annotated[Principal, Depends(require_writer)],
         dead_letter_id: _DeadLetterId,
-        body: ReplayRequest,
+        request: Request,
     ) -> DeadLetter:
+        body = await _parse_body(request, ReplayRequest)
         return await _call(
             dead_letters().replay(
                 dead_letter_id, replayed_by=body.replayed_by, tenant_id=principal.tenant_id
@@ -367,3 +427,87 @@ def _unprocessable(loc: tuple[str, ...], message: str, value: Any) -> NoReturn:
     raise RequestValidationError(
         [{"type": "value_error", "loc": loc, "msg": message, "input": value}]
     )
+
+
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+def _request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI requestBody of a route that parses ``model`` itself, after auth."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
+
+
+async def _parse_body(request: Request, model: type[_Body]) -> _Body:
+    """The request body as ``model``: 413 above MAX_BODY_BYTES, else 422 when malformed.
+
+    Called by the handlers, so only once the principal is authenticated and authorised:
+    a caller without the right to write learns nothing from how its body is judged.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        _too_large()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            _too_large()
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        _unprocessable(("body",), "the request body is not UTF-8 encoded JSON", None)
+    depth = _nesting_depth(text)
+    if depth > MAX_BODY_DEPTH:
+        _unprocessable(
+            ("body",),
+            f"the request body is JSON nested {depth} levels deep; at most "
+            f"{MAX_BODY_DEPTH} are accepted",
+            None,
+        )
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        _unprocessable(("body",), f"the request body is not valid JSON: {exc}", None)
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        errors = [
+            {**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)
+        ]
+        raise RequestValidationError(errors) from None
+
+
+def _too_large() -> NoReturn:
+    raise HTTPException(
+        status.HTTP_413_CONTENT_TOO_LARGE,
+        f"the request body is larger than {MAX_BODY_BYTES} bytes",
+    )
+
+
+def _nesting_depth(text: str) -> int:
+    """The deepest ``[``/``{`` nesting of JSON ``text`` (strings skipped), without parsing."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest

@@ -16,6 +16,8 @@ import pytest
 from dispatch_aio._ids import new_id
 from dispatch_aio.pytest_plugin import TestPostgres
 
+from ..integration.helpers import seed_dead_letter as seed
+
 pytestmark = pytest.mark.anyio
 
 #: A DSN whose server cannot be there: the socket directory does not exist.
@@ -53,30 +55,6 @@ def assert_error(run: Run, code: int, fragment: str) -> None:
     assert lines[0].startswith("error: "), run.err
     assert fragment in lines[0], run.err
     assert "Traceback" not in run.err + run.out
-
-
-async def seed(
-    conn: asyncpg.Connection, *, consumer: str = "coaching", resolved: bool = False
-) -> str:
-    """Insert one dead letter the way a consumer would; return its id."""
-    dead_letter_id = new_id("dlq")
-    event_id = new_id("evt")
-    envelope = {"event_id": event_id, "event_type": "credit.locked", "payload": {"n": 1}}
-    await conn.execute(
-        """INSERT INTO dispatcher_dead_letter (
-               dead_letter_id, consumer, event_id, event_type, schema_version, tenant_id,
-               subject, envelope, error_type, error_message, error_traceback, attempts,
-               resolved_at, resolved_by)
-           VALUES ($1, $2, $3, 'credit.locked', 1, 'tnt_a', 'per_1', $4::jsonb, 'ValueError',
-                   'boom', 'Traceback (most recent call last): ...', 4,
-                   CASE WHEN $5 THEN now() END, CASE WHEN $5 THEN 'ops' END)""",
-        dead_letter_id,
-        consumer,
-        event_id,
-        json.dumps(envelope),
-        resolved,
-    )
-    return dead_letter_id
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,54 +21,17 @@ from dispatch_aio._ids import new_id
 from dispatch_aio._migrate import migrate
 from dispatch_aio._sql import queries, replay_channel_for
 
+from .helpers import seed_dead_letter
+
+
+async def seed(db: asyncpg.Pool | asyncpg.Connection, **fields: Any) -> str:
+    """A dead letter with this module's payload."""
+    return await seed_dead_letter(db, **{"payload": {"reservation_id": "res_1"}, **fields})
+
+
 pytestmark = pytest.mark.anyio
 
 T0 = datetime(2026, 5, 9, 12, 0, tzinfo=UTC)
-
-
-async def seed(
-    db: asyncpg.Pool | asyncpg.Connection,
-    *,
-    consumer: str = "coaching",
-    tenant_id: str | None = "tnt_a",
-    event_type: str = "credit.locked",
-    created_at: datetime | None = None,
-    resolved: bool = False,
-    replay_status: str | None = None,
-    replay_error: str | None = None,
-    dead_letter_id: str | None = None,
-    schema: str = "public",
-) -> str:
-    """Insert one dead letter the way a consumer would; return its id."""
-    dead_letter_id = dead_letter_id or new_id("dlq")
-    event_id = new_id("evt")
-    envelope = {
-        "event_id": event_id,
-        "event_type": event_type,
-        "schema_version": 1,
-        "tenant_id": tenant_id,
-        "payload": {"reservation_id": "res_1"},
-    }
-    await db.execute(
-        f"""INSERT INTO "{schema}".dispatcher_dead_letter (
-               dead_letter_id, consumer, event_id, event_type, schema_version, tenant_id,
-               subject, envelope, error_type, error_message, error_traceback, attempts,
-               created_at, resolved_at, resolved_by, replay_status, replay_error)
-           VALUES ($1, $2, $3, $4, 1, $5, 'per_1', $6::jsonb, 'ValueError', 'boom',
-                   'Traceback ...', 4, coalesce($7, now()),
-                   CASE WHEN $8 THEN now() END, CASE WHEN $8 THEN 'ops' END, $9, $10)""",
-        dead_letter_id,
-        consumer,
-        event_id,
-        event_type,
-        tenant_id,
-        json.dumps(envelope),
-        created_at,
-        resolved,
-        replay_status,
-        replay_error,
-    )
-    return dead_letter_id
 
 
 async def row(pool: asyncpg.Pool, dead_letter_id: str) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,6 @@ import schemathesis
 from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute
 from hypothesis import HealthCheck, Phase, given, settings
-from pydantic import BaseModel
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -29,6 +27,8 @@ from starlette.routing import BaseRoute, Route
 from dispatch_aio._errors import UsageError
 from dispatch_aio._ids import new_id
 from dispatch_aio.fastapi import DEFAULT_PREFIX, Principal, dlq_router
+
+from .helpers import seed_dead_letter as seed
 
 pytestmark = pytest.mark.anyio
 
@@ -51,33 +51,6 @@ async def authenticate(request: Request) -> Principal | None:
         tenant_id=tenant,
         can_write=request.headers.get("x-test-can-write") == "1",
     )
-
-
-async def seed(
-    pool: asyncpg.Pool,
-    *,
-    consumer: str = "coaching",
-    tenant_id: str = TENANT,
-    resolved: bool = False,
-) -> str:
-    """Insert one dead letter the way a consumer would; return its id."""
-    dead_letter_id = new_id("dlq")
-    event_id = new_id("evt")
-    envelope = {"event_id": event_id, "event_type": "credit.locked", "payload": {"n": 1}}
-    await pool.execute(
-        """INSERT INTO dispatcher_dead_letter (
-               dead_letter_id, consumer, event_id, event_type, schema_version, tenant_id,
-               subject, envelope, error_type, error_message, attempts, resolved_at, resolved_by)
-           VALUES ($1, $2, $3, 'credit.locked', 1, $4, 'per_1', $5::jsonb, 'ValueError',
-                   'boom', 4, CASE WHEN $6 THEN now() END, CASE WHEN $6 THEN 'ops' END)""",
-        dead_letter_id,
-        consumer,
-        event_id,
-        tenant_id,
-        json.dumps(envelope),
-        resolved,
-    )
-    return dead_letter_id
 
 
 async def snapshot(pool: asyncpg.Pool) -> list[dict[str, Any]]:
@@ -152,13 +125,13 @@ def route_calls(app: FastAPI) -> list[RouteCall]:
         query = route.dependant.query_params
         params = {p.alias: "coaching" for p in query if p.field_info.is_required()}
         body = None
-        if route.body_field is not None:
-            model = route.body_field.field_info.annotation
-            assert isinstance(model, type)
-            assert issubclass(model, BaseModel)
-            body = {
-                name: "tester" for name, field in model.model_fields.items() if field.is_required()
-            }
+        # The body is parsed by the handler after authentication, so it is declared in
+        # the operation's OpenAPI requestBody rather than as a FastAPI body field.
+        assert route.body_field is None, path
+        request_body = (route.openapi_extra or {}).get("requestBody")
+        if request_body is not None:
+            schema = request_body["content"]["application/json"]["schema"]
+            body = {name: "tester" for name in schema.get("required", [])}
         for method in sorted(route.methods):
             calls.append(RouteCall(method, path, params, body))
     return calls
