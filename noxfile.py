@@ -1,4 +1,4 @@
-"""Developer and CI sessions: ``nox -s tests``, ``lint``, ``typing``, ``bench``."""
+"""Developer and CI sessions: ``nox -s tests``, ``lint``, ``typing``, ``bench``, ``fuzz``."""
 
 from __future__ import annotations
 
@@ -33,6 +33,21 @@ def tests(session: nox.Session) -> None:
             "not slow",
             env={"DISPATCH_AIO_PG_BIN": str(PG15_BIN)},
         )
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """Nightly-sized property tests: hostile input to every public entry point, HTTP fuzzing."""
+    session.install(".[test]")
+    examples = os.environ.get("HOSTILE_EXAMPLES", "2000")
+    session.run(
+        "pytest",
+        "tests/integration/test_hostile_input.py",
+        "tests/unit/test_publish_edges.py",
+        "--timeout=3600",
+        *session.posargs,
+        env={"DISPATCH_AIO_PG_BIN": "", "HOSTILE_EXAMPLES": examples},
+    )
 
 
 @nox.session

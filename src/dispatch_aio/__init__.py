@@ -5,7 +5,6 @@ Logging goes to the ``dispatch_aio`` logger hierarchy; nothing is configured at 
 """
 
 from ._consumer import Consumer, ConsumerState, ConsumerStats
-from ._consumer_config import ConsumerConfig
 from ._deadletters import DeadLetter, DeadLetterPage, DeadLetters
 from ._dispatcher import DEFAULT_MAX_PAYLOAD_BYTES, Dispatcher, EventSpec
 from ._embedded import EmbeddedPostgres
@@ -21,10 +20,12 @@ from ._errors import (
     DispatchError,
     EventValidationError,
     HorizonError,
+    InvalidArgumentError,
     InvalidDsnError,
     InvalidEnvelopeError,
     InvalidIdentifierError,
     InvalidPayloadError,
+    InvalidSettingError,
     LifecycleError,
     NotInTransactionError,
     PayloadTooLargeError,
@@ -37,6 +38,7 @@ from ._errors import (
 from ._migrate import SCHEMA_VERSION, MigrationResult, check_schema, migrate
 from ._registry import Registry
 from ._retention import PruneResult, prune
+from ._settings import ConsumerConfig
 from ._signals import HandlerSignal, Reject, RetryAfter
 from ._status import ConsumerHealth, HorizonHolder, StatusReport, consumer_status
 from ._telemetry import Telemetry
@@ -69,10 +71,12 @@ __all__ = [
     "HandlerSignal",
     "HorizonError",
     "HorizonHolder",
+    "InvalidArgumentError",
     "InvalidDsnError",
     "InvalidEnvelopeError",
     "InvalidIdentifierError",
     "InvalidPayloadError",
+    "InvalidSettingError",
     "LifecycleError",
     "MigrationResult",
     "NotInTransactionError",

@@ -43,7 +43,6 @@ from typing import Any, TypeAlias
 import anyio
 import asyncpg
 
-from ._consumer_config import ConsumerConfig, HandlerOptions
 from ._consumer_store import ConsumerStore, DeadLetterRow
 from ._envelope import Event, format_timestamp
 from ._errors import (
@@ -56,6 +55,7 @@ from ._ids import new_id
 from ._listener import Listener
 from ._migrate import check_schema
 from ._registry import Registry
+from ._settings import ConsumerConfig, HandlerOptions
 from ._sql import channel_for, replay_channel_for
 from ._status import horizon_holders
 from ._telemetry import Telemetry

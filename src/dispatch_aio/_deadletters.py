@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ._db import translate_errors
 from ._errors import DeadLetterAlreadyResolvedError, DeadLetterNotFoundError, UsageError
+from ._identifiers import validate_schema_name
 from ._ids import is_prefixed_id
 from ._sql import queries
 
@@ -90,6 +91,7 @@ class DeadLetters:
 
     def __init__(self, pool: asyncpg.Pool, schema: str = "public") -> None:
         """Bind to ``pool`` and ``schema`` (validated here; InvalidIdentifierError)."""
+        validate_schema_name(schema)
         self._pool = pool
         self._schema = schema
         self._q = queries(schema)

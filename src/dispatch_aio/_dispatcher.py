@@ -6,7 +6,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
 import asyncpg
@@ -16,22 +16,38 @@ from ._db import translate_errors
 from ._envelope import Envelope, format_timestamp
 from ._errors import (
     ConfigurationError,
+    InvalidArgumentError,
     InvalidEnvelopeError,
     InvalidPayloadError,
+    InvalidSettingError,
     NotInTransactionError,
     PayloadTooLargeError,
     UsageError,
 )
 from ._identifiers import validate_schema_name
 from ._ids import new_id
-from ._registry import ENVELOPE_SCHEMA_PATH, Registry, _compile
+from ._registry import Registry
 from ._sql import queries
 from ._telemetry import Telemetry
 
-__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "Dispatcher", "EventSpec"]
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD_BYTES",
+    "MAX_PAYLOAD_DEPTH",
+    "OCCURRED_AT_MAX",
+    "OCCURRED_AT_MIN",
+    "Dispatcher",
+    "EventSpec",
+]
 
 #: Default limit of an encoded payload: large blobs do not belong in an event log.
 DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
+#: The deepest nesting of objects and arrays a payload may have. Far beyond any real
+#: event; it keeps validation, encoding and jsonb below Python's recursion limit.
+MAX_PAYLOAD_DEPTH = 64
+#: The accepted range of occurred_at, in UTC. The driver stores datetime.min and
+#: datetime.max as -infinity and infinity, which read back as naive datetimes: refused.
+OCCURRED_AT_MIN = datetime.min.replace(tzinfo=UTC) + timedelta(microseconds=1)
+OCCURRED_AT_MAX = datetime.max.replace(tzinfo=UTC) - timedelta(microseconds=1)
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
@@ -81,12 +97,12 @@ class _EnvelopeCheck:
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
         self._checked: set[tuple[str, int]] = set()
-        schema = json.loads((registry.root / ENVELOPE_SCHEMA_PATH).read_text(encoding="utf-8"))
-        schema.pop("examples", None)
-        identity = {**schema, "required": ["producer", "tenant_id"]}
-        schema["required"] = [name for name in schema.get("required", ()) if name in _CALLER_FIELDS]
-        self._caller_fields = _compile(schema)
-        self._identity = _compile(identity)
+        # Compiled by the registry from the schema it read at load: never from disk here.
+        required = registry.envelope_required_fields()
+        self._caller_fields = registry.envelope_fields_validator(
+            tuple(name for name in required if name in _CALLER_FIELDS)
+        )
+        self._identity = registry.envelope_fields_validator(("producer", "tenant_id"))
 
     def check_identity(self, producer: str, tenant_id: str) -> None:
         """Refuse, at construction, a producer or tenant that no envelope could carry."""
@@ -157,8 +173,22 @@ class Dispatcher:
             raise ConfigurationError(
                 "Dispatcher needs a tenant: pass tenant_id=... or set DISPATCHER_TENANT_ID"
             )
-        if max_payload_bytes <= 0:
-            raise ConfigurationError("max_payload_bytes must be positive")
+        if (
+            isinstance(max_payload_bytes, bool)
+            or not isinstance(max_payload_bytes, int)
+            or max_payload_bytes <= 0
+        ):
+            raise InvalidSettingError(
+                f"max_payload_bytes must be a positive int, got {max_payload_bytes!r}"
+            )
+        if registry is not None and not isinstance(registry, Registry):
+            raise InvalidSettingError(
+                f"registry must be a Registry (Registry.load(...)), got {type(registry).__name__}"
+            )
+        if telemetry is not None and not isinstance(telemetry, Telemetry):
+            raise InvalidSettingError(
+                f"telemetry must be a Telemetry, got {type(telemetry).__name__}"
+            )
         self.pool = pool
         self.producer = producer
         self.tenant_id = tenant_id
@@ -187,6 +217,16 @@ class Dispatcher:
     ) -> tuple[Envelope, str]:
         """Build and validate one envelope; return it with its encoded payload. No I/O."""
         registry = self.registry
+        if not isinstance(event_type, str):
+            raise InvalidArgumentError(
+                f"event_type must be a str such as 'credit.locked', got {type(event_type).__name__}"
+            )
+        if schema_version is not None and (
+            isinstance(schema_version, bool) or not isinstance(schema_version, int)
+        ):
+            raise InvalidArgumentError(
+                f"schema_version must be an int or None, got {type(schema_version).__name__}"
+            )
         version = registry.current_version(event_type) if schema_version is None else schema_version
         occurred_at_given = occurred_at is not None
         if occurred_at is None:
@@ -196,6 +236,13 @@ class Dispatcher:
         if not isinstance(payload, Mapping):
             raise InvalidPayloadError(event_type, version, "$.payload", "must be an object")
         payload = dict(payload)
+        if (depth := _depth_beyond(payload, MAX_PAYLOAD_DEPTH)) is not None:
+            raise InvalidPayloadError(
+                event_type,
+                version,
+                "$.payload",
+                f"nested deeper than {MAX_PAYLOAD_DEPTH} levels (at {depth}): flatten it",
+            )
         registry.validate_payload(event_type, version, payload)
         data: dict[str, Any] = {
             "event_id": new_id("evt"),
@@ -357,14 +404,41 @@ class Dispatcher:
 
 
 def _as_utc(event_type: str, version: int, value: Any) -> datetime:
-    """A caller's occurred_at in UTC; InvalidEnvelopeError unless it is an aware datetime."""
+    """A caller's occurred_at in UTC; InvalidEnvelopeError unless it is an aware datetime
+    between OCCURRED_AT_MIN and OCCURRED_AT_MAX."""
     if not isinstance(value, datetime):
         reason = f"must be a timezone-aware datetime, not {type(value).__name__}"
-    elif value.tzinfo is None or value.utcoffset() is None:
-        reason = "naive datetime: give a timezone-aware one"
+        raise InvalidEnvelopeError(event_type, version, "$.occurred_at", reason)
+    try:
+        # A tzinfo is the caller's code: its utcoffset may be out of range, or raise.
+        offset = value.utcoffset()
+        utc = value.astimezone(UTC) if offset is not None else None
+    except OverflowError:
+        reason = "out of range once converted to UTC"
+    except Exception as exc:
+        reason = f"its tzinfo gives no usable UTC offset ({type(exc).__name__}: {exc})"
     else:
-        try:
-            return value.astimezone(UTC)
-        except OverflowError:
-            reason = "out of range once converted to UTC"
+        if utc is None:
+            reason = "naive datetime: give a timezone-aware one"
+        elif not OCCURRED_AT_MIN <= utc <= OCCURRED_AT_MAX:
+            reason = (
+                f"outside the accepted range {OCCURRED_AT_MIN.isoformat()} to "
+                f"{OCCURRED_AT_MAX.isoformat()}"
+            )
+        else:
+            return utc
     raise InvalidEnvelopeError(event_type, version, "$.occurred_at", reason)
+
+
+def _depth_beyond(value: Any, limit: int) -> int | None:
+    """The first nesting depth above ``limit`` found in ``value``, or None; no recursion."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return depth
+        if isinstance(item, Mapping):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend((child, depth + 1) for child in item)
+    return None

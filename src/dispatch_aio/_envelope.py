@@ -11,8 +11,12 @@ __all__ = ["Envelope", "Event", "format_timestamp"]
 
 
 def format_timestamp(value: datetime) -> str:
-    """RFC 3339 in UTC with microseconds and a ``Z``: ``2026-05-09T19:00:00.000000Z``."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 in UTC with microseconds and a ``Z``: ``2026-05-09T19:00:00.000000Z``.
+
+    Years below 1000 keep four digits (``0999-...``): ``strftime('%Y')`` would not pad.
+    """
+    utc = value.astimezone(UTC)
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 class Envelope(BaseModel):

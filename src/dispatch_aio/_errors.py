@@ -1,13 +1,21 @@
 """The exceptions dispatch-aio raises.
 
-Every error derives from :class:`DispatchError`::
+Every error derives from :class:`DispatchError`; every public call raises nothing else
+for bad input (wrong types, NaN, NUL, lone surrogates, out-of-range times, deep
+nesting). Where Python has a natural built-in for the mistake, the error is that too
+(``except ValueError`` still catches an invalid payload)::
 
     DispatchError
     ├── UsageError                      the API was called the wrong way
+    │   ├── InvalidArgumentError          wrong type or value of an argument
+    │   │                                 (also TypeError and ValueError)
     │   ├── NotInTransactionError         publish(conn=...) outside a transaction
     │   └── LifecycleError                a Consumer started twice, reused, ...
     ├── ConfigurationError              a setting or the database is not as required
+    │   ├── InvalidSettingError           a setting of the wrong type or value, NaN or
+    │   │                                 infinite (also a ValueError)
     │   ├── InvalidIdentifierError        a schema name that is not a safe identifier
+    │   │                                 (also a ValueError)
     │   ├── InvalidDsnError               a DSN that does not parse (also a ValueError)
     │   ├── SchemaNotMigratedError        the tables are missing or older than this code
     │   └── HorizonError                  stored transaction ids are ahead of the cluster
@@ -15,10 +23,11 @@ Every error derives from :class:`DispatchError`::
     │   ├── RegistryError                 the registry itself is broken (lists every problem)
     │   ├── UnknownEventTypeError
     │   ├── UnknownSchemaVersionError
-    │   ├── PayloadTooLargeError
+    │   ├── PayloadTooLargeError          (also a ValueError)
     │   └── EventValidationError          names event type, version and JSON path
-    │       ├── InvalidEnvelopeError
-    │       └── InvalidPayloadError
+    │       │                             (also a ValueError)
+    │       ├── InvalidEnvelopeError        e.g. occurred_at outside the accepted range
+    │       └── InvalidPayloadError         e.g. nested deeper than the accepted depth
     ├── DeadLetterError
     │   ├── DeadLetterNotFoundError
     │   └── DeadLetterAlreadyResolvedError
@@ -41,10 +50,12 @@ __all__ = [
     "DispatchError",
     "EventValidationError",
     "HorizonError",
+    "InvalidArgumentError",
     "InvalidDsnError",
     "InvalidEnvelopeError",
     "InvalidIdentifierError",
     "InvalidPayloadError",
+    "InvalidSettingError",
     "LifecycleError",
     "NotInTransactionError",
     "PayloadTooLargeError",
@@ -64,6 +75,10 @@ class UsageError(DispatchError):
     """The API was called in a way it does not support."""
 
 
+class InvalidArgumentError(UsageError, TypeError, ValueError):
+    """An argument of a public call has the wrong type or value; nothing was done."""
+
+
 class NotInTransactionError(UsageError):
     """A connection passed to publish is not inside a transaction."""
 
@@ -76,7 +91,11 @@ class ConfigurationError(DispatchError):
     """A setting, or the database, is not as dispatch-aio needs it."""
 
 
-class InvalidIdentifierError(ConfigurationError):
+class InvalidSettingError(ConfigurationError, ValueError):
+    """A setting has the wrong type or value (NaN and infinity included); nothing was built."""
+
+
+class InvalidIdentifierError(ConfigurationError, ValueError):
     """A SQL identifier (schema name) is empty, too long or has unsafe characters."""
 
 
@@ -131,7 +150,7 @@ class UnknownSchemaVersionError(ContractError):
         )
 
 
-class PayloadTooLargeError(ContractError):
+class PayloadTooLargeError(ContractError, ValueError):
     """The encoded payload is larger than the configured limit."""
 
     def __init__(self, event_type: str, size: int, limit: int) -> None:
@@ -144,7 +163,7 @@ class PayloadTooLargeError(ContractError):
         )
 
 
-class EventValidationError(ContractError):
+class EventValidationError(ContractError, ValueError):
     """An envelope or payload failed its JSON Schema.
 
     ``path`` is the JSON path of the first failure (``$.payload.person_id``).

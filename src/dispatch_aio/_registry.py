@@ -191,7 +191,15 @@ class Registry:
     compiles anything.
     """
 
-    __slots__ = ("_entries", "_envelope_validator", "_root", "_schemas", "_validators")
+    __slots__ = (
+        "_entries",
+        "_envelope_schema",
+        "_envelope_validator",
+        "_narrowed",
+        "_root",
+        "_schemas",
+        "_validators",
+    )
 
     def __init__(
         self,
@@ -200,6 +208,7 @@ class Registry:
         schemas: dict[tuple[str, int], dict[str, Any]],
         validators: dict[tuple[str, int], _Validator],
         envelope_validator: _Validator,
+        envelope_schema: dict[str, Any] | None = None,
     ) -> None:
         """Wrap already checked parts; use :meth:`load` instead of calling this."""
         self._root = root
@@ -207,6 +216,9 @@ class Registry:
         self._schemas = schemas
         self._validators = validators
         self._envelope_validator = envelope_validator
+        self._envelope_schema = copy.deepcopy(envelope_schema or {})
+        self._envelope_schema.pop("examples", None)
+        self._narrowed: dict[tuple[str, ...], _Validator] = {}
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> Registry:
@@ -244,10 +256,10 @@ class Registry:
 
     def entry(self, event_type: str) -> EventTypeEntry:
         """The registry entry of ``event_type``; raises UnknownEventTypeError."""
-        try:
-            return self._entries[event_type]
-        except KeyError:
-            raise UnknownEventTypeError(event_type) from None
+        entry = self._entries.get(event_type) if isinstance(event_type, str) else None
+        if entry is None:
+            raise UnknownEventTypeError(event_type)
+        return entry
 
     def versions(self, event_type: str) -> list[int]:
         """The schema versions of ``event_type``, ascending; raises UnknownEventTypeError."""
@@ -303,7 +315,9 @@ class Registry:
         whose ``path`` is the JSON path of the first failure, rooted at ``$.payload``
         (``$.payload.person_id``).
         """
-        validator = self._validators.get((event_type, version))
+        validator = (
+            self._validators.get((event_type, version)) if _is_key(event_type, version) else None
+        )
         if validator is None:
             raise self._lookup_error(event_type, version)
         try:
@@ -322,17 +336,34 @@ class Registry:
             envelope["event_type"], envelope["schema_version"], envelope["payload"]
         )
 
+    def envelope_required_fields(self) -> tuple[str, ...]:
+        """The fields the envelope schema requires, as read at :meth:`load`."""
+        return tuple(self._envelope_schema.get("required", ()))
+
+    def envelope_fields_validator(self, required: tuple[str, ...]) -> _Validator:
+        """A validator of the envelope schema with ``required`` narrowed to these fields.
+
+        Compiled from the schema read at :meth:`load` (never from disk again), once per
+        registry and tuple of fields; for checking a few fields of many envelopes fast.
+        """
+        validator = self._narrowed.get(required)
+        if validator is None:
+            schema = copy.deepcopy(self._envelope_schema)
+            schema["required"] = list(required)
+            validator = self._narrowed[required] = _compile(schema)
+        return validator
+
     # -- internals ---------------------------------------------------------------------
 
     def _key(self, event_type: str, version: int | None) -> tuple[str, int]:
         if version is None:
             return (event_type, self.entry(event_type).current_version)
-        if (event_type, version) not in self._schemas or isinstance(version, bool):
+        if not _is_key(event_type, version) or (event_type, version) not in self._schemas:
             raise self._lookup_error(event_type, version)
         return (event_type, version)
 
     def _lookup_error(self, event_type: str, version: int) -> Exception:
-        entry = self._entries.get(event_type)
+        entry = self._entries.get(event_type) if isinstance(event_type, str) else None
         if entry is None:
             return UnknownEventTypeError(event_type)
         return UnknownSchemaVersionError(
@@ -347,6 +378,13 @@ class Registry:
 
 
 _IDENTIFIER_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def _is_key(event_type: Any, version: Any) -> bool:
+    """True when ``(event_type, version)`` can be a registry key at all (hashable, typed)."""
+    return (
+        isinstance(event_type, str) and isinstance(version, int) and not isinstance(version, bool)
+    )
 
 
 def _envelope_identity(data: Any) -> tuple[str, int | None]:
@@ -588,7 +626,8 @@ class _Loader:
 
         if self.problems or envelope_validator is None:
             raise RegistryError(self.problems)
-        return Registry(self.root, entries, schemas, validators, envelope_validator)
+        assert envelope is not None
+        return Registry(self.root, entries, schemas, validators, envelope_validator, envelope[0])
 
     # -- files ---------------------------------------------------------------------------
 
