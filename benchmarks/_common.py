@@ -25,7 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import uuid_utils
 
-from dispatch_aio import Dispatcher, EmbeddedPostgres, Registry, migrate
+from dispatch_aio import Dispatcher, Registry, migrate
+from dispatch_aio.testing import EmbeddedPostgres
 
 __all__ = [
     "ACTOR",

@@ -40,12 +40,9 @@ from typing import Any
 import asyncpg
 import uuid_utils
 
-from dispatch_aio._dispatcher import Dispatcher, EventSpec
-from dispatch_aio._embedded import EmbeddedPostgres
-from dispatch_aio._migrate import migrate
-from dispatch_aio._registry import Registry
+from dispatch_aio import Dispatcher, EventSpec, Registry, Telemetry, migrate
 from dispatch_aio._sql import queries
-from dispatch_aio._telemetry import Telemetry
+from dispatch_aio.testing import EmbeddedPostgres
 
 EVENT_TYPE = "credit.locked"
 ACTOR = "system:revenue"

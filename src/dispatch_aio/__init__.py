@@ -7,7 +7,6 @@ Logging goes to the ``dispatch_aio`` logger hierarchy; nothing is configured at 
 from ._consumer import Consumer, ConsumerState, ConsumerStats
 from ._deadletters import DeadLetter, DeadLetterPage, DeadLetters
 from ._dispatcher import DEFAULT_MAX_PAYLOAD_BYTES, Dispatcher, EventSpec
-from ._embedded import EmbeddedPostgres
 from ._envelope import Envelope, Event
 from ._errors import (
     ConfigurationError,
@@ -63,7 +62,6 @@ __all__ = [
     "DeadLetters",
     "DispatchError",
     "Dispatcher",
-    "EmbeddedPostgres",
     "Envelope",
     "Event",
     "EventSpec",

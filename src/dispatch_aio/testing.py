@@ -14,7 +14,9 @@ Use them with the bundled pytest fixtures (``dispatch_pool``, ``dispatcher``, ..
 :func:`drain` runs a consumer until everything visible is handled and reports what
 happened; :func:`published_events` reads back what was published; :func:`instant_retries`
 gives the consumer options that make retries immediate (the backoff delays become 0),
-so a test of a failing handler runs in milliseconds.
+so a test of a failing handler runs in milliseconds. :class:`EmbeddedPostgres` is the
+throwaway PostgreSQL server behind the ``dispatch_postgres`` fixture (``[embedded]``
+extra), for suites and scripts that manage their own server.
 """
 
 from __future__ import annotations
@@ -30,11 +32,19 @@ import asyncpg
 
 from ._consumer import Consumer, ConsumerState, ConsumerStats
 from ._db import translate_errors
+from ._embedded import EmbeddedPostgres, find_pg_bin
 from ._envelope import Envelope
 from ._errors import LifecycleError, UsageError
 from ._sql import queries
 
-__all__ = ["DrainResult", "drain", "instant_retries", "published_events"]
+__all__ = [
+    "DrainResult",
+    "EmbeddedPostgres",
+    "drain",
+    "find_pg_bin",
+    "instant_retries",
+    "published_events",
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,10 @@ import anyio
 import asyncpg
 import pytest
 
-from dispatch_aio._ids import new_id
 from dispatch_aio.pytest_plugin import TestPostgres
 
 from ..integration.helpers import seed_dead_letter as seed
+from ..integration.helpers import uid as new_id
 
 pytestmark = pytest.mark.anyio
 

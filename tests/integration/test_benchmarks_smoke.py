@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dispatch_aio import ConfigurationError
-from dispatch_aio._embedded import find_pg_bin
+from dispatch_aio.testing import find_pg_bin
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "consume.py"

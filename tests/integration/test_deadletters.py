@@ -10,18 +10,20 @@ from typing import Any
 import asyncpg
 import pytest
 
-from dispatch_aio._deadletters import MAX_PAGE_SIZE, DeadLetter, DeadLetters
-from dispatch_aio._errors import (
+from dispatch_aio import (
+    DeadLetter,
     DeadLetterAlreadyResolvedError,
     DeadLetterNotFoundError,
+    DeadLetters,
     SchemaNotMigratedError,
     UsageError,
+    migrate,
 )
-from dispatch_aio._ids import new_id
-from dispatch_aio._migrate import migrate
+from dispatch_aio._deadletters import MAX_PAGE_SIZE
 from dispatch_aio._sql import queries, replay_channel_for
 
 from .helpers import seed_dead_letter
+from .helpers import uid as new_id
 
 
 async def seed(db: asyncpg.Pool | asyncpg.Connection, **fields: Any) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from dispatch_aio._embedded import EmbeddedPostgres, find_pg_bin
+from dispatch_aio.testing import EmbeddedPostgres, find_pg_bin
 
 pytestmark = pytest.mark.anyio
 

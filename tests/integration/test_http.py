@@ -24,11 +24,11 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.routing import BaseRoute, Route
 
-from dispatch_aio._errors import UsageError
-from dispatch_aio._ids import new_id
+from dispatch_aio import UsageError
 from dispatch_aio.fastapi import DEFAULT_PREFIX, Principal, dlq_router
 
 from .helpers import seed_dead_letter as seed
+from .helpers import uid as new_id
 
 pytestmark = pytest.mark.anyio
 

@@ -7,8 +7,13 @@ import asyncio
 import asyncpg
 import pytest
 
-from dispatch_aio._errors import InvalidIdentifierError, SchemaNotMigratedError
-from dispatch_aio._migrate import SCHEMA_VERSION, check_schema, migrate
+from dispatch_aio import (
+    SCHEMA_VERSION,
+    InvalidIdentifierError,
+    SchemaNotMigratedError,
+    check_schema,
+    migrate,
+)
 from dispatch_aio.pytest_plugin import TestPostgres
 
 pytestmark = pytest.mark.anyio

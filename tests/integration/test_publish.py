@@ -16,23 +16,26 @@ import pydantic
 import pytest
 import uuid_utils
 
-from dispatch_aio._dispatcher import DEFAULT_MAX_PAYLOAD_BYTES, Dispatcher, EventSpec
-from dispatch_aio._envelope import Envelope
-from dispatch_aio._errors import (
+from dispatch_aio import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
     ConfigurationError,
     ContractError,
+    Dispatcher,
+    Envelope,
+    EventSpec,
     InvalidEnvelopeError,
     InvalidIdentifierError,
     InvalidPayloadError,
     NotInTransactionError,
     PayloadTooLargeError,
+    Registry,
     SchemaNotMigratedError,
     UnknownEventTypeError,
     UnknownSchemaVersionError,
     UsageError,
+    migrate,
 )
-from dispatch_aio._migrate import migrate
-from dispatch_aio._registry import ENVELOPE_SCHEMA_PATH, REGISTRY_FILENAME, Registry
+from dispatch_aio._registry import ENVELOPE_SCHEMA_PATH, REGISTRY_FILENAME
 from dispatch_aio.pytest_plugin import TestPostgres
 
 pytestmark = pytest.mark.anyio

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from rfc3339_validator import validate_rfc3339
 
-from dispatch_aio._errors import InvalidEnvelopeError, InvalidPayloadError
-from dispatch_aio._registry import Registry, _is_rfc3339_datetime
+from dispatch_aio import InvalidEnvelopeError, InvalidPayloadError, Registry
+from dispatch_aio._registry import _is_rfc3339_datetime
 from dispatch_aio._resources import bundled_contracts_dir
 
 CONTRACTS = bundled_contracts_dir()

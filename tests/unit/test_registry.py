@@ -13,21 +13,17 @@ from typing import Any
 import fastjsonschema
 import pytest
 
-from dispatch_aio._errors import (
+from dispatch_aio import (
     ContractError,
     EventValidationError,
     InvalidEnvelopeError,
     InvalidPayloadError,
+    Registry,
     RegistryError,
     UnknownEventTypeError,
     UnknownSchemaVersionError,
 )
-from dispatch_aio._registry import (
-    CONTRACTS_ENV_VAR,
-    EventTypeEntry,
-    Registry,
-    VersionEntry,
-)
+from dispatch_aio._registry import CONTRACTS_ENV_VAR, EventTypeEntry, VersionEntry
 from dispatch_aio._resources import bundled_contracts_dir
 
 LOCKED = "credit-reservation-lock/schema/payloads/credit.locked-v1.json"
