@@ -7,11 +7,12 @@ import os
 import sys
 
 import anyio
+import asyncpg
 import pytest
 
 from dispatch_aio.cli import main
 
-from .test_cli_base import UNREACHABLE
+from .test_cli_base import UNREACHABLE, cli
 
 SECRET_PIECES = ("Sup3r", "SecretPw")
 
@@ -154,3 +155,24 @@ def test_python_dash_m_dispatch_aio_runs_the_command_line() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("dispatch-aio ")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("as_json", [False, True], ids=["table", "json"])
+async def test_status_masks_a_password_in_a_horizon_holders_query(
+    dispatch_dsn: str, as_json: bool
+) -> None:
+    holder = await asyncpg.connect(dispatch_dsn)
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("CREATE TEMP TABLE hold (x int)")
+        await holder.fetchval("SELECT 'host=db password=Sup3rSecretPw'::text")
+        run = await cli("status", *(["--json"] if as_json else []), dsn=dispatch_dsn)
+        await tx.rollback()
+    finally:
+        await holder.close()
+    assert run.code == 0, run
+    assert "password=***" in run.out
+    for piece in SECRET_PIECES:
+        assert piece not in run.out + run.err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .._dsn import redact
 from . import arguments
 from .context import EXIT_OK, Context
 from .formatting import shorten, table
@@ -36,6 +37,15 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
             consumer=args.consumer,
             horizon_warning_after=args.warn_after,
         )
+    # A holder's query text may carry a password (a dblink connection string, ALTER ROLE).
+    report = report.model_copy(
+        update={
+            "horizon_holders": [
+                h.model_copy(update={"query": redact(h.query, ctx.dsn)}) if h.query else h
+                for h in report.horizon_holders
+            ]
+        }
+    )
     if args.json:
         ctx.print_json(report.model_dump(mode="json"))
         return EXIT_OK

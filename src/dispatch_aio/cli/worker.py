@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from typing import Any
 
+from .._dsn import redact
 from .._errors import InvalidDsnError
 from .._pool import CONNECT_TIMEOUT, open_pool
 from . import arguments
@@ -63,9 +65,27 @@ def _load_target(target: str) -> Any:
     return value
 
 
+class _RedactingFormatter(logging.Formatter):
+    """Formats as the handler did, then masks database passwords (see _dsn.redact)."""
+
+    def __init__(self, inner: logging.Formatter | None, dsn: str | None) -> None:
+        super().__init__()
+        self._inner = inner or logging.Formatter()
+        self._dsn = dsn
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(self._inner.format(record), self._dsn)
+
+
+def _redact_logs(dsn: str | None) -> None:
+    """Mask passwords in everything the root logger's handlers write (driver errors too)."""
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler.formatter, _RedactingFormatter):
+            handler.setFormatter(_RedactingFormatter(handler.formatter, dsn))
+
+
 async def _run_worker(args: argparse.Namespace, ctx: Context) -> int:
     import inspect
-    import logging
 
     from .._consumer import Consumer
 
@@ -74,6 +94,7 @@ async def _run_worker(args: argparse.Namespace, ctx: Context) -> int:
         stream=ctx.err,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    _redact_logs(ctx.dsn)
     target = _load_target(args.target)
     if isinstance(target, Consumer):
         pool = target.pool
