@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import sys
 
@@ -176,3 +177,21 @@ async def test_status_masks_a_password_in_a_horizon_holders_query(
     assert "password=***" in run.out
     for piece in SECRET_PIECES:
         assert piece not in run.out + run.err
+
+
+@pytest.mark.parametrize("form", DSN_FORMS)
+def test_worker_log_lines_are_masked(form: str) -> None:
+    from dispatch_aio.cli.worker import _RedactingFormatter
+
+    dsn = DSN_FORMS[form]
+    # The password as a driver message would repeat it (decoded, with its slash).
+    repeated = (
+        "Sup3r/SecretPw" if form in ("unencoded slash", "percent-encoded") else "Sup3rSecretPw"
+    )
+    record = logging.LogRecord(
+        "dispatch_aio.consumer", logging.ERROR, __file__, 1, "lost %s: %s", (dsn, repeated), None
+    )
+    line = _RedactingFormatter(logging.Formatter("%(message)s"), dsn).format(record)
+    assert line.startswith("lost ")
+    for piece in SECRET_PIECES:
+        assert piece not in line

@@ -30,7 +30,7 @@ from .helpers import uid
 
 pytestmark = pytest.mark.anyio
 
-EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "120"))
 FREE_FORM = "custom.free_form"
 
 
