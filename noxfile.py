@@ -44,6 +44,7 @@ def fuzz(session: nox.Session) -> None:
         "pytest",
         "tests/integration/test_hostile_input.py",
         "tests/unit/test_publish_edges.py",
+        "tests/integration/test_http.py::test_schemathesis_finds_no_server_error",
         "--timeout=3600",
         *session.posargs,
         env={"DISPATCH_AIO_PG_BIN": "", "HOSTILE_EXAMPLES": examples},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -411,7 +412,8 @@ async def test_openapi_declares_a_model_for_every_route_and_status(app: FastAPI)
 
 # --------------------------------------------------------------------------- fuzzing
 
-FUZZ_EXAMPLES = 40
+#: Raised by ``nox -s fuzz`` (HOSTILE_EXAMPLES).
+FUZZ_EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "40"))
 
 
 def _httpx_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
