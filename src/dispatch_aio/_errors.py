@@ -8,6 +8,7 @@ Every error derives from :class:`DispatchError`::
     │   └── LifecycleError                a Consumer started twice, reused, ...
     ├── ConfigurationError              a setting or the database is not as required
     │   ├── InvalidIdentifierError        a schema name that is not a safe identifier
+    │   ├── UnsafeEndpointError           a fan-out endpoint on a private address (SSRF)
     │   ├── SchemaNotMigratedError        the tables are missing or older than this code
     │   └── HorizonError                  stored transaction ids are ahead of the cluster
     ├── ContractError                   an event does not fit its contract
@@ -21,6 +22,9 @@ Every error derives from :class:`DispatchError`::
     ├── DeadLetterError
     │   ├── DeadLetterNotFoundError
     │   └── DeadLetterAlreadyResolvedError
+    ├── DeliveryError                   cross-service delivery failed
+    │   ├── SignatureVerificationError    a webhook signature or timestamp does not verify
+    │   └── SubscriberUnavailableError    a subscriber answered 5xx (the event is retried)
     └── DatabaseError                   the driver failed; the original is ``__cause__``
         └── DatabaseUnavailableError      nothing answers at the DSN
 
@@ -37,6 +41,7 @@ __all__ = [
     "DeadLetterAlreadyResolvedError",
     "DeadLetterError",
     "DeadLetterNotFoundError",
+    "DeliveryError",
     "DispatchError",
     "EventValidationError",
     "HorizonError",
@@ -48,8 +53,11 @@ __all__ = [
     "PayloadTooLargeError",
     "RegistryError",
     "SchemaNotMigratedError",
+    "SignatureVerificationError",
+    "SubscriberUnavailableError",
     "UnknownEventTypeError",
     "UnknownSchemaVersionError",
+    "UnsafeEndpointError",
     "UsageError",
 ]
 
@@ -76,6 +84,22 @@ class ConfigurationError(DispatchError):
 
 class InvalidIdentifierError(ConfigurationError):
     """A SQL identifier (schema name) is empty, too long or has unsafe characters."""
+
+
+class UnsafeEndpointError(ConfigurationError):
+    """A fan-out endpoint is, or resolves to, an address the SSRF guard refuses.
+
+    ``reason`` says which kind (loopback, private, link-local, cloud metadata, ...).
+    """
+
+    def __init__(self, endpoint: str, host: str, reason: str) -> None:
+        self.endpoint = endpoint
+        self.host = host
+        self.reason = reason
+        super().__init__(
+            f"endpoint {endpoint!r}: {host} is {reason}; fan-out refuses such addresses "
+            "unless the endpoint sets allow_private_network = true"
+        )
 
 
 class SchemaNotMigratedError(ConfigurationError):
@@ -185,6 +209,30 @@ class DeadLetterAlreadyResolvedError(DeadLetterError):
     def __init__(self, dead_letter_id: str) -> None:
         self.dead_letter_id = dead_letter_id
         super().__init__(f"dead letter {dead_letter_id!r} is already resolved")
+
+
+class DeliveryError(DispatchError):
+    """Cross-service delivery (fan-out or inbox) failed."""
+
+
+class SignatureVerificationError(DeliveryError):
+    """A webhook request's signature or timestamp does not verify.
+
+    ``reason`` is for the receiver's logs only: never send it back to the caller.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"webhook signature refused: {reason}")
+
+
+class SubscriberUnavailableError(DeliveryError):
+    """A subscriber answered with a server error; the consumer retries the event."""
+
+    def __init__(self, endpoint: str, status: int) -> None:
+        self.endpoint = endpoint
+        self.status = status
+        super().__init__(f"subscriber {endpoint!r} answered HTTP {status}; retrying later")
 
 
 class DatabaseError(DispatchError):
