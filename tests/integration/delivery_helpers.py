@@ -134,6 +134,7 @@ class ScriptedSubscriber:
     answers: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     received: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
     port: int = 0
 
     @property
@@ -150,6 +151,7 @@ class ScriptedSubscriber:
             if not message.get("more_body"):
                 break
         self.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
+        self.bodies.append(body)
         self.received.append(json.loads(body))
         status, extra = self.answers.pop(0) if self.answers else (200, {})
         raw = [(k.encode(), v.encode()) for k, v in extra.items()]
