@@ -162,7 +162,7 @@ class ScriptedSubscriber:
 @contextlib.asynccontextmanager
 async def serve_in_process(app: Any, port: int = 0) -> AsyncIterator[int]:
     """Serve an ASGI app with uvicorn in this event loop on 127.0.0.1; yield its port."""
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     sock.listen(128)
