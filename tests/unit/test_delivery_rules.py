@@ -4,9 +4,12 @@ a subscriber's answer means for the event."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 
 from dispatch_aio import (
@@ -194,3 +197,35 @@ def test_other_5xx_are_ordinary_failures(status: int) -> None:
 @pytest.mark.parametrize("value", ["", "soon", "-5", "1e9", "Sat, 09 May 2026 11:00:00 GMT"])
 def test_unusable_retry_after_values_mean_no_wait(value: str) -> None:
     assert retry_after_seconds(value, cap=60.0, now=NOW) == 0.0
+
+
+def test_the_core_imports_no_http_library() -> None:
+    code = (
+        "import sys, dispatch_aio; "
+        "print(sorted(m for m in ('httpx', 'httpcore', 'fastapi', 'uvicorn') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("answer", [["10.0.0.7"], ["93.184.215.14", "::1"], ["169.254.169.254"]])
+async def test_the_transport_checks_every_resolved_address_before_connecting(
+    answer: list[str],
+) -> None:
+    from dispatch_aio.fanout import GuardedTransport
+
+    asked: list[tuple[str, int]] = []
+
+    async def resolve(host: str, port: int) -> list[str]:
+        asked.append((host, port))
+        return answer
+
+    endpoint = Endpoint(url="https://subscriber.example:8443/inbox", secrets=[SECRET])
+    transport = GuardedTransport(endpoint, resolve=resolve)
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(UnsafeEndpointError):
+            await client.post(endpoint.url, content=b"{}")
+    assert asked == [("subscriber.example", 8443)]
