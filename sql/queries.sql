@@ -58,6 +58,17 @@ FROM unnest(
     $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::jsonb[]
 ) AS e
 
+-- name: inbox_insert_event
+-- An event received from another service keeps its original event_id (and producer,
+-- tenant, occurred_at, traceparent); a redelivery meets the event_id key and writes
+-- nothing. The insert trigger still sets xid and position, and notifies, as for publish.
+INSERT INTO {{schema}}.dispatcher_event (
+    event_id, event_type, schema_version, tenant_id, producer, subject, actor,
+    occurred_at, correlation_id, causation_id, traceparent, payload, xid, position
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, '0', 0)
+ON CONFLICT ON CONSTRAINT dispatcher_event_event_id_key DO NOTHING
+RETURNING position
+
 -- Consumer
 
 -- name: consumer_horizon_check

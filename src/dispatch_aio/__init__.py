@@ -6,6 +6,10 @@ Logging goes to the ``dispatch_aio`` logger hierarchy; nothing is configured at 
 
 from ._consumer import Consumer, ConsumerState, ConsumerStats
 from ._deadletters import DeadLetter, DeadLetterPage, DeadLetters
+from ._delivery.config import Endpoint, FanoutConfig
+from ._delivery.inbox import Inbox, InboxResponse
+from ._delivery.signatures import WebhookSecrets, generate_secret
+from ._delivery.ssrf import refusal_reason
 from ._dispatcher import DEFAULT_MAX_PAYLOAD_BYTES, Dispatcher, EventSpec
 from ._envelope import Envelope, Event
 from ._errors import (
@@ -16,6 +20,7 @@ from ._errors import (
     DeadLetterAlreadyResolvedError,
     DeadLetterError,
     DeadLetterNotFoundError,
+    DeliveryError,
     DispatchError,
     EventValidationError,
     HorizonError,
@@ -30,8 +35,11 @@ from ._errors import (
     PayloadTooLargeError,
     RegistryError,
     SchemaNotMigratedError,
+    SignatureVerificationError,
+    SubscriberUnavailableError,
     UnknownEventTypeError,
     UnknownSchemaVersionError,
+    UnsafeEndpointError,
     UsageError,
 )
 from ._migrate import SCHEMA_VERSION, MigrationResult, check_schema, migrate
@@ -60,15 +68,20 @@ __all__ = [
     "DeadLetterNotFoundError",
     "DeadLetterPage",
     "DeadLetters",
+    "DeliveryError",
     "DispatchError",
     "Dispatcher",
+    "Endpoint",
     "Envelope",
     "Event",
     "EventSpec",
     "EventValidationError",
+    "FanoutConfig",
     "HandlerSignal",
     "HorizonError",
     "HorizonHolder",
+    "Inbox",
+    "InboxResponse",
     "InvalidArgumentError",
     "InvalidDsnError",
     "InvalidEnvelopeError",
@@ -85,13 +98,19 @@ __all__ = [
     "Reject",
     "RetryAfter",
     "SchemaNotMigratedError",
+    "SignatureVerificationError",
     "StatusReport",
+    "SubscriberUnavailableError",
     "Telemetry",
     "UnknownEventTypeError",
     "UnknownSchemaVersionError",
+    "UnsafeEndpointError",
     "UsageError",
+    "WebhookSecrets",
     "check_schema",
     "consumer_status",
+    "generate_secret",
     "migrate",
     "prune",
+    "refusal_reason",
 ]

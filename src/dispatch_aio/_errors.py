@@ -17,6 +17,7 @@ nesting). Where Python has a natural built-in for the mistake, the error is that
     │   ├── InvalidIdentifierError        a schema name that is not a safe identifier
     │   │                                 (also a ValueError)
     │   ├── InvalidDsnError               a DSN that does not parse (also a ValueError)
+    │   ├── UnsafeEndpointError           a fan-out endpoint on a private address (SSRF)
     │   ├── SchemaNotMigratedError        the tables are missing or older than this code
     │   └── HorizonError                  stored transaction ids are ahead of the cluster
     ├── ContractError                   an event does not fit its contract
@@ -31,6 +32,9 @@ nesting). Where Python has a natural built-in for the mistake, the error is that
     ├── DeadLetterError
     │   ├── DeadLetterNotFoundError
     │   └── DeadLetterAlreadyResolvedError
+    ├── DeliveryError                   cross-service delivery failed
+    │   ├── SignatureVerificationError    a webhook signature or timestamp does not verify
+    │   └── SubscriberUnavailableError    a subscriber answered 5xx (the event is retried)
     └── DatabaseError                   the driver failed; the original is ``__cause__``
         └── DatabaseUnavailableError      nothing answers at the DSN
 
@@ -47,6 +51,7 @@ __all__ = [
     "DeadLetterAlreadyResolvedError",
     "DeadLetterError",
     "DeadLetterNotFoundError",
+    "DeliveryError",
     "DispatchError",
     "EventValidationError",
     "HorizonError",
@@ -61,8 +66,11 @@ __all__ = [
     "PayloadTooLargeError",
     "RegistryError",
     "SchemaNotMigratedError",
+    "SignatureVerificationError",
+    "SubscriberUnavailableError",
     "UnknownEventTypeError",
     "UnknownSchemaVersionError",
+    "UnsafeEndpointError",
     "UsageError",
 ]
 
@@ -101,6 +109,22 @@ class InvalidIdentifierError(ConfigurationError, ValueError):
 
 class InvalidDsnError(ConfigurationError, ValueError):
     """A DSN that does not parse; nothing was attempted. The message masks its password."""
+
+
+class UnsafeEndpointError(ConfigurationError):
+    """A fan-out endpoint is, or resolves to, an address the SSRF guard refuses.
+
+    ``reason`` says which kind (loopback, private, link-local, cloud metadata, ...).
+    """
+
+    def __init__(self, endpoint: str, host: str, reason: str) -> None:
+        self.endpoint = endpoint
+        self.host = host
+        self.reason = reason
+        super().__init__(
+            f"endpoint {endpoint!r}: {host} is {reason}; fan-out refuses such addresses "
+            "unless the endpoint sets allow_private_network = true"
+        )
 
 
 class SchemaNotMigratedError(ConfigurationError):
@@ -210,6 +234,30 @@ class DeadLetterAlreadyResolvedError(DeadLetterError):
     def __init__(self, dead_letter_id: str) -> None:
         self.dead_letter_id = dead_letter_id
         super().__init__(f"dead letter {dead_letter_id!r} is already resolved")
+
+
+class DeliveryError(DispatchError):
+    """Cross-service delivery (fan-out or inbox) failed."""
+
+
+class SignatureVerificationError(DeliveryError):
+    """A webhook request's signature or timestamp does not verify.
+
+    ``reason`` is for the receiver's logs only: never send it back to the caller.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"webhook signature refused: {reason}")
+
+
+class SubscriberUnavailableError(DeliveryError):
+    """A subscriber answered with a server error; the consumer retries the event."""
+
+    def __init__(self, endpoint: str, status: int) -> None:
+        self.endpoint = endpoint
+        self.status = status
+        super().__init__(f"subscriber {endpoint!r} answered HTTP {status}; retrying later")
 
 
 class DatabaseError(DispatchError):

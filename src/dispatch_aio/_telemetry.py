@@ -66,6 +66,21 @@ class Telemetry:
         self.handler_latency = meter.create_histogram(
             "dispatcher.handler_latency_ms", unit="ms", description="Handler run time"
         )
+        self.delivery_count = meter.create_counter(
+            "dispatcher.delivery.count",
+            unit="{event}",
+            description="Fan-out deliveries per endpoint: delivered, retried, dead_lettered",
+        )
+        self.delivery_latency = meter.create_histogram(
+            "dispatcher.delivery.latency_ms",
+            unit="ms",
+            description="Fan-out POST round trip, per endpoint",
+        )
+        self.inbox_count = meter.create_counter(
+            "dispatcher.inbox.count",
+            unit="{request}",
+            description="Inbox requests by outcome (accepted, duplicate, refused, ...)",
+        )
         self._lag_sources: list[Callable[[], Iterable[tuple[int, dict[str, str]]]]] = []
         self.consumer_lag = meter.create_observable_gauge(
             "dispatcher.consumer.lag",
@@ -213,6 +228,84 @@ class Telemetry:
         attrs = {"event_type": event_type, "consumer": consumer}
         self.end_to_end_latency.record(end_to_end_ms, attrs)
         self.handler_latency.record(handler_ms, attrs)
+
+    # -- cross-service delivery -------------------------------------------------------
+
+    @contextlib.contextmanager
+    def delivery_span(
+        self, *, endpoint: str, event_type: str, event_id: str, url: str, traceparent: str | None
+    ) -> Iterator[tuple[trace.Span, dict[str, str]]]:
+        """A CLIENT span for one fan-out POST; yields it with the headers that carry it.
+
+        The span is a child of the current context (the fan-out consumer's span) or,
+        without one, of the event's ``traceparent``. With tracing off, the headers pass
+        the event's own ``traceparent`` on unchanged.
+        """
+        if not self.tracing_enabled():
+            yield trace.INVALID_SPAN, ({"traceparent": traceparent} if traceparent else {})
+            return
+        parent = None
+        if not trace.get_current_span().get_span_context().is_valid and traceparent:
+            parent = extract({"traceparent": traceparent})
+        with self.tracer.start_as_current_span(
+            f"{event_type} deliver",
+            context=parent,
+            kind=SpanKind.CLIENT,
+            record_exception=False,
+            set_status_on_exception=False,
+            attributes={
+                "http.request.method": "POST",
+                "url.full": url,
+                "messaging.message.id": event_id,
+                "dispatch_aio.endpoint": endpoint,
+            },
+        ) as span:
+            carrier: dict[str, str] = {}
+            inject(carrier)
+            yield span, carrier
+
+    def delivery_result(
+        self, span: trace.Span, *, endpoint: str, event_type: str, outcome: str, status: int | None
+    ) -> None:
+        """Count one delivery attempt's outcome (delivered, retried, dead_lettered) per endpoint."""
+        self.delivery_count.add(
+            1, {"endpoint": endpoint, "event_type": event_type, "outcome": outcome}
+        )
+        if span.is_recording():
+            if status is not None:
+                span.set_attribute("http.response.status_code", status)
+            if outcome != "delivered":
+                span.set_status(Status(StatusCode.ERROR, outcome))
+
+    def observe_delivery_latency(self, endpoint: str, milliseconds: float) -> None:
+        """Record one POST's round trip to ``endpoint``."""
+        self.delivery_latency.record(milliseconds, {"endpoint": endpoint})
+
+    @contextlib.contextmanager
+    def inbox_span(self, traceparent: str | None) -> Iterator[trace.Span]:
+        """A SERVER span for one inbox request, continuing the sender's trace."""
+        if not self.tracing_enabled():
+            yield trace.INVALID_SPAN
+            return
+        parent = extract({"traceparent": traceparent}) if traceparent else None
+        with self.tracer.start_as_current_span(
+            "inbox receive",
+            context=parent,
+            kind=SpanKind.SERVER,
+            record_exception=False,
+            set_status_on_exception=False,
+            attributes={"http.request.method": "POST", "messaging.system": "dispatch_aio"},
+        ) as span:
+            yield span
+
+    def inbox_result(self, span: trace.Span, outcome: str, status: int) -> None:
+        """Count one inbox request by outcome; mark its span."""
+        self.inbox_count.add(1, {"outcome": outcome})
+        if span.is_recording():
+            span.set_attribute("http.response.status_code", status)
+            span.set_attribute("dispatch_aio.inbox.outcome", outcome)
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR, outcome))
 
     def track_backlog(
         self,

@@ -16,7 +16,8 @@ happened; :func:`published_events` reads back what was published; :func:`instant
 gives the consumer options that make retries immediate (the backoff delays become 0),
 so a test of a failing handler runs in milliseconds. :class:`EmbeddedPostgres` is the
 throwaway PostgreSQL server behind the ``dispatch_postgres`` fixture (``[embedded]``
-extra), for suites and scripts that manage their own server.
+extra), for suites and scripts that manage their own server. :func:`drain_fanout` drains every
+endpoint consumer of a :class:`~dispatch_aio.fanout.Fanout` at once.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import asyncpg
@@ -37,10 +38,14 @@ from ._envelope import Envelope
 from ._errors import LifecycleError, UsageError
 from ._sql import queries
 
+if TYPE_CHECKING:
+    from ._delivery.fanout import Fanout
+
 __all__ = [
     "DrainResult",
     "EmbeddedPostgres",
     "drain",
+    "drain_fanout",
     "find_pg_bin",
     "instant_retries",
     "published_events",
@@ -112,6 +117,38 @@ async def drain(consumer: Consumer, *, timeout: float = 30.0) -> DrainResult:  #
     if started_here:
         await consumer.aclose()
     return _difference(before, consumer.stats)
+
+
+# A deadline parameter on purpose, as for drain.
+async def drain_fanout(fanout: Fanout, *, timeout: float = 30.0) -> dict[str, DrainResult]:  # noqa: ASYNC109
+    """Drain every endpoint consumer of ``fanout`` together; report per subscriber name.
+
+    A fan-out that has not started is started, drained and closed; a running one is
+    drained and left running. Each endpoint is drained as :func:`drain` drains a
+    consumer: until every visible event has an outcome (delivered, or dead-lettered),
+    so an endpoint that keeps failing holds the drain until its retries run out. Raises
+    TimeoutError after ``timeout`` seconds.
+    """
+    started_here = not fanout.started
+    if started_here:
+        await fanout.start()
+    results: dict[str, DrainResult] = {}
+    try:
+
+        async def one(name: str, consumer: Consumer) -> None:
+            results[name] = await drain(consumer, timeout=timeout)
+
+        async with anyio.create_task_group() as tg:
+            for name, consumer in fanout.consumers.items():
+                tg.start_soon(one, name, consumer)
+    except BaseException:
+        if started_here:
+            with anyio.CancelScope(shield=True):
+                await fanout.aclose()
+        raise
+    if started_here:
+        await fanout.aclose()
+    return results
 
 
 async def _until_settled(consumer: Consumer) -> None:

@@ -45,6 +45,7 @@ PAGES = [
     "operations.md",
     "observability.md",
     "testing.md",
+    "cross-service.md",
     "adr/0001-transaction-id-visibility.md",
     "adr/0002-per-subject-order.md",
     "adr/0003-outcome-commits.md",

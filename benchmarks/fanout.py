@@ -1,0 +1,248 @@
+"""Fan-out benchmark: signed POSTs over loopback to an inbox served by uvicorn in a subprocess.
+
+    python benchmarks/fanout.py            # full run (about a minute)
+    python benchmarks/fanout.py --quick    # small sizes: a smoke run, figures meaningless
+
+(a) throughput: a backlog of events drained by one endpoint's fan-out consumer into the
+    inbox of a second database, from starting the fan-out to the last event's outcome
+    committed on the sender; every event must then be in the receiver's table exactly
+    once;
+(b) latency at a steady rate (100 events/s by default): from the producer's commit
+    (publish returned) to the inbox's row committed (a NOTIFY sent by a benchmark-only
+    trigger on the receiver's table arrives at commit), p50/p95/p99.
+
+One embedded PostgreSQL with fsync on holds both databases (sender and receiver); the
+fan-out runs in this process, the inbox in a uvicorn subprocess of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import _common as common
+import asyncpg
+
+from dispatch_aio import FanoutConfig, Registry, generate_secret
+from dispatch_aio.fanout import Fanout
+
+EVENT_TYPE = "credit.locked"
+SUBSCRIBER = "coaching"
+ARRIVAL_CHANNEL = "bench_inbox_arrival"
+ARRIVAL_TRIGGER = f"""
+CREATE FUNCTION bench_arrival() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('{ARRIVAL_CHANNEL}', NEW.event_id);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER bench_arrival AFTER INSERT ON dispatcher_event
+    FOR EACH ROW EXECUTE FUNCTION bench_arrival();
+"""
+SCRIPT = str(Path(__file__).resolve())
+GOAL_THROUGHPUT = 2000.0  # events/s
+GOAL_P99_MS = 20.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    backlog: int
+    latency_events: int
+    rate: float
+    concurrency: int
+
+
+FULL = Settings(backlog=20_000, latency_events=3_000, rate=100.0, concurrency=32)
+QUICK = Settings(backlog=500, latency_events=200, rate=100.0, concurrency=16)
+
+
+async def serve(dsn: str, secret: str) -> None:
+    """The subprocess: serve the inbox, print its port, run until SIGTERM."""
+    from dispatch_aio.inbox import serve_inbox
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with serve_inbox(dsn, secrets=[secret]) as service:
+        print(f"port {service.port}", flush=True)
+        await stop.wait()
+
+
+async def start_inbox(dsn: str, secret: str) -> tuple[asyncio.subprocess.Process, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        SCRIPT,
+        "--serve-inbox",
+        dsn,
+        secret,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), timeout=60)
+    if not line.startswith(b"port "):
+        raise RuntimeError(f"the inbox did not start: {line!r}")
+    return process, f"http://127.0.0.1:{int(line.split()[1])}/dispatch/inbox"
+
+
+def fanout_config(url: str, secret: str, settings: Settings) -> FanoutConfig:
+    return FanoutConfig.from_mapping(
+        {
+            "endpoints": {
+                SUBSCRIBER: {
+                    "url": url,
+                    "secrets": [secret],
+                    "allow_private_network": True,  # loopback, on purpose
+                    "concurrency": settings.concurrency,
+                    "max_connections": settings.concurrency * 2,
+                    "max_keepalive_connections": settings.concurrency * 2,
+                }
+            }
+        }
+    )
+
+
+async def publish(pool: asyncpg.Pool, count: int) -> None:
+    dispatcher = common.dispatcher(pool)
+    factory = common.PayloadFactory()
+    people = common.subjects(max(1, count // 4))
+    for start in range(0, count, 500):
+        specs = []
+        for i in range(start, min(count, start + 500)):
+            subject = people[i % len(people)]
+            _, payload = factory.make(EVENT_TYPE, subject)
+            specs.append(
+                {
+                    "event_type": EVENT_TYPE,
+                    "payload": json.loads(payload),
+                    "subject": subject,
+                    "actor": common.ACTOR,
+                }
+            )
+        await dispatcher.publish_many(specs)  # type: ignore[arg-type]
+
+
+async def throughput(
+    sender: asyncpg.Pool, receiver_dsn: str, config: FanoutConfig, registry: Registry, count: int
+) -> float:
+    await publish(sender, count)
+    await common.settle(sender, "dispatcher_event")
+    fanout = Fanout(sender, config, registry=registry)
+    consumer = fanout.consumers[SUBSCRIBER]
+    started = time.perf_counter()
+    async with fanout:
+        finished = await common.wait_until(lambda: consumer.stats.handled >= count, within=600)
+    receiver = await asyncpg.connect(receiver_dsn)
+    try:
+        total, distinct = await receiver.fetchrow(
+            "SELECT count(*), count(DISTINCT event_id) FROM dispatcher_event"
+        )
+    finally:
+        await receiver.close()
+    if (total, distinct) != (count, count):
+        raise RuntimeError(f"receiver holds {total} rows, {distinct} distinct; expected {count}")
+    return count / (finished - started)
+
+
+async def latency(
+    sender: asyncpg.Pool,
+    receiver_dsn: str,
+    config: FanoutConfig,
+    registry: Registry,
+    settings: Settings,
+) -> list[float]:
+    listener = await asyncpg.connect(receiver_dsn)
+    await listener.execute(ARRIVAL_TRIGGER)
+    arrived: dict[str, float] = {}
+
+    def on_arrival(_conn: object, _pid: int, _channel: str, event_id: str) -> None:
+        arrived[event_id] = time.perf_counter()
+
+    await listener.add_listener(ARRIVAL_CHANNEL, on_arrival)
+    dispatcher = common.dispatcher(sender)
+    factory = common.PayloadFactory()
+    committed: dict[str, float] = {}
+    fanout = Fanout(sender, config, registry=registry)
+    try:
+        async with fanout:
+            interval = 1.0 / settings.rate
+            next_at = time.perf_counter()
+            for subject in common.subjects(settings.latency_events):
+                next_at += interval
+                _, payload = factory.make(EVENT_TYPE, subject)
+                envelope = await dispatcher.publish(
+                    EVENT_TYPE,
+                    json.loads(payload),
+                    subject=subject,
+                    actor=common.ACTOR,
+                )
+                committed[envelope.event_id] = time.perf_counter()
+                await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+            await common.wait_until(lambda: len(arrived) >= len(committed), within=120)
+    finally:
+        await listener.close()
+    return [(arrived[event_id] - at) * 1000.0 for event_id, at in committed.items()]
+
+
+async def run(settings: Settings, quick: bool) -> None:
+    server = common.BenchServer.start()
+    inbox: asyncio.subprocess.Process | None = None
+    try:
+        print("== settings ==")
+        print(f"  {common.machine_summary()}")
+        print(f"  PostgreSQL {await server.server_version()}, fsync on")
+        print(
+            f"  backlog {settings.backlog} events, latency {settings.latency_events} events at "
+            f"{settings.rate:g}/s, endpoint concurrency {settings.concurrency}"
+        )
+        registry = Registry.load()
+        secret = generate_secret()
+        sender_dsn = await server.create_database("fanout_sender")
+        receiver_dsn = await server.create_database("fanout_receiver")
+        inbox, url = await start_inbox(receiver_dsn, secret)
+        config = fanout_config(url, secret, settings)
+        sender = await common.open_pool(sender_dsn, settings.concurrency + 4)
+        try:
+            rate = await throughput(sender, receiver_dsn, config, registry, settings.backlog)
+            print("== (a) throughput over loopback ==")
+            print(f"  {rate:,.0f} events/s, each accepted exactly once")
+            await sender.execute("TRUNCATE dispatcher_event, dispatcher_dedup, dispatcher_cursor")
+            receiver = await asyncpg.connect(receiver_dsn)
+            await receiver.execute("TRUNCATE dispatcher_event")
+            await receiver.close()
+            samples = await latency(sender, receiver_dsn, config, registry, settings)
+        finally:
+            await sender.close()
+        p50, p95, p99 = (common.percentile(samples, p) for p in (50, 95, 99))
+        print(f"== (b) latency at {settings.rate:g} events/s: commit -> inbox row committed ==")
+        print(f"  p50 {p50:.1f} ms   p95 {p95:.1f} ms   p99 {p99:.1f} ms   ({len(samples)} events)")
+        print("== goals ==")
+        verdict = "PASS" if rate >= GOAL_THROUGHPUT else "FAIL"
+        print(f"  {verdict} throughput >= {GOAL_THROUGHPUT:,.0f} events/s ({rate:,.0f})")
+        verdict = "PASS" if p99 <= GOAL_P99_MS else "FAIL"
+        print(f"  {verdict} p99 latency <= {GOAL_P99_MS:g} ms at 100/s ({p99:.1f} ms)")
+        if quick:
+            print("  (--quick: sizes too small for these figures to mean anything)")
+    finally:
+        if inbox is not None and inbox.returncode is None:
+            inbox.send_signal(signal.SIGTERM)
+            await inbox.wait()
+        server.stop()
+
+
+def main() -> int:
+    if len(sys.argv) == 4 and sys.argv[1] == "--serve-inbox":
+        asyncio.run(serve(sys.argv[2], sys.argv[3]))
+        return 0
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    args = parser.parse_args()
+    asyncio.run(run(QUICK if args.quick else FULL, args.quick))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

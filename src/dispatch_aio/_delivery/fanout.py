@@ -1,0 +1,312 @@
+"""Fan-out: a consumer per subscriber endpoint that POSTs each event's envelope, signed.
+
+Each endpoint of a :class:`FanoutConfig` gets a :class:`~dispatch_aio.Consumer` named
+``fanout.<subscriber>``, subscribed to the event types whose registry entry lists that
+subscriber. So each endpoint has its own cursor, per-subject order, retries with
+jitter, dead letters, replay and status: a subscriber that is down holds back only its
+own consumer, never another endpoint's.
+
+The handler POSTs the envelope as JSON with Standard Webhooks headers, signed afresh
+on every attempt (the timestamp must be recent), over an ``httpx.AsyncClient`` of the
+endpoint's own (keep-alive pool, connection limits, connect/read timeouts, a total
+deadline per attempt, the SSRF guard on each connection). The answer decides the
+outcome (see ``responses``): 2xx delivered; 410 and other 4xx
+:class:`~dispatch_aio.Reject`; 429/503 :class:`~dispatch_aio.RetryAfter`; 5xx,
+timeouts and connection errors are ordinary failures, retried.
+
+Delivery is at-least-once: a POST whose answer is lost, or an event whose group rolls
+back after its POST, is sent again with the same event_id; the inbox's insert is
+idempotent on event_id, so each event is inserted on the receiving side exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
+import httpx
+
+from .._consumer import Consumer
+from .._envelope import Event
+from .._errors import ConfigurationError, LifecycleError
+from .._registry import Registry
+from .._settings import ConsumerConfig
+from .._signals import Reject
+from .._telemetry import Telemetry
+from .config import Endpoint, FanoutConfig, consumer_name_for
+from .responses import check_response
+from .ssrf import Resolver, system_resolve
+from .transport import GuardedTransport
+
+__all__ = ["Fanout", "run_fanout"]
+
+logger = logging.getLogger("dispatch_aio.fanout")
+
+_USER_AGENT = "dispatch-aio-fanout/1"
+_EXCERPT_BYTES = 512
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+class _Deliverer:
+    """POSTs events to one endpoint and turns the answer into the event's outcome."""
+
+    def __init__(
+        self, name: str, endpoint: Endpoint, client: httpx.AsyncClient, telemetry: Telemetry
+    ) -> None:
+        self.name = name
+        self.endpoint = endpoint
+        self.client = client
+        self.telemetry = telemetry
+        self.secrets = endpoint.webhook_secrets()
+        self.attempts_before_dead_letter = len(endpoint.retry_delays) + 1
+
+    async def deliver(self, event: Event) -> None:
+        """The consumer's handler: one POST attempt (raises to retry or reject)."""
+        endpoint = self.endpoint
+        body = _dumps(event.to_json_dict()).encode()
+        headers = self.secrets.sign(event.event_id, body)
+        headers["content-type"] = "application/json"
+        final = event.attempt >= self.attempts_before_dead_letter
+        outcome = "retried"
+        status: int | None = None
+        with self.telemetry.delivery_span(
+            endpoint=self.name,
+            event_type=event.event_type,
+            event_id=event.event_id,
+            url=endpoint.url,
+            traceparent=event.traceparent,
+        ) as (span, carrier):
+            headers.update(carrier)
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(endpoint.total_timeout):
+                    status, answer_headers, excerpt = await self._post(body, headers)
+                self.telemetry.observe_delivery_latency(
+                    self.name, (time.perf_counter() - started) * 1000.0
+                )
+                check_response(
+                    self.name,
+                    status,
+                    answer_headers,
+                    excerpt,
+                    retry_after_cap=endpoint.retry_after_cap,
+                )
+                outcome = "delivered"
+            except Reject:
+                outcome = "dead_lettered"
+                raise
+            except Exception:
+                outcome = "dead_lettered" if final else "retried"
+                raise
+            finally:
+                self.telemetry.delivery_result(
+                    span,
+                    endpoint=self.name,
+                    event_type=event.event_type,
+                    outcome=outcome,
+                    status=status,
+                )
+
+    async def _post(
+        self, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, Mapping[str, str], str]:
+        async with self.client.stream(
+            "POST", self.endpoint.url, content=body, headers=headers
+        ) as response:
+            excerpt = b""
+            if not 200 <= response.status_code < 300:
+                # A little of the answer for the dead letter; never the whole of it.
+                async for chunk in response.aiter_raw():
+                    excerpt += chunk
+                    if len(excerpt) >= _EXCERPT_BYTES:
+                        break
+            return (
+                response.status_code,
+                response.headers,
+                excerpt[:_EXCERPT_BYTES].decode("utf-8", "replace"),
+            )
+
+
+class Fanout:
+    """Runs one fan-out consumer per endpoint of a configuration.
+
+    ::
+
+        fanout = Fanout(pool, FanoutConfig.load("fanout.json"))
+        async with fanout:
+            await fanout.wait()        # until stop(), or a consumer fails
+
+    The pool serves every endpoint's consumer: size it at least the sum of
+    ``concurrency + 2`` over the endpoints (a worker holds its connection during the
+    POST, since the event's outcome commits right after). ``consumer_options`` are
+    extra :class:`~dispatch_aio.ConsumerConfig` settings for every endpoint's consumer
+    (tests use them to shorten delays). Single use, like a Consumer.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        config: FanoutConfig,
+        *,
+        registry: Registry | None = None,
+        telemetry: Telemetry | None = None,
+        resolve: Resolver = system_resolve,
+        consumer_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.registry = registry if registry is not None else Registry.load()
+        self.telemetry = telemetry if telemetry is not None else Telemetry.default()
+        self.consumers: dict[str, Consumer] = {}
+        self._clients: list[httpx.AsyncClient] = []
+        self._started = False
+        for name, endpoint in config.endpoints.items():
+            event_types = config.event_types_for(name, self.registry)
+            if not event_types:
+                raise ConfigurationError(
+                    f"no event type in the registry lists subscriber {name!r}: "
+                    "check the name against the registry's subscribers"
+                )
+            settings: dict[str, Any] = {
+                "name": consumer_name_for(name),
+                "db_schema": config.db_schema,
+                "concurrency": endpoint.concurrency,
+                "max_group": endpoint.max_group,
+                "retry_delays": endpoint.retry_delays,
+                # The POST has its own deadline; this only catches a hang around it.
+                "handler_timeout": endpoint.total_timeout + 5.0,
+            }
+            settings.update(consumer_options or {})
+            consumer = Consumer(
+                pool,
+                config=ConsumerConfig(**settings),
+                registry=self.registry,
+                telemetry=self.telemetry,
+            )
+            client = httpx.AsyncClient(
+                transport=GuardedTransport(endpoint, resolve=resolve),
+                timeout=httpx.Timeout(
+                    connect=endpoint.connect_timeout,
+                    read=endpoint.read_timeout,
+                    write=endpoint.read_timeout,
+                    pool=endpoint.connect_timeout,
+                ),
+                headers={"user-agent": _USER_AGENT},
+                follow_redirects=False,
+                trust_env=False,
+            )
+            self._clients.append(client)
+            deliverer = _Deliverer(name, endpoint, client, self.telemetry)
+            for event_type in event_types:
+                consumer.on(event_type)(deliverer.deliver)
+            self.consumers[name] = consumer
+
+    @property
+    def started(self) -> bool:
+        """True once :meth:`start` has been called."""
+        return self._started
+
+    async def start(self) -> None:
+        """Start every endpoint's consumer; if one cannot start, stop the others and raise."""
+        if self._started:
+            raise LifecycleError("a Fanout runs once: make a new one")
+        self._started = True
+        try:
+            for consumer in self.consumers.values():
+                await consumer.start()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    def stop(self) -> None:
+        """Ask every consumer to drain and stop; returns at once."""
+        for consumer in self.consumers.values():
+            consumer.stop()
+
+    async def wait(self) -> None:
+        """Wait until every consumer has stopped; if one fails, stop the rest and re-raise."""
+        waits = {
+            asyncio.ensure_future(consumer.wait()): name
+            for name, consumer in self.consumers.items()
+        }
+        failure: BaseException | None = None
+        pending = set(waits)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                exc = task.exception()
+                if exc is not None and failure is None:
+                    logger.error("fan-out to %s stopped: %s", waits[task], exc)
+                    failure = exc
+                    self.stop()
+        if failure is not None:
+            raise failure
+
+    async def aclose(self) -> None:
+        """Stop, drain, and close every consumer and HTTP client. Idempotent."""
+        self.stop()
+        try:
+            for consumer in self.consumers.values():
+                with contextlib.suppress(Exception):
+                    await consumer.aclose()
+        finally:
+            for client in self._clients:
+                await client.aclose()
+
+    async def __aenter__(self) -> Fanout:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def run(self) -> None:
+        """Run as a worker process: until SIGTERM or SIGINT (a second one aborts)."""
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGTERM, signal.SIGINT)
+        stopping = False
+
+        def on_signal() -> None:
+            nonlocal stopping
+            if not stopping:
+                stopping = True
+                logger.info("signal received: draining the fan-out")
+                self.stop()
+            else:
+                for consumer in self.consumers.values():
+                    consumer.abort()
+
+        for sig in signals:
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            async with self:
+                await self.wait()
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+
+async def run_fanout(
+    dsn: str,
+    config: FanoutConfig,
+    *,
+    registry: Registry | None = None,
+    telemetry: Telemetry | None = None,
+) -> None:
+    """Run the fan-out of ``config`` against the database at ``dsn`` until SIGTERM/SIGINT.
+
+    Opens a pool sized for every endpoint's workers and closes it at the end: the body
+    of a ``dispatch-aio fanout CONFIG`` command.
+    """
+    size = sum(endpoint.concurrency + 2 for endpoint in config.endpoints.values())
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size)
+    try:
+        await Fanout(pool, config, registry=registry, telemetry=telemetry).run()
+    finally:
+        await pool.close()

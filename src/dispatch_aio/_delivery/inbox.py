@@ -1,0 +1,256 @@
+"""The inbox: take a signed event from another service into the local event table, once.
+
+Framework-free: :meth:`Inbox.receive` takes the request's headers and body and returns
+the answer to send (the FastAPI router in ``dispatch_aio.inbox`` is a thin wrapper; the
+body-size limit is enforced there, while the body streams in). The order of checks is
+the contract:
+
+1. signature and timestamp (401, with no detail: nothing is parsed before this passes,
+   and nothing is ever written for a request that fails it);
+2. the body: UTF-8 JSON, one object, no duplicate keys, no NaN (400);
+3. the envelope and payload against the local registry, and ``webhook-id`` equal to
+   ``event_id`` (422, naming the JSON path);
+4. one statement, so one transaction: insert into ``dispatcher_event`` keeping the
+   event's original event_id, producer, tenant, subject, occurred_at and traceparent.
+   A redelivered event_id meets the unique key and writes nothing (200 all the same);
+   local consumers then receive the event with all their guarantees.
+
+A database that does not answer gives 503 (the sender retries). With an at-least-once
+sender, the idempotent insert makes the insertion exactly-once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from pydantic import ValidationError
+
+from .._db import translate_errors
+from .._dispatcher import DEFAULT_MAX_PAYLOAD_BYTES, _has_nul
+from .._envelope import Envelope
+from .._errors import (
+    ConfigurationError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    EventValidationError,
+    SignatureVerificationError,
+    UnknownEventTypeError,
+    UnknownSchemaVersionError,
+)
+from .._identifiers import validate_schema_name
+from .._registry import Registry
+from .._sql import queries
+from .._telemetry import Telemetry
+from .signatures import WebhookSecrets
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "Inbox", "InboxResponse"]
+
+logger = logging.getLogger("dispatch_aio.inbox")
+
+#: The largest payload publish accepts, plus room for the envelope around it.
+DEFAULT_MAX_BODY_BYTES = DEFAULT_MAX_PAYLOAD_BYTES + 64 * 1024
+
+_SIGNED_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+@dataclass(frozen=True, slots=True)
+class InboxResponse:
+    """The answer to one inbox request: HTTP status, JSON body, extra headers.
+
+    ``outcome`` is the short name used in metrics and logs: accepted, duplicate,
+    unauthorized, malformed, invalid, too_large, unavailable, error.
+    """
+
+    status: int
+    outcome: str
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class _Malformed(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        raise _Malformed("duplicate keys in a JSON object")
+    return data
+
+
+def _no_constants(name: str) -> Any:
+    raise _Malformed(f"{name} is not JSON")
+
+
+def _parse(body: bytes) -> Any:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Malformed("the body is not UTF-8") from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except _Malformed:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise _Malformed(f"the body is not JSON ({type(exc).__name__})") from None
+
+
+class Inbox:
+    """Verifies, validates and inserts events sent by another service's fan-out.
+
+    ``secrets``: the ``whsec_`` secrets this inbox accepts (newest first), or a
+    :class:`WebhookSecrets`. The registry defaults to the bundled contracts. Each
+    accepted event is inserted in a transaction of its own on a pool connection; the
+    caller's cancellation rolls it back (the sender, getting no answer, retries).
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        secrets: WebhookSecrets | Iterable[str],
+        registry: Registry | None = None,
+        schema: str = "public",
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        acquire_timeout: float = 5.0,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        if max_body_bytes <= 0:
+            raise ConfigurationError("max_body_bytes must be positive")
+        self.pool = pool
+        self.secrets = secrets if isinstance(secrets, WebhookSecrets) else WebhookSecrets(secrets)
+        self.registry = registry if registry is not None else Registry.load()
+        self.schema = validate_schema_name(schema)
+        self.max_body_bytes = max_body_bytes
+        self.acquire_timeout = acquire_timeout
+        self.telemetry = telemetry if telemetry is not None else Telemetry.default()
+        self._insert = queries(self.schema).inbox_insert_event
+
+    def too_large(self) -> InboxResponse:
+        """The answer to a body over ``max_body_bytes`` (sent before it is read whole)."""
+        response = InboxResponse(
+            413, "too_large", {"error": "body too large", "limit_bytes": self.max_body_bytes}
+        )
+        self.telemetry.inbox_count.add(1, {"outcome": response.outcome})
+        return response
+
+    async def receive(
+        self,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]],
+        body: bytes,
+        *,
+        now: float | None = None,
+    ) -> InboxResponse:
+        """Check and store one request; return the answer. Never raises for bad input.
+
+        ``headers`` are the request's (name, value) pairs, names in any case. ``now``
+        (Unix seconds) is for tests of the timestamp tolerance.
+        """
+        pairs = headers.items() if isinstance(headers, Mapping) else headers
+        signed: dict[str, str] = {}
+        duplicated = False
+        traceparent: str | None = None
+        for name, value in pairs:
+            lowered = name.lower()
+            if lowered in _SIGNED_HEADERS:
+                duplicated |= lowered in signed
+                signed[lowered] = value
+            elif lowered == "traceparent":
+                traceparent = value
+        with self.telemetry.inbox_span(traceparent) as span:
+            response = await self._receive(signed, duplicated, body, now)
+            self.telemetry.inbox_result(span, response.outcome, response.status)
+            return response
+
+    async def _receive(
+        self, signed: dict[str, str], duplicated: bool, body: bytes, now: float | None
+    ) -> InboxResponse:
+        if len(body) > self.max_body_bytes:
+            return self.too_large()
+        try:
+            if duplicated:
+                raise SignatureVerificationError("a webhook header is repeated")
+            msg_id = self.secrets.verify(signed, body, now=now)
+        except SignatureVerificationError as exc:
+            logger.warning("inbox refused a request: %s", exc.reason)
+            # The same answer whatever failed: a caller learns nothing about the check.
+            return InboxResponse(401, "unauthorized", {"error": "unauthorized"})
+        try:
+            data = _parse(body)
+        except _Malformed as exc:
+            return InboxResponse(400, "malformed", {"error": "malformed body", "detail": str(exc)})
+        try:
+            envelope = self._validate(msg_id, data)
+        except EventValidationError as exc:
+            return _invalid(exc.what, exc.path, exc.reason)
+        except UnknownEventTypeError as exc:
+            return _invalid("envelope", "$.event_type", str(exc))
+        except UnknownSchemaVersionError as exc:
+            return _invalid("envelope", "$.schema_version", str(exc))
+        return await self._store(envelope)
+
+    def _validate(self, msg_id: str, data: Any) -> tuple[Envelope, str]:
+        registry = self.registry
+        registry.validate_envelope(data)
+        event_type, version = data["event_type"], data["schema_version"]
+        registry.validate_payload(event_type, version, data["payload"])
+        if data["event_id"] != msg_id:
+            raise EventValidationError(
+                event_type, version, "$.event_id", "differs from the signed webhook-id"
+            )
+        if _has_nul(data):
+            raise EventValidationError(
+                event_type, version, "$", "PostgreSQL cannot store U+0000 in text"
+            )
+        try:
+            envelope = Envelope.model_validate(data)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            path = "$" + "".join(
+                f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]
+            )
+            raise EventValidationError(event_type, version, path, error["msg"]) from None
+        return envelope, _dumps(data["payload"])
+
+    async def _store(self, built: tuple[Envelope, str]) -> InboxResponse:
+        envelope, payload = built
+        row = (
+            envelope.event_id,
+            envelope.event_type,
+            envelope.schema_version,
+            envelope.tenant_id,
+            envelope.producer,
+            envelope.subject,
+            envelope.actor,
+            envelope.occurred_at,
+            envelope.correlation_id,
+            envelope.causation_id,
+            envelope.traceparent,
+            payload,
+        )
+        try:
+            with translate_errors(self.schema):
+                async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
+                    position = await conn.fetchval(self._insert, *row)
+        except (DatabaseUnavailableError, TimeoutError) as exc:
+            logger.warning("inbox cannot reach its database: %s", exc)
+            return InboxResponse(
+                503, "unavailable", {"error": "database unavailable"}, {"retry-after": "5"}
+            )
+        except DatabaseError as exc:
+            logger.error("inbox could not store %s: %s", envelope.event_id, exc)
+            return InboxResponse(500, "error", {"error": "could not store the event"})
+        outcome = "accepted" if position is not None else "duplicate"
+        return InboxResponse(200, outcome, {"status": outcome, "event_id": envelope.event_id})
+
+
+def _invalid(what: str, path: str, reason: str) -> InboxResponse:
+    return InboxResponse(
+        422, "invalid", {"error": f"invalid {what}", "path": path, "detail": reason}
+    )
