@@ -6,8 +6,10 @@ Logging goes to the ``dispatch_aio`` logger hierarchy; nothing is configured at 
 
 from ._consumer import Consumer, ConsumerState, ConsumerStats
 from ._consumer_config import ConsumerConfig
+from ._contracts.models import Mismatch, compare_model_to_schema, payload_schema_from_model
+from ._contracts.scaffold import ID_PROFILES, IdProfile, add_event_type, init_contracts
 from ._deadletters import DeadLetter, DeadLetterPage, DeadLetters
-from ._dispatcher import DEFAULT_MAX_PAYLOAD_BYTES, Dispatcher, EventSpec
+from ._dispatcher import DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_MAX_PAYLOAD_BYTES, Dispatcher, EventSpec
 from ._embedded import EmbeddedPostgres
 from ._envelope import Envelope, Event
 from ._errors import (
@@ -27,7 +29,9 @@ from ._errors import (
     LifecycleError,
     NotInTransactionError,
     PayloadTooLargeError,
+    PoolExhaustedError,
     RegistryError,
+    ScaffoldError,
     SchemaNotMigratedError,
     UnknownEventTypeError,
     UnknownSchemaVersionError,
@@ -41,7 +45,9 @@ from ._status import ConsumerHealth, HorizonHolder, StatusReport, consumer_statu
 from ._telemetry import Telemetry
 
 __all__ = [
+    "DEFAULT_ACQUIRE_TIMEOUT",
     "DEFAULT_MAX_PAYLOAD_BYTES",
+    "ID_PROFILES",
     "SCHEMA_VERSION",
     "ConfigurationError",
     "Consumer",
@@ -68,26 +74,34 @@ __all__ = [
     "HandlerSignal",
     "HorizonError",
     "HorizonHolder",
+    "IdProfile",
     "InvalidEnvelopeError",
     "InvalidIdentifierError",
     "InvalidPayloadError",
     "LifecycleError",
     "MigrationResult",
+    "Mismatch",
     "NotInTransactionError",
     "PayloadTooLargeError",
+    "PoolExhaustedError",
     "PruneResult",
     "Registry",
     "RegistryError",
     "Reject",
     "RetryAfter",
+    "ScaffoldError",
     "SchemaNotMigratedError",
     "StatusReport",
     "Telemetry",
     "UnknownEventTypeError",
     "UnknownSchemaVersionError",
     "UsageError",
+    "add_event_type",
     "check_schema",
+    "compare_model_to_schema",
     "consumer_status",
+    "init_contracts",
     "migrate",
+    "payload_schema_from_model",
     "prune",
 ]

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypedDict
 
 import asyncpg
 import fastjsonschema
+from pydantic import BaseModel
 
 from ._db import translate_errors
 from ._envelope import Envelope, format_timestamp
 from ._errors import (
     ConfigurationError,
+    DatabaseUnavailableError,
     InvalidEnvelopeError,
     InvalidPayloadError,
     NotInTransactionError,
     PayloadTooLargeError,
+    PoolExhaustedError,
     UsageError,
 )
 from ._identifiers import validate_schema_name
@@ -28,10 +32,12 @@ from ._registry import ENVELOPE_SCHEMA_PATH, Registry, _compile
 from ._sql import queries
 from ._telemetry import Telemetry
 
-__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "Dispatcher", "EventSpec"]
+__all__ = ["DEFAULT_ACQUIRE_TIMEOUT", "DEFAULT_MAX_PAYLOAD_BYTES", "Dispatcher", "EventSpec"]
 
 #: Default limit of an encoded payload: large blobs do not belong in an event log.
 DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
+#: Seconds publish waits for a pool connection before it raises PoolExhaustedError.
+DEFAULT_ACQUIRE_TIMEOUT = 10.0
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
@@ -53,7 +59,7 @@ _SPEC_KEYS = frozenset(
 
 class _EventSpecRequired(TypedDict):
     event_type: str
-    payload: Mapping[str, Any]
+    payload: Mapping[str, Any] | BaseModel
     subject: str
     actor: str
 
@@ -134,6 +140,8 @@ class Dispatcher:
     ``producer`` and ``tenant_id`` fall back to ``DISPATCHER_PRODUCER`` and
     ``DISPATCHER_TENANT_ID``, read here, at construction. The registry defaults to the
     bundled contracts. Nothing is written for an event that fails validation.
+    A publish without ``conn`` waits at most ``acquire_timeout`` seconds for a pool
+    connection, then raises PoolExhaustedError.
     """
 
     def __init__(
@@ -146,6 +154,7 @@ class Dispatcher:
         schema: str = "public",
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         telemetry: Telemetry | None = None,
+        acquire_timeout: float = DEFAULT_ACQUIRE_TIMEOUT,
     ) -> None:
         producer = producer or os.environ.get("DISPATCHER_PRODUCER")
         tenant_id = tenant_id or os.environ.get("DISPATCHER_TENANT_ID")
@@ -159,6 +168,9 @@ class Dispatcher:
             )
         if max_payload_bytes <= 0:
             raise ConfigurationError("max_payload_bytes must be positive")
+        if not acquire_timeout > 0:
+            raise ConfigurationError("acquire_timeout must be a positive number of seconds")
+        self.acquire_timeout = float(acquire_timeout)
         self.pool = pool
         self.producer = producer
         self.tenant_id = tenant_id
@@ -175,7 +187,7 @@ class Dispatcher:
     def build(
         self,
         event_type: str,
-        payload: Mapping[str, Any],
+        payload: Mapping[str, Any] | BaseModel,
         *,
         subject: str,
         actor: str,
@@ -185,7 +197,11 @@ class Dispatcher:
         occurred_at: datetime | None = None,
         traceparent: str | None = None,
     ) -> tuple[Envelope, str]:
-        """Build and validate one envelope; return it with its encoded payload. No I/O."""
+        """Build and validate one envelope; return it with its encoded payload. No I/O.
+
+        A pydantic model as ``payload`` is dumped in JSON mode by alias, then validated
+        against the registered JSON Schema like a dict.
+        """
         registry = self.registry
         version = registry.current_version(event_type) if schema_version is None else schema_version
         occurred_at_given = occurred_at is not None
@@ -193,7 +209,9 @@ class Dispatcher:
             occurred_at = datetime.now(UTC)
         else:
             occurred_at = _as_utc(event_type, version, occurred_at)
-        if not isinstance(payload, Mapping):
+        if isinstance(payload, BaseModel):
+            payload = payload.model_dump(mode="json", by_alias=True)
+        elif not isinstance(payload, Mapping):
             raise InvalidPayloadError(event_type, version, "$.payload", "must be an object")
         payload = dict(payload)
         registry.validate_payload(event_type, version, payload)
@@ -250,7 +268,7 @@ class Dispatcher:
     async def publish(
         self,
         event_type: str,
-        payload: Mapping[str, Any],
+        payload: Mapping[str, Any] | BaseModel,
         *,
         subject: str,
         actor: str,
@@ -264,7 +282,9 @@ class Dispatcher:
 
         With ``conn``: runs on the caller's connection, which must be inside a
         transaction; does not commit: the event exists if and only if that transaction
-        commits. Without ``conn``: inserts in its own transaction on a pool connection.
+        commits. Without ``conn``: inserts in its own transaction on a pool connection,
+        waiting at most ``acquire_timeout`` for one (PoolExhaustedError). ``payload`` is a
+        dict or a pydantic model.
         """
         with self.telemetry.publish_span(event_type, self.producer) as traceparent:
             envelope, encoded = self.build(
@@ -284,8 +304,7 @@ class Dispatcher:
                     self._require_transaction(conn)
                     await conn.execute(self._queries.insert_event, *row)
                 else:
-                    pool = self._require_pool()
-                    async with pool.acquire() as own:
+                    async with self._acquire("publish") as own:
                         await own.execute(self._queries.insert_event, *row)
         self.telemetry.published(event_type, self.producer, 1)
         return envelope
@@ -310,8 +329,7 @@ class Dispatcher:
                     self._require_transaction(conn)
                     await conn.execute(self._queries.insert_events, *columns)
                 else:
-                    pool = self._require_pool()
-                    async with pool.acquire() as own:
+                    async with self._acquire("publish_many") as own:
                         await own.execute(self._queries.insert_events, *columns)
         envelopes = [envelope for envelope, _ in built]
         for event_type, count in Counter(envelope.event_type for envelope in envelopes).items():
@@ -354,6 +372,30 @@ class Dispatcher:
         if self.pool is None:
             raise UsageError("this Dispatcher has no pool: pass conn=... to publish")
         return self.pool
+
+    @contextlib.asynccontextmanager
+    async def _acquire(self, what: str) -> AsyncIterator[asyncpg.Connection]:
+        """A pool connection within ``acquire_timeout``; a starved pool raises, never hangs."""
+        pool = self._require_pool()
+        try:
+            conn = await pool.acquire(timeout=self.acquire_timeout)
+        except TimeoutError as exc:
+            # The timeout also covers opening a new connection: only a pool with every
+            # slot open and none idle is starved; otherwise the server did not answer.
+            if pool.get_size() >= pool.get_max_size() and pool.get_idle_size() == 0:
+                raise PoolExhaustedError(
+                    f"{what} found no free pool connection",
+                    pool.get_max_size(),
+                    self.acquire_timeout,
+                ) from exc
+            raise DatabaseUnavailableError(
+                f"{what}: no connection to the database within {self.acquire_timeout:g}s "
+                "(is the server up and answering?)"
+            ) from exc
+        try:
+            yield conn
+        finally:
+            await pool.release(conn)
 
 
 def _as_utc(event_type: str, version: int, value: Any) -> datetime:

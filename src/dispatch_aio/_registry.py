@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any, Final, Literal, cast
 
 import fastjsonschema
+from pydantic import BaseModel
 
+from ._contracts.models import Mismatch, compare_model_to_schema
 from ._errors import (
     ContractError,
     InvalidEnvelopeError,
@@ -247,7 +249,7 @@ class Registry:
         try:
             return self._entries[event_type]
         except KeyError:
-            raise UnknownEventTypeError(event_type) from None
+            raise UnknownEventTypeError(event_type, self._registry_file()) from None
 
     def versions(self, event_type: str) -> list[int]:
         """The schema versions of ``event_type``, ascending; raises UnknownEventTypeError."""
@@ -276,6 +278,16 @@ class Registry:
         if not examples:
             raise ContractError(f"the schema of {event_type} v{key[1]} has no examples")
         return cast(dict[str, Any], copy.deepcopy(examples[0]))
+
+    def compare_model(
+        self, event_type: str, model: type[BaseModel], version: int | None = None
+    ) -> list[Mismatch]:
+        """Where ``model`` and the payload schema of ``event_type`` disagree (empty: agree).
+
+        Uses the current version unless ``version`` is given; each mismatch names the
+        field by its JSON path. Raises UnknownEventTypeError or UnknownSchemaVersionError.
+        """
+        return compare_model_to_schema(model, self._schemas[self._key(event_type, version)])
 
     # -- validation --------------------------------------------------------------------
 
@@ -334,10 +346,14 @@ class Registry:
     def _lookup_error(self, event_type: str, version: int) -> Exception:
         entry = self._entries.get(event_type)
         if entry is None:
-            return UnknownEventTypeError(event_type)
+            return UnknownEventTypeError(event_type, self._registry_file())
         return UnknownSchemaVersionError(
             event_type, version, [item.version for item in entry.versions]
         )
+
+    def _registry_file(self) -> str:
+        where = str(self._root / REGISTRY_FILENAME)
+        return f"{where} (the bundled registry)" if self._root == bundled_contracts_dir() else where
 
     def __repr__(self) -> str:
         return f"<Registry {len(self._entries)} event types from {str(self._root)!r}>"

@@ -14,7 +14,8 @@ Use them with the bundled pytest fixtures (``dispatch_pool``, ``dispatcher``, ..
 :func:`drain` runs a consumer until everything visible is handled and reports what
 happened; :func:`published_events` reads back what was published; :func:`instant_retries`
 gives the consumer options that make retries immediate (the backoff delays become 0),
-so a test of a failing handler runs in milliseconds.
+so a test of a failing handler runs in milliseconds. :func:`assert_model_matches` fails a
+test when a pydantic payload model and its registered JSON Schema disagree.
 """
 
 from __future__ import annotations
@@ -27,14 +28,22 @@ from typing import Any
 
 import anyio
 import asyncpg
+from pydantic import BaseModel
 
 from ._consumer import Consumer, ConsumerState, ConsumerStats
 from ._db import translate_errors
 from ._envelope import Envelope
 from ._errors import LifecycleError, UsageError
+from ._registry import Registry
 from ._sql import queries
 
-__all__ = ["DrainResult", "drain", "instant_retries", "published_events"]
+__all__ = [
+    "DrainResult",
+    "assert_model_matches",
+    "drain",
+    "instant_retries",
+    "published_events",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,3 +177,24 @@ async def published_events(
         )
         for row in rows
     ]
+
+
+def assert_model_matches(
+    model: type[BaseModel],
+    event_type: str,
+    *,
+    version: int | None = None,
+    registry: Registry | None = None,
+) -> None:
+    """Fail (AssertionError) when ``model`` and the payload schema of ``event_type`` disagree.
+
+    Checks required fields, JSON types and enums, nested ones too, against the current
+    version unless ``version`` is given; the message lists every mismatch with its field.
+    ``registry`` defaults to :meth:`Registry.load` (``DISPATCH_AIO_CONTRACTS`` or bundled).
+    """
+    registry = registry if registry is not None else Registry.load()
+    mismatches = registry.compare_model(event_type, model, version)
+    if mismatches:
+        where = f"{event_type} v{version or registry.current_version(event_type)}"
+        lines = "\n".join(f"  {m}" for m in mismatches)
+        raise AssertionError(f"{model.__name__} disagrees with the schema of {where}:\n{lines}")
