@@ -135,7 +135,8 @@ class _Walk:
         model_required = set(model.get("required", ()))
         schema_required = set(schema.get("required", ()))
         closed = schema.get("additionalProperties") is False
-        for name in schema_props.keys() | model_props.keys() | schema_required:
+        # Schema order first, then the model's own fields: a stable report.
+        for name in dict.fromkeys([*schema_props, *model_props, *sorted(schema_required)]):
             at = f"{path}.{name}"
             in_model, in_schema = name in model_props, name in schema_props
             if not in_model:
