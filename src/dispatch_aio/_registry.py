@@ -289,6 +289,13 @@ class Registry:
         """
         return compare_model_to_schema(model, self._schemas[self._key(event_type, version)])
 
+    def compare_models(self, models: Mapping[str, type[BaseModel]]) -> dict[str, list[Mismatch]]:
+        """:meth:`compare_model` for each ``{event_type: model}`` (current versions).
+
+        Raises UnknownEventTypeError for a type the registry does not know.
+        """
+        return {event_type: self.compare_model(event_type, m) for event_type, m in models.items()}
+
     # -- validation --------------------------------------------------------------------
 
     def validate_envelope(self, envelope: Mapping[str, Any]) -> None:

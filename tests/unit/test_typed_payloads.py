@@ -220,3 +220,31 @@ def test_the_registry_and_test_helper_run_the_comparison() -> None:
 
     with pytest.raises(AssertionError, match=r"\$\.payload\.locked_credits: type"):
         assert_model_matches(Wrong, "credit.locked", version=1)
+
+
+def test_payload_models_of_a_module_by_name_or_listed() -> None:
+    import types
+
+    from dispatch_aio._contracts.models import payload_models_in
+
+    class CreditLocked(BaseModel):
+        credit_reservation_id: int  # disagrees with the schema
+
+    class CreditNoteIssued(BaseModel):
+        n: int
+
+    module = types.ModuleType("models")
+    module.CreditLocked = CreditLocked  # type: ignore[attr-defined]
+    module.CreditNoteIssued = CreditNoteIssued  # type: ignore[attr-defined]
+    module.Unrelated = Line  # type: ignore[attr-defined]
+    found = payload_models_in(module, ["credit.locked", "credit_note.issued", "credit.consumed"])
+    assert found == {"credit.locked": CreditLocked, "credit_note.issued": CreditNoteIssued}
+
+    module.PAYLOAD_MODELS = {"credit.consumed": Line, "x.y": int}  # type: ignore[attr-defined]
+    assert payload_models_in(module, ["credit.locked"]) == {"credit.consumed": Line}
+
+    registry = Registry.load()
+    report = registry.compare_models({"credit.locked": CreditLocked})
+    paths = {(m.path, m.kind) for m in report["credit.locked"]}
+    assert ("$.payload.credit_reservation_id", "type") in paths
+    assert ("$.payload.lesson_id", "required") in paths

@@ -20,12 +20,22 @@ refused).
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from pydantic import BaseModel
 
-__all__ = ["Mismatch", "compare_model_to_schema", "payload_schema_from_model"]
+__all__ = [
+    "PAYLOAD_MODELS_NAME",
+    "Mismatch",
+    "compare_model_to_schema",
+    "payload_models_in",
+    "payload_schema_from_model",
+]
+
+#: A module may list its payload models explicitly: ``PAYLOAD_MODELS = {"order.placed": Model}``.
+PAYLOAD_MODELS_NAME: Final = "PAYLOAD_MODELS"
 
 MismatchKind = Literal["required", "field", "type", "enum"]
 _SCHEMA_URI: Final = "https://json-schema.org/draft/2020-12/schema"
@@ -66,6 +76,30 @@ def payload_schema_from_model(
         schema["definitions"] = definitions
     _close_objects(schema)
     return schema
+
+
+def payload_models_in(namespace: object, event_types: Iterable[str]) -> dict[str, type[BaseModel]]:
+    """The payload models a module (or any object) declares, by event type. No I/O.
+
+    Explicitly, a mapping named ``PAYLOAD_MODELS`` (``{"order.placed": OrderPlaced}``);
+    otherwise by name, for each of ``event_types``: a pydantic model whose class name is
+    the event type in CamelCase (``order.placed`` -> ``OrderPlaced``, ``credit_note.issued``
+    -> ``CreditNoteIssued``). What ``dispatch-aio contracts check --models MODULE`` checks.
+    """
+    explicit = getattr(namespace, PAYLOAD_MODELS_NAME, None)
+    if isinstance(explicit, Mapping):
+        return {
+            str(event_type): model
+            for event_type, model in explicit.items()
+            if isinstance(model, type) and issubclass(model, BaseModel)
+        }
+    found: dict[str, type[BaseModel]] = {}
+    for event_type in event_types:
+        name = "".join(part.capitalize() for part in event_type.replace(".", "_").split("_"))
+        candidate = getattr(namespace, name, None)
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            found[event_type] = candidate
+    return found
 
 
 def _close_objects(node: Any) -> None:
