@@ -290,6 +290,8 @@ async def test_the_readme_app_runs_as_written(
         compile(readme_app(), "README.md (app)", "exec", dont_inherit=True), namespace
     )  # our own README's code
     await namespace["create_tables"]()
+    # Its model is a faithful view of the bundled schema of credit.locked.
+    assert Registry.load().compare_model("credit.locked", namespace["CreditLocked"]) == []
     app = namespace["app"]
     lesson, person = uid("les"), uid("per")
     async with (
