@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import anyio
 import asyncpg
@@ -32,7 +33,11 @@ from dispatch_aio import (
     add_event_type,
     init_contracts,
 )
+from dispatch_aio.pytest_plugin import TestPostgres
 from dispatch_aio.testing import assert_model_matches, drain, instant_retries, published_events
+
+from .tcp_proxy import TcpProxy
+from .test_consumer_faults import _upstream
 
 pytestmark = pytest.mark.anyio
 
@@ -231,3 +236,40 @@ def test_acquire_timeout_must_be_positive() -> None:
 
     with pytest.raises(ConfigurationError, match="acquire_timeout"):
         Dispatcher(None, producer="tests", tenant_id="tnt_tests", acquire_timeout=0)
+
+
+async def test_a_server_that_does_not_answer_is_unavailable_not_exhausted(
+    dispatch_postgres: TestPostgres, dispatch_dsn: str, dispatch_registry: Registry
+) -> None:
+    """The acquire timeout also covers opening a connection: a silent server is told apart."""
+    parts = urlsplit(dispatch_dsn)
+    async with TcpProxy(**_upstream(dispatch_postgres)) as proxy:  # type: ignore[arg-type]
+        pool = await asyncpg.create_pool(
+            host="127.0.0.1",
+            port=proxy.port,
+            user=parts.username or "postgres",
+            database=parts.path.lstrip("/"),
+            ssl=False,
+            min_size=0,
+            max_size=2,
+        )
+        try:
+            dispatcher = Dispatcher(
+                pool,
+                producer="tests",
+                tenant_id="tnt_tests",
+                registry=dispatch_registry,
+                acquire_timeout=0.3,
+            )
+            proxy.blackhole()
+            with anyio.fail_after(30), pytest.raises(DatabaseUnavailableError) as caught:
+                await dispatcher.publish(
+                    "credit.locked",
+                    dispatch_registry.example_payload("credit.locked"),
+                    subject=f"per_{uuid_utils.uuid7()}",
+                    actor="system:tests",
+                )
+            assert not isinstance(caught.value, PoolExhaustedError)
+            assert "no connection to the database within 0.3s" in str(caught.value)
+        finally:
+            pool.terminate()
