@@ -51,7 +51,10 @@ class Envelope(BaseModel):
             "producer": self.producer,
             "subject": self.subject,
             "actor": self.actor,
-            "payload": self.payload,
+            # An Event[Model] carries a model: back to JSON data, as it was published.
+            "payload": self.payload.model_dump(mode="json", by_alias=True)
+            if isinstance(self.payload, BaseModel)
+            else self.payload,
         }
         for key in ("correlation_id", "causation_id", "traceparent"):
             value = getattr(self, key)

@@ -63,6 +63,7 @@ def test_with_model_payload_parses_and_keeps_every_other_field() -> None:
     assert type(typed) is typed_event_class(OrderPlaced) is Event[OrderPlaced]
     assert typed.payload == OrderPlaced(order_id="1", amount_cents=5)
     assert typed.model_dump(exclude={"payload"}) == plain.model_dump(exclude={"payload"})
+    assert typed.to_json_dict() == plain.to_json_dict()  # JSON data again, as published
     again = typed.model_copy(update={"attempt": 3})
     assert (again.attempt, again.payload) == (3, typed.payload)
     with pytest.raises(pydantic.ValidationError):
