@@ -34,6 +34,9 @@ PayloadModel: TypeAlias = type[BaseModel]
 _EVENT_FIELDS: Final = frozenset(Event.model_fields)
 #: ``Event[...]`` written as text (``from __future__ import annotations``).
 _EVENT_SUBSCRIPT: Final = re.compile(r"(^|[.\s\[|])Event\s*\[")
+#: ``Event[dict...]`` or ``Event[Any]`` as text: a dict payload, whether or not it resolves
+#: (names imported under TYPE_CHECKING only do not exist at run time).
+_DICT_SUBSCRIPT: Final = re.compile(r"(^|[.\s\[|])Event\s*\[\s*(typing\.)?(dict|Dict|Any)\b")
 
 
 def payload_model_of(handler: Callable[..., Any]) -> type[BaseModel] | None:
@@ -65,7 +68,7 @@ def payload_model_of(handler: Callable[..., Any]) -> type[BaseModel] | None:
         try:
             annotation = eval(annotation, scope)  # the handler's own annotation text
         except Exception as exc:  # NameError, or any error evaluating the text
-            if _EVENT_SUBSCRIPT.search(annotation):
+            if _EVENT_SUBSCRIPT.search(annotation) and not _DICT_SUBSCRIPT.search(annotation):
                 raise UsageError(
                     f"cannot resolve the annotation {annotation!r} of handler "
                     f"{_name(target)} ({type(exc).__name__}: {exc}): define the payload "

@@ -116,6 +116,13 @@ def test_payload_model_of_explains_what_it_cannot_use() -> None:
     with pytest.raises(UsageError, match="define the payload model at module level"):
         payload_model_of(unresolvable)
 
+    # Names imported under TYPE_CHECKING only: a dict payload needs no resolving.
+    async def hidden_dict(event: Event[Dict[str, Any]]) -> None: ...  # type: ignore[name-defined]  # noqa: F821
+    async def hidden_event(event: HiddenEvent) -> None: ...  # type: ignore[name-defined]  # noqa: F821
+
+    assert payload_model_of(hidden_dict) is None
+    assert payload_model_of(hidden_event) is None
+
     async def not_a_model(event: Event[int]) -> None: ...  # type: ignore[type-var]
 
     not_a_model.__annotations__["event"] = "Event[int]"
