@@ -5,12 +5,14 @@ Logging goes to the ``dispatch_aio`` logger hierarchy; nothing is configured at 
 """
 
 from ._consumer import Consumer, ConsumerState, ConsumerStats
+from ._contracts.models import Mismatch, compare_model_to_schema, payload_schema_from_model
+from ._contracts.scaffold import ID_PROFILES, IdProfile, add_event_type, init_contracts
 from ._deadletters import DeadLetter, DeadLetterPage, DeadLetters
 from ._delivery.config import Endpoint, FanoutConfig
 from ._delivery.inbox import Inbox, InboxResponse
 from ._delivery.signatures import WebhookSecrets, generate_secret
 from ._delivery.ssrf import refusal_reason
-from ._dispatcher import DEFAULT_MAX_PAYLOAD_BYTES, Dispatcher, EventSpec
+from ._dispatcher import DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_MAX_PAYLOAD_BYTES, Dispatcher, EventSpec
 from ._envelope import Envelope, Event
 from ._errors import (
     ConfigurationError,
@@ -33,7 +35,9 @@ from ._errors import (
     LifecycleError,
     NotInTransactionError,
     PayloadTooLargeError,
+    PoolExhaustedError,
     RegistryError,
+    ScaffoldError,
     SchemaNotMigratedError,
     SignatureVerificationError,
     SubscriberUnavailableError,
@@ -51,7 +55,9 @@ from ._status import ConsumerHealth, HorizonHolder, StatusReport, consumer_statu
 from ._telemetry import Telemetry
 
 __all__ = [
+    "DEFAULT_ACQUIRE_TIMEOUT",
     "DEFAULT_MAX_PAYLOAD_BYTES",
+    "ID_PROFILES",
     "SCHEMA_VERSION",
     "ConfigurationError",
     "Consumer",
@@ -80,6 +86,7 @@ __all__ = [
     "HandlerSignal",
     "HorizonError",
     "HorizonHolder",
+    "IdProfile",
     "Inbox",
     "InboxResponse",
     "InvalidArgumentError",
@@ -90,13 +97,16 @@ __all__ = [
     "InvalidSettingError",
     "LifecycleError",
     "MigrationResult",
+    "Mismatch",
     "NotInTransactionError",
     "PayloadTooLargeError",
+    "PoolExhaustedError",
     "PruneResult",
     "Registry",
     "RegistryError",
     "Reject",
     "RetryAfter",
+    "ScaffoldError",
     "SchemaNotMigratedError",
     "SignatureVerificationError",
     "StatusReport",
@@ -107,10 +117,14 @@ __all__ = [
     "UnsafeEndpointError",
     "UsageError",
     "WebhookSecrets",
+    "add_event_type",
     "check_schema",
+    "compare_model_to_schema",
     "consumer_status",
     "generate_secret",
+    "init_contracts",
     "migrate",
+    "payload_schema_from_model",
     "prune",
     "refusal_reason",
 ]

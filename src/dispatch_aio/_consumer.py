@@ -59,6 +59,7 @@ from ._settings import ConsumerConfig, HandlerOptions
 from ._sql import channel_for, replay_channel_for
 from ._status import horizon_holders
 from ._telemetry import Telemetry
+from ._typed import PayloadModel, payload_model_of, with_model_payload  # typed payloads:
 
 __all__ = ["Consumer", "ConsumerState", "ConsumerStats"]
 
@@ -100,6 +101,7 @@ class _Subscription:
     wants_conn: bool
     retry_delays: tuple[float, ...]
     timeout: float | None
+    payload_model: PayloadModel | None = None  # typed payloads: Event[Model] of the handler
 
 
 @dataclass(slots=True, eq=False)
@@ -244,6 +246,10 @@ class Consumer:
         """
         if self._state is not ConsumerState.NEW:
             raise LifecycleError("handlers can only be added before the consumer starts")
+        if callable(event_type):  # adoption: @consumer.on written without its event type
+            raise UsageError(
+                '@consumer.on needs the event type: write @consumer.on("order.placed")'
+            )
         self.registry.current_version(event_type)  # UnknownEventTypeError when unknown
         if event_type in self._subscriptions:
             raise UsageError(f"consumer {self.name!r} already has a handler for {event_type!r}")
@@ -270,6 +276,7 @@ class Consumer:
                 if opts.retry_delays is not None
                 else self.config.retry_delays,
                 timeout=opts.timeout if opts.timeout is not None else self.config.handler_timeout,
+                payload_model=payload_model_of(handler),  # typed payloads: read once, here
             )
             return handler
 
@@ -677,6 +684,11 @@ class Consumer:
         )
         try:
             item.event = self._decode(row)
+            # typed payloads: parsed here, so that a payload the model refuses is
+            # dead-lettered at once, like one that fails its schema (a ValueError).
+            subscription = self._subscriptions.get(item.event_type)
+            if subscription is not None and subscription.payload_model is not None:
+                item.event = with_model_payload(item.event, subscription.payload_model)
         except (ContractError, ValueError, RecursionError, TypeError) as exc:
             # Retrying cannot fix a payload: dead-letter it at once.
             item.dead_letter = self._dead_letter_row(item, exc, attempts=0)

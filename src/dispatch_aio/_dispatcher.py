@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
 import asyncpg
 import fastjsonschema
+from pydantic import BaseModel
 
 from ._db import translate_errors
 from ._envelope import Envelope, format_timestamp
 from ._errors import (
     ConfigurationError,
+    DatabaseUnavailableError,
     InvalidArgumentError,
     InvalidEnvelopeError,
     InvalidPayloadError,
     InvalidSettingError,
     NotInTransactionError,
     PayloadTooLargeError,
+    PoolExhaustedError,
     UsageError,
 )
 from ._identifiers import validate_schema_name
@@ -31,6 +36,7 @@ from ._sql import queries
 from ._telemetry import Telemetry
 
 __all__ = [
+    "DEFAULT_ACQUIRE_TIMEOUT",
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "MAX_PAYLOAD_DEPTH",
     "OCCURRED_AT_MAX",
@@ -48,6 +54,8 @@ MAX_PAYLOAD_DEPTH = 64
 #: datetime.max as -infinity and infinity, which read back as naive datetimes: refused.
 OCCURRED_AT_MIN = datetime.min.replace(tzinfo=UTC) + timedelta(microseconds=1)
 OCCURRED_AT_MAX = datetime.max.replace(tzinfo=UTC) - timedelta(microseconds=1)
+#: Seconds publish waits for a pool connection before it raises PoolExhaustedError.
+DEFAULT_ACQUIRE_TIMEOUT = 10.0
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
@@ -69,7 +77,7 @@ _SPEC_KEYS = frozenset(
 
 class _EventSpecRequired(TypedDict):
     event_type: str
-    payload: Mapping[str, Any]
+    payload: Mapping[str, Any] | BaseModel
     subject: str
     actor: str
 
@@ -150,6 +158,8 @@ class Dispatcher:
     ``producer`` and ``tenant_id`` fall back to ``DISPATCHER_PRODUCER`` and
     ``DISPATCHER_TENANT_ID``, read here, at construction. The registry defaults to the
     bundled contracts. Nothing is written for an event that fails validation.
+    A publish without ``conn`` waits at most ``acquire_timeout`` seconds for a pool
+    connection, then raises PoolExhaustedError.
     """
 
     def __init__(
@@ -162,6 +172,7 @@ class Dispatcher:
         schema: str = "public",
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         telemetry: Telemetry | None = None,
+        acquire_timeout: float = DEFAULT_ACQUIRE_TIMEOUT,
     ) -> None:
         producer = producer or os.environ.get("DISPATCHER_PRODUCER")
         tenant_id = tenant_id or os.environ.get("DISPATCHER_TENANT_ID")
@@ -189,6 +200,16 @@ class Dispatcher:
             raise InvalidSettingError(
                 f"telemetry must be a Telemetry, got {type(telemetry).__name__}"
             )
+        if (
+            isinstance(acquire_timeout, bool)
+            or not isinstance(acquire_timeout, int | float)
+            or not math.isfinite(acquire_timeout)
+            or acquire_timeout <= 0
+        ):
+            raise InvalidSettingError(
+                f"acquire_timeout must be a positive number of seconds, got {acquire_timeout!r}"
+            )
+        self.acquire_timeout = float(acquire_timeout)
         self.pool = pool
         self.producer = producer
         self.tenant_id = tenant_id
@@ -205,7 +226,7 @@ class Dispatcher:
     def build(
         self,
         event_type: str,
-        payload: Mapping[str, Any],
+        payload: Mapping[str, Any] | BaseModel,
         *,
         subject: str,
         actor: str,
@@ -215,7 +236,11 @@ class Dispatcher:
         occurred_at: datetime | None = None,
         traceparent: str | None = None,
     ) -> tuple[Envelope, str]:
-        """Build and validate one envelope; return it with its encoded payload. No I/O."""
+        """Build and validate one envelope; return it with its encoded payload. No I/O.
+
+        A pydantic model as ``payload`` is dumped in JSON mode by alias, then validated
+        against the registered JSON Schema like a dict.
+        """
         registry = self.registry
         if not isinstance(event_type, str):
             raise InvalidArgumentError(
@@ -233,7 +258,9 @@ class Dispatcher:
             occurred_at = datetime.now(UTC)
         else:
             occurred_at = _as_utc(event_type, version, occurred_at)
-        if not isinstance(payload, Mapping):
+        if isinstance(payload, BaseModel):
+            payload = payload.model_dump(mode="json", by_alias=True)
+        elif not isinstance(payload, Mapping):
             raise InvalidPayloadError(event_type, version, "$.payload", "must be an object")
         payload = dict(payload)
         if (depth := _depth_beyond(payload, MAX_PAYLOAD_DEPTH)) is not None:
@@ -297,7 +324,7 @@ class Dispatcher:
     async def publish(
         self,
         event_type: str,
-        payload: Mapping[str, Any],
+        payload: Mapping[str, Any] | BaseModel,
         *,
         subject: str,
         actor: str,
@@ -311,7 +338,9 @@ class Dispatcher:
 
         With ``conn``: runs on the caller's connection, which must be inside a
         transaction; does not commit: the event exists if and only if that transaction
-        commits. Without ``conn``: inserts in its own transaction on a pool connection.
+        commits. Without ``conn``: inserts in its own transaction on a pool connection,
+        waiting at most ``acquire_timeout`` for one (PoolExhaustedError). ``payload`` is a
+        dict or a pydantic model.
         """
         with self.telemetry.publish_span(event_type, self.producer) as traceparent:
             envelope, encoded = self.build(
@@ -331,8 +360,7 @@ class Dispatcher:
                     self._require_transaction(conn)
                     await conn.execute(self._queries.insert_event, *row)
                 else:
-                    pool = self._require_pool()
-                    async with pool.acquire() as own:
+                    async with self._acquire("publish") as own:
                         await own.execute(self._queries.insert_event, *row)
         self.telemetry.published(event_type, self.producer, 1)
         return envelope
@@ -357,8 +385,7 @@ class Dispatcher:
                     self._require_transaction(conn)
                     await conn.execute(self._queries.insert_events, *columns)
                 else:
-                    pool = self._require_pool()
-                    async with pool.acquire() as own:
+                    async with self._acquire("publish_many") as own:
                         await own.execute(self._queries.insert_events, *columns)
         envelopes = [envelope for envelope, _ in built]
         for event_type, count in Counter(envelope.event_type for envelope in envelopes).items():
@@ -401,6 +428,30 @@ class Dispatcher:
         if self.pool is None:
             raise UsageError("this Dispatcher has no pool: pass conn=... to publish")
         return self.pool
+
+    @contextlib.asynccontextmanager
+    async def _acquire(self, what: str) -> AsyncIterator[asyncpg.Connection]:
+        """A pool connection within ``acquire_timeout``; a starved pool raises, never hangs."""
+        pool = self._require_pool()
+        try:
+            conn = await pool.acquire(timeout=self.acquire_timeout)
+        except TimeoutError as exc:
+            # The timeout also covers opening a new connection: only a pool with every
+            # slot open and none idle is starved; otherwise the server did not answer.
+            if pool.get_size() >= pool.get_max_size() and pool.get_idle_size() == 0:
+                raise PoolExhaustedError(
+                    f"{what} found no free pool connection",
+                    pool.get_max_size(),
+                    self.acquire_timeout,
+                ) from exc
+            raise DatabaseUnavailableError(
+                f"{what}: no connection to the database within {self.acquire_timeout:g}s "
+                "(is the server up and answering?)"
+            ) from exc
+        try:
+            yield conn
+        finally:
+            await pool.release(conn)
 
 
 def _as_utc(event_type: str, version: int, value: Any) -> datetime:

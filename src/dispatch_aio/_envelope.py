@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["Envelope", "Event", "format_timestamp"]
+# typing_extensions (a dependency of pydantic) for PEP 696 defaults: a bare ``Event``
+# keeps dict payloads, for mypy and for pydantic alike.
+from typing_extensions import TypeVar
+
+__all__ = ["Envelope", "Event", "PayloadT", "format_timestamp"]
+
+#: The payload type of an :class:`Event`: a dict unless a model is given (``Event[Model]``).
+PayloadT = TypeVar("PayloadT", default=dict[str, Any])
 
 
 def format_timestamp(value: datetime) -> str:
@@ -48,7 +55,10 @@ class Envelope(BaseModel):
             "producer": self.producer,
             "subject": self.subject,
             "actor": self.actor,
-            "payload": self.payload,
+            # An Event[Model] carries a model: back to JSON data, as it was published.
+            "payload": self.payload.model_dump(mode="json", by_alias=True)
+            if isinstance(self.payload, BaseModel)
+            else self.payload,
         }
         for key in ("correlation_id", "causation_id", "traceparent"):
             value = getattr(self, key)
@@ -57,11 +67,16 @@ class Envelope(BaseModel):
         return data
 
 
-class Event(Envelope):
+class Event(Envelope, Generic[PayloadT]):
     """A consumed event: the envelope plus where it sits in the log and which attempt this is.
 
     ``position`` orders events of one subject by commit; ``attempt`` starts at 1.
+    ``Event`` alone carries the payload as a dict; ``Event[OrderPlaced]`` (a pydantic
+    model) carries it parsed into that model: annotate a handler's first parameter so and
+    the consumer parses each payload before the call (see ``docs/contracts.md``).
     """
 
+    # The one place the payload's type narrows: Envelope's dict becomes the parameter.
+    payload: PayloadT  # type: ignore[assignment]
     position: int
     attempt: int = 1

@@ -22,6 +22,7 @@ nesting). Where Python has a natural built-in for the mistake, the error is that
     │   └── HorizonError                  stored transaction ids are ahead of the cluster
     ├── ContractError                   an event does not fit its contract
     │   ├── RegistryError                 the registry itself is broken (lists every problem)
+    │   ├── ScaffoldError                 a contracts directory cannot be made or extended as asked
     │   ├── UnknownEventTypeError
     │   ├── UnknownSchemaVersionError
     │   ├── PayloadTooLargeError          (also a ValueError)
@@ -37,6 +38,7 @@ nesting). Where Python has a natural built-in for the mistake, the error is that
     │   └── SubscriberUnavailableError    a subscriber answered 5xx (the event is retried)
     └── DatabaseError                   the driver failed; the original is ``__cause__``
         └── DatabaseUnavailableError      nothing answers at the DSN
+            └── PoolExhaustedError          no pool connection came free within the timeout
 
 Messages say what happened and what to do next.
 """
@@ -64,7 +66,9 @@ __all__ = [
     "LifecycleError",
     "NotInTransactionError",
     "PayloadTooLargeError",
+    "PoolExhaustedError",
     "RegistryError",
+    "ScaffoldError",
     "SchemaNotMigratedError",
     "SignatureVerificationError",
     "SubscriberUnavailableError",
@@ -151,13 +155,24 @@ class RegistryError(ContractError):
         super().__init__(f"the contract registry has {len(self.problems)} problem(s):\n{lines}")
 
 
-class UnknownEventTypeError(ContractError):
-    """The event type is not in the registry."""
+class ScaffoldError(ContractError):
+    """A contracts directory cannot be created or extended as asked; nothing was written."""
 
-    def __init__(self, event_type: str) -> None:
+
+class UnknownEventTypeError(ContractError):
+    """The event type is not in the registry.
+
+    ``registry`` is the registry file that was searched, when known.
+    """
+
+    def __init__(self, event_type: str, registry: str | None = None) -> None:
         self.event_type = event_type
+        self.registry = registry
+        where = f" in {registry}" if registry else ""
         super().__init__(
-            f"unknown event type {event_type!r}: register it in event-types-registry.json"
+            f"unknown event type {event_type!r}{where}: add it to that registry, or use "
+            "your own contracts directory: pass registry=Registry.load(DIR) to Dispatcher "
+            "and Consumer, or set DISPATCH_AIO_CONTRACTS=DIR (see docs/contracts.md)"
         )
 
 
@@ -266,3 +281,20 @@ class DatabaseError(DispatchError):
 
 class DatabaseUnavailableError(DatabaseError):
     """Nothing answers at the configured DSN, or the connection was refused."""
+
+
+class PoolExhaustedError(DatabaseUnavailableError):
+    """Every connection of the pool stayed in use for the whole acquire timeout.
+
+    ``max_size`` is the pool's size and ``timeout`` the seconds waited.
+    """
+
+    def __init__(self, what: str, max_size: int | None, timeout: float) -> None:
+        self.max_size = max_size
+        self.timeout = timeout
+        size = f"all {max_size} connections" if max_size is not None else "every connection"
+        super().__init__(
+            f"{what}: {size} of the pool stayed in use for {timeout:g}s. Give the pool more "
+            "connections (a Consumer on the same pool needs concurrency + 2 of them), "
+            "publish on a connection you already hold (conn=...), or raise acquire_timeout"
+        )

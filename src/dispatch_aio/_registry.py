@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any, Final, Literal, cast
 
 import fastjsonschema
+from pydantic import BaseModel
 
+from ._contracts.models import Mismatch, compare_model_to_schema
 from ._errors import (
     ContractError,
     InvalidEnvelopeError,
@@ -258,7 +260,7 @@ class Registry:
         """The registry entry of ``event_type``; raises UnknownEventTypeError."""
         entry = self._entries.get(event_type) if isinstance(event_type, str) else None
         if entry is None:
-            raise UnknownEventTypeError(event_type)
+            raise UnknownEventTypeError(event_type, self._registry_file())
         return entry
 
     def versions(self, event_type: str) -> list[int]:
@@ -288,6 +290,23 @@ class Registry:
         if not examples:
             raise ContractError(f"the schema of {event_type} v{key[1]} has no examples")
         return cast(dict[str, Any], copy.deepcopy(examples[0]))
+
+    def compare_model(
+        self, event_type: str, model: type[BaseModel], version: int | None = None
+    ) -> list[Mismatch]:
+        """Where ``model`` and the payload schema of ``event_type`` disagree (empty: agree).
+
+        Uses the current version unless ``version`` is given; each mismatch names the
+        field by its JSON path. Raises UnknownEventTypeError or UnknownSchemaVersionError.
+        """
+        return compare_model_to_schema(model, self._schemas[self._key(event_type, version)])
+
+    def compare_models(self, models: Mapping[str, type[BaseModel]]) -> dict[str, list[Mismatch]]:
+        """:meth:`compare_model` for each ``{event_type: model}`` (current versions).
+
+        Raises UnknownEventTypeError for a type the registry does not know.
+        """
+        return {event_type: self.compare_model(event_type, m) for event_type, m in models.items()}
 
     # -- validation --------------------------------------------------------------------
 
@@ -365,10 +384,14 @@ class Registry:
     def _lookup_error(self, event_type: str, version: int) -> Exception:
         entry = self._entries.get(event_type) if isinstance(event_type, str) else None
         if entry is None:
-            return UnknownEventTypeError(event_type)
+            return UnknownEventTypeError(event_type, self._registry_file())
         return UnknownSchemaVersionError(
             event_type, version, [item.version for item in entry.versions]
         )
+
+    def _registry_file(self) -> str:
+        where = str(self._root / REGISTRY_FILENAME)
+        return f"{where} (the bundled registry)" if self._root == bundled_contracts_dir() else where
 
     def __repr__(self) -> str:
         return f"<Registry {len(self._entries)} event types from {str(self._root)!r}>"

@@ -16,8 +16,10 @@ happened; :func:`published_events` reads back what was published; :func:`instant
 gives the consumer options that make retries immediate (the backoff delays become 0),
 so a test of a failing handler runs in milliseconds. :class:`EmbeddedPostgres` is the
 throwaway PostgreSQL server behind the ``dispatch_postgres`` fixture (``[embedded]``
-extra), for suites and scripts that manage their own server. :func:`drain_fanout` drains every
-endpoint consumer of a :class:`~dispatch_aio.fanout.Fanout` at once.
+extra), for suites and scripts that manage their own server. :func:`drain_fanout` drains
+every endpoint consumer of a :class:`~dispatch_aio.fanout.Fanout` at once.
+:func:`assert_model_matches` fails a test when a pydantic payload model and its registered
+JSON Schema disagree.
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import asyncpg
+from pydantic import BaseModel
 
 from ._consumer import Consumer, ConsumerState, ConsumerStats
 from ._db import translate_errors
 from ._embedded import EmbeddedPostgres, find_pg_bin
 from ._envelope import Envelope
 from ._errors import LifecycleError, UsageError
+from ._registry import Registry
 from ._sql import queries
 
 if TYPE_CHECKING:
@@ -44,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DrainResult",
     "EmbeddedPostgres",
+    "assert_model_matches",
     "drain",
     "drain_fanout",
     "find_pg_bin",
@@ -215,3 +220,24 @@ async def published_events(
         )
         for row in rows
     ]
+
+
+def assert_model_matches(
+    model: type[BaseModel],
+    event_type: str,
+    *,
+    version: int | None = None,
+    registry: Registry | None = None,
+) -> None:
+    """Fail (AssertionError) when ``model`` and the payload schema of ``event_type`` disagree.
+
+    Checks required fields, JSON types and enums, nested ones too, against the current
+    version unless ``version`` is given; the message lists every mismatch with its field.
+    ``registry`` defaults to :meth:`Registry.load` (``DISPATCH_AIO_CONTRACTS`` or bundled).
+    """
+    registry = registry if registry is not None else Registry.load()
+    mismatches = registry.compare_model(event_type, model, version)
+    if mismatches:
+        where = f"{event_type} v{version or registry.current_version(event_type)}"
+        lines = "\n".join(f"  {m}" for m in mismatches)
+        raise AssertionError(f"{model.__name__} disagrees with the schema of {where}:\n{lines}")

@@ -21,15 +21,26 @@ from __future__ import annotations
 import ast
 import inspect
 import re
+import sys
 import textwrap
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 
-from dispatch_aio import Consumer, ConsumerState, Dispatcher, Event, HorizonError, Registry
+from dispatch_aio import (
+    Consumer,
+    ConsumerState,
+    Dispatcher,
+    Event,
+    HorizonError,
+    Registry,
+    SchemaNotMigratedError,
+)
 from dispatch_aio.pytest_plugin import TestPostgres
 from dispatch_aio.testing import drain
 
@@ -40,6 +51,7 @@ pytestmark = pytest.mark.anyio
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 PAGES = [
     "getting-started.md",
+    "contracts.md",
     "publishing.md",
     "consuming.md",
     "operations.md",
@@ -117,6 +129,7 @@ def test_fragments_are_few_and_compile() -> None:
 def test_the_guides_have_examples() -> None:
     assert set(python_pages()) >= {
         "getting-started.md",
+        "contracts.md",
         "publishing.md",
         "consuming.md",
         "operations.md",
@@ -140,7 +153,12 @@ async def test_page_examples_run(
         "dispatch_dsn": dispatch_dsn,
         "dispatcher": dispatcher,
     }
-    namespace: dict[str, Any] = {"__name__": "docs", "pool": dispatch_pool, **fixtures}
+    # A module of its own, as a REPL's __main__ is: pydantic registers a generic model
+    # parametrized at top level (Event[OrderPlaced]) in the module that did it.
+    module = types.ModuleType("docs")
+    monkeypatch.setitem(sys.modules, "docs", module)
+    namespace: dict[str, Any] = module.__dict__
+    namespace.update({"pool": dispatch_pool, **fixtures})
     called: set[str] = set()
     try:
         for block in blocks(page):
@@ -238,3 +256,79 @@ async def test_operations_guide_sql_runs(dispatch_pool: asyncpg.Pool) -> None:
             continue
         async with dispatch_pool.acquire() as conn:
             await conn.execute(block.source)
+
+
+# --------------------------------------------------------------------------- the README app
+
+ROOT = DOCS.parent
+APP_FILE = ROOT / "examples" / "fastapi_app" / "app.py"
+
+
+def readme_app() -> str:
+    """The README's FastAPI app: the block fenced ```python examples/fastapi_app/app.py."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = [
+        textwrap.dedent(m["body"])
+        for m in _FENCE.finditer(text)
+        if m["info"].split()[:2] == ["python", "examples/fastapi_app/app.py"]
+    ]
+    assert len(found) == 1, "the README shows the FastAPI app exactly once"
+    return found[0]
+
+
+def test_the_readme_app_is_the_example_file() -> None:
+    assert readme_app() == APP_FILE.read_text(encoding="utf-8")
+
+
+async def test_the_readme_app_runs_as_written(
+    dispatch_dsn: str, dispatch_postgres: TestPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migrated database, the app's tables, its lifespan, a request, the worker, the DLQ."""
+    monkeypatch.setenv("DATABASE_URL", dispatch_dsn)
+    monkeypatch.setenv("OPERATOR_TOKEN", "s3cret")
+    namespace: dict[str, Any] = {"__name__": "readme_app"}
+    exec(
+        compile(readme_app(), "README.md (app)", "exec", dont_inherit=True), namespace
+    )  # our own README's code
+    await namespace["create_tables"]()
+    # Its model is a faithful view of the bundled schema of credit.locked.
+    assert Registry.load().compare_model("credit.locked", namespace["CreditLocked"]) == []
+    app = namespace["app"]
+    lesson, person = uid("les"), uid("per")
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as http,
+    ):
+        pool: asyncpg.Pool = app.state.pool
+        placed = await http.post(
+            f"/lessons/{lesson}/lock", json={"person_id": person, "credits": 2}
+        )
+        assert placed.status_code == 201, placed.text
+        refused = await http.post("/lessons/42/lock", json={"person_id": person, "credits": 2})
+        assert refused.status_code == 422
+        assert "$.payload.lesson_id" in refused.json()["detail"]
+        assert await pool.fetchval("SELECT count(*) FROM reservation") == 1  # rolled back
+
+        result = await drain(namespace["worker"](pool))
+        assert (result.handled, result.dead_lettered) == (1, 0)
+        assert await pool.fetchval("SELECT credits FROM lesson_hold WHERE lesson_id = $1", lesson)
+        [event_id] = await pool.fetchval("SELECT array_agg(event_id) FROM dispatcher_event")
+        assert placed.json() == {"event_id": event_id}
+
+        dlq = "/api/dispatcher/v1/dlq"
+        assert (await http.get(dlq, params={"consumer": "coaching"})).status_code == 401
+        listed = await http.get(
+            dlq, params={"consumer": "coaching"}, headers={"Authorization": "Bearer s3cret"}
+        )
+        assert listed.status_code == 200
+        assert listed.json()["items"] == []
+
+    # A database nobody migrated: the start-up fails, naming the command to run.
+    database = await dispatch_postgres.create_database(migrated=False)
+    try:
+        monkeypatch.setenv("DATABASE_URL", dispatch_postgres.dsn(database))
+        with pytest.raises(SchemaNotMigratedError, match="dispatch-aio migrate"):
+            async with app.router.lifespan_context(app):
+                pass
+    finally:
+        await dispatch_postgres.drop_database(database)
