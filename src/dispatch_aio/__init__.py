@@ -4,14 +4,14 @@ Public names are re-exported here; modules with a leading underscore are private
 Logging goes to the ``dispatch_aio`` logger hierarchy; nothing is configured at import.
 """
 
-from ._consumer import Consumer, ConsumerState, ConsumerStats
-from ._consumer_config import ConsumerConfig
+from ._consume import Consumer, ConsumerConfig, ConsumerState, ConsumerStats
 from ._deadletters import DeadLetter, DeadLetterPage, DeadLetters
 from ._dispatcher import DEFAULT_MAX_PAYLOAD_BYTES, Dispatcher, EventSpec
 from ._embedded import EmbeddedPostgres
 from ._envelope import Envelope, Event
 from ._errors import (
     ConfigurationError,
+    ConsumerFailedError,
     ContractError,
     DatabaseError,
     DatabaseUnavailableError,
@@ -46,6 +46,7 @@ __all__ = [
     "ConfigurationError",
     "Consumer",
     "ConsumerConfig",
+    "ConsumerFailedError",
     "ConsumerHealth",
     "ConsumerState",
     "ConsumerStats",

@@ -18,6 +18,7 @@ Every error derives from :class:`DispatchError`::
     │   └── EventValidationError          names event type, version and JSON path
     │       ├── InvalidEnvelopeError
     │       └── InvalidPayloadError
+    ├── ConsumerFailedError             a bug stopped a consumer; the bug is ``__cause__``
     ├── DeadLetterError
     │   ├── DeadLetterNotFoundError
     │   └── DeadLetterAlreadyResolvedError
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigurationError",
+    "ConsumerFailedError",
     "ContractError",
     "DatabaseError",
     "DatabaseUnavailableError",
@@ -193,3 +195,11 @@ class DatabaseError(DispatchError):
 
 class DatabaseUnavailableError(DatabaseError):
     """Nothing answers at the configured DSN, or the connection was refused."""
+
+
+class ConsumerFailedError(DispatchError):
+    """A bug inside the consumer stopped it (state FAILED); the bug is ``__cause__``.
+
+    Raised by ``Consumer.wait()``; ``dispatch-aio worker`` exits non-zero with it, so a
+    supervisor restarts the process. Events in flight run again after the restart.
+    """

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from ._sql import queries
+from .._sql import queries
 
 __all__ = ["ConsumerStore", "DeadLetterRow", "FetchResult"]
 
@@ -137,6 +137,12 @@ class ConsumerStore:
         """Mark replayed dead letters succeeded; returns those still pending until now."""
         rows = await conn.fetch(self.q.consumer_finish_replays, self.consumer, dead_letter_ids)
         return {r[0] for r in rows}
+
+    async def record_attempt(
+        self, conn: asyncpg.Connection, event_id: str, attempts: int, error: str
+    ) -> None:
+        """Store a failed attempt (one statement: its own transaction; not in one)."""
+        await conn.execute(self.q.consumer_record_attempt, self.consumer, event_id, attempts, error)
 
     async def fail_replay(
         self, conn: asyncpg.Connection, dead_letter_id: str, error: str, attempts: int

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ._identifiers import validate_schema_name
+from .._identifiers import validate_schema_name
 
 __all__ = ["ConsumerConfig", "HandlerOptions"]
 
@@ -38,7 +38,10 @@ class ConsumerConfig(BaseModel):
 
     ``retry_delays`` are the waits before each retry (default 1, 5, 15: three retries
     after the first attempt), each stretched by a random 0 to ``retry_jitter`` (30 %).
-    ``max_group`` is how many events' outcomes may share one commit.
+    ``max_group`` is how many events' outcomes may share one commit. ``max_buffered``
+    caps the events of one type held in memory (default: the larger of 4 x
+    ``batch_size`` and workers x ``max_group``): behind a head event that has no outcome
+    yet, reading that type pauses at the cap, whatever waits behind it.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -61,6 +64,7 @@ class ConsumerConfig(BaseModel):
     heartbeat_timeout: float = Field(default=5.0, gt=0)
     start_from: Literal["beginning", "now"] = "beginning"
     horizon_warning_after: float = Field(default=60.0, gt=0)
+    max_buffered: int | None = Field(default=None, ge=1, le=1_000_000)
 
     @field_validator("db_schema")
     @classmethod
