@@ -19,7 +19,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from dispatch_aio import Dispatcher, migrate
+from dispatch_aio import Consumer, ConsumerState, Dispatcher, Event, migrate
 from dispatch_aio._embedded import EmbeddedPostgres
 
 from .helpers import eventually, locked_payload, uid
@@ -215,3 +215,260 @@ async def test_worker_process_survives_five_crash_restarts(
             await worker.wait()
         log_file.close()
     assert worker.returncode == 0, log.read_text()[-4000:]
+
+
+# -- pg_terminate_backend of each connection the consumer holds ----------------------
+
+
+async def _pids_running(pool: asyncpg.Pool, like: str) -> list[int]:
+    rows = await pool.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid() AND query LIKE $1",
+        like,
+    )
+    return [r["pid"] for r in rows]
+
+
+async def _terminate(pool: asyncpg.Pool, pid: int) -> None:
+    assert await pool.fetchval("SELECT pg_terminate_backend($1)", pid)
+
+
+async def _exactly_once(pool: asyncpg.Pool) -> None:
+    row = await pool.fetchrow(
+        "SELECT (SELECT count(*) FROM dispatcher_event) AS events, "
+        "(SELECT count(DISTINCT event_id) FROM effects) AS distinct_effects, "
+        "(SELECT count(*) FROM effects) AS effects"
+    )
+    assert row["events"] == row["distinct_effects"] == row["effects"], dict(row)
+
+
+@pytest.fixture
+async def effects_pool(dispatch_pool: asyncpg.Pool) -> asyncpg.Pool:
+    await dispatch_pool.execute("CREATE TABLE effects (event_id text NOT NULL)")
+    return dispatch_pool
+
+
+async def _publish(dispatcher: Dispatcher, n: int = 1) -> list[str]:
+    return [
+        (
+            await dispatcher.publish(
+                "credit.locked", locked_payload(), subject=uid("per"), actor="system:tests"
+            )
+        ).event_id
+        for _ in range(n)
+    ]
+
+
+def _consumer(pool: asyncpg.Pool, **options: object) -> Consumer:
+    options = {
+        "name": "terminated",
+        "poll_interval": 0.1,
+        "concurrency": 2,
+        "retry_delays": (0.05,),
+        "listen_reconnect_delays": (0.1,),
+        "commit_timeout": 5,
+        **options,
+    }
+    return Consumer(pool, **options)  # type: ignore[arg-type]
+
+
+async def test_terminating_the_listen_connection_of_the_pool_keeps_delivering(
+    effects_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    consumer = _consumer(effects_pool, poll_interval=30)
+
+    @consumer.on("credit.locked")
+    async def record(event: Event, conn: asyncpg.Connection) -> None:
+        await conn.execute("INSERT INTO effects VALUES ($1)", event.event_id)
+
+    async with consumer:
+        await _publish(dispatcher)
+        await asyncio.wait_for(consumer.wait_idle(), 10)
+        [pid] = await _pids_running(effects_pool, "LISTEN %")
+        await _terminate(effects_pool, pid)
+        listener = consumer.listener
+        assert listener is not None
+        await eventually(
+            lambda: listener.reconnects >= 1 and listener.connected,
+            within=10,
+            what="the listener to reconnect",
+        )
+        await _publish(dispatcher, 3)
+        await asyncio.wait_for(consumer.wait_idle(), 10)
+        assert consumer.state is ConsumerState.RUNNING
+    await _exactly_once(effects_pool)
+    assert consumer.stats.handled == 4
+
+
+async def test_terminating_the_fetcher_connection_keeps_delivering(
+    effects_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    consumer = _consumer(effects_pool)
+
+    @consumer.on("credit.locked")
+    async def record(event: Event, conn: asyncpg.Connection) -> None:
+        await conn.execute("INSERT INTO effects VALUES ($1)", event.event_id)
+
+    async with consumer:
+        await _publish(dispatcher)
+        await asyncio.wait_for(consumer.wait_idle(), 10)
+        fetchers = await _pids_running(effects_pool, "%WITH horizon AS MATERIALIZED%")
+        assert fetchers
+        for pid in fetchers:
+            await _terminate(effects_pool, pid)
+        await _publish(dispatcher, 3)
+        await asyncio.wait_for(consumer.wait_idle(), 10)
+        assert consumer.state is ConsumerState.RUNNING
+    await _exactly_once(effects_pool)
+    assert consumer.stats.handled == 4
+    assert consumer.stats.retried == 0
+
+
+async def test_terminating_a_worker_connection_mid_handler_runs_the_event_again(
+    effects_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    entered, go_on = asyncio.Event(), asyncio.Event()
+    pids: list[int] = []
+    consumer = _consumer(effects_pool, retry_delays=())
+
+    @consumer.on("credit.locked")
+    async def record(event: Event, conn: asyncpg.Connection) -> None:
+        await conn.execute("INSERT INTO effects VALUES ($1)", event.event_id)
+        if not pids:
+            pids.append(await conn.fetchval("SELECT pg_backend_pid()"))
+            entered.set()
+            await go_on.wait()
+            await conn.execute("SELECT 1")  # the connection is gone by now
+
+    async with consumer:
+        await _publish(dispatcher)
+        await asyncio.wait_for(entered.wait(), 10)
+        await _terminate(effects_pool, pids[0])
+        go_on.set()
+        await asyncio.wait_for(consumer.wait_idle(), 10)
+        assert consumer.state is ConsumerState.RUNNING
+    await _exactly_once(effects_pool)
+    # Not the event's fault: no attempt counted (retry_delays=() would dead-letter it).
+    assert consumer.stats.handled == 1
+    assert consumer.stats.dead_lettered == 0
+    assert await effects_pool.fetchval("SELECT count(*) FROM dispatcher_dead_letter") == 0
+
+
+async def test_terminating_an_idle_worker_connection_keeps_delivering(
+    effects_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    pids: set[int] = set()
+    consumer = _consumer(effects_pool, concurrency=1)
+
+    @consumer.on("credit.locked")
+    async def record(event: Event, conn: asyncpg.Connection) -> None:
+        pids.add(await conn.fetchval("SELECT pg_backend_pid()"))
+        await conn.execute("INSERT INTO effects VALUES ($1)", event.event_id)
+
+    async with consumer:
+        await _publish(dispatcher)
+        await asyncio.wait_for(consumer.wait_idle(), 10)
+        # The worker keeps its connection for a moment after a group: cut it there.
+        for pid in pids:
+            await _terminate(effects_pool, pid)
+        await _publish(dispatcher, 3)
+        await asyncio.wait_for(consumer.wait_idle(), 10)
+        assert consumer.state is ConsumerState.RUNNING
+    await _exactly_once(effects_pool)
+    assert consumer.stats.handled == 4
+    assert consumer.stats.retried == 0
+
+
+async def test_terminating_a_worker_connection_during_the_outcome_commit(
+    effects_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    # A deferred trigger runs at COMMIT: the first commit stalls there and is cut.
+    await effects_pool.execute(
+        """
+        CREATE SEQUENCE stall;  -- nextval is not rolled back with the cut commit
+        CREATE FUNCTION stall_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF nextval('stall') = 1 THEN
+                PERFORM pg_sleep(30);
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE CONSTRAINT TRIGGER stall_commit AFTER INSERT ON effects
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION stall_commit();
+        """
+    )
+    consumer = _consumer(effects_pool, retry_delays=())
+
+    @consumer.on("credit.locked")
+    async def record(event: Event, conn: asyncpg.Connection) -> None:
+        await conn.execute("INSERT INTO effects VALUES ($1)", event.event_id)
+
+    async with consumer:
+        await _publish(dispatcher)
+
+        async def committing() -> list[int]:
+            return await _pids_running(effects_pool, "COMMIT%")
+
+        await eventually(committing, within=10, what="a commit to stall")
+        for pid in await committing():
+            await _terminate(effects_pool, pid)
+        await asyncio.wait_for(consumer.wait_idle(), 20)
+        assert consumer.state is ConsumerState.RUNNING
+    await _exactly_once(effects_pool)
+    assert consumer.stats.handled == 1
+    assert consumer.stats.dead_lettered == 0
+
+
+BUGGY_MODULE = textwrap.dedent(
+    """
+    from dispatch_aio import Consumer, Event, Registry
+
+    class BrokenRegistry:
+        def __init__(self):
+            self._registry = Registry.load()
+
+        def __getattr__(self, name):
+            return getattr(self._registry, name)
+
+        def validate_payload(self, *args, **kwargs):
+            raise KeyError("a bug in validation")
+
+    def make(pool):
+        consumer = Consumer(pool, name="buggy", poll_interval=0.1, registry=BrokenRegistry())
+
+        @consumer.on("credit.locked")
+        async def record(event: Event) -> None:
+            pass
+
+        return consumer
+    """
+)
+
+
+async def test_worker_process_exits_non_zero_on_a_bug_in_the_consumer(
+    dispatch_dsn: str, dispatcher: Dispatcher, tmp_path: Path
+) -> None:
+    (tmp_path / "buggy_worker.py").write_text(BUGGY_MODULE)
+    await _publish(dispatcher)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "dispatch_aio.cli",
+        "--dsn",
+        dispatch_dsn,
+        "worker",
+        "buggy_worker:make",
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, err = await asyncio.wait_for(worker.communicate(), 60)
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()
+    assert worker.returncode == 1, err.decode()
+    assert "KeyError" in err.decode()

@@ -168,12 +168,12 @@ class GroupRunner:
         except Exception as exc:
             usable = await rollback(transaction, conn, self._limit)
             self.stats.groups_rolled_back += 1
-            self._undo(ran)
             cause = exc.__cause__ if isinstance(exc, _RerunGroup) else exc
             assert cause is not None
             if isinstance(exc, _RerunGroup) or classify(exc, handler=False) is (
                 FailureKind.INFRASTRUCTURE
             ):
+                self._undo(ran)
                 self.scheduler.requeue(group)
                 logger.warning(
                     "database failed under a group of %d events (%s: %s); they will run again",
@@ -184,7 +184,17 @@ class GroupRunner:
                 )
                 return usable and keeps_connection(cause, conn)
             if isinstance(exc, asyncpg.PostgresError):
-                return await self._commit_failed(group, exc, conn if usable else None) and usable
+                if len(group) == 1 and group[0].dead_letter is None:
+                    # The event ran alone and its outcome still cannot commit (its
+                    # handler swallowed a database error): its own failure, an attempt.
+                    [item] = group
+                    if item not in ran:
+                        item.attempts += 1
+                    item.succeeded = False
+                    await self._fail(item, exc, conn if usable else None)
+                    return usable
+                self._undo(ran)
+                return await self._commit_failed(group, exc) and usable
             raise
         except BaseException:
             # Cancelled (the consumer stops): nothing committed, the events run again later.
@@ -193,9 +203,7 @@ class GroupRunner:
             self.scheduler.requeue(group)
             raise
 
-    async def _commit_failed(
-        self, group: list[Item], exc: asyncpg.PostgresError, conn: asyncpg.Connection | None
-    ) -> bool:
+    async def _commit_failed(self, group: list[Item], exc: asyncpg.PostgresError) -> bool:
         """The group's outcomes could not be committed, for a reason of its own."""
         if len(group) > 1:
             # A handler swallowed a database error, or an outcome could not be written:
@@ -212,24 +220,20 @@ class GroupRunner:
             )
             return True
         [item] = group
-        if item.dead_letter is not None:
-            letter: DeadLetterRow = item.dead_letter
-            if letter.error_type == "DeadLetterNotStorable":
-                raise exc  # even the plainest row is refused: a bug, fail loudly
-            item.dead_letter = dataclasses.replace(
-                letter,
-                error_type="DeadLetterNotStorable",
-                error_message=storable(
-                    f"{letter.error_type}: {letter.error_message} "
-                    f"(stored without its traceback: {exc})",
-                    MAX_MESSAGE,
-                ),
-                error_traceback=None,
-            )
-            self.scheduler.requeue(group)
-            return True
-        # The event ran alone and its outcome still cannot commit: its own failure.
-        await self._fail(item, exc, conn)
+        letter: DeadLetterRow = item.dead_letter
+        if letter.error_type == "DeadLetterNotStorable":
+            raise exc  # even the plainest row is refused: a bug, fail loudly
+        item.dead_letter = dataclasses.replace(
+            letter,
+            error_type="DeadLetterNotStorable",
+            error_message=storable(
+                f"{letter.error_type}: {letter.error_message} "
+                f"(stored without its traceback: {exc})",
+                MAX_MESSAGE,
+            ),
+            error_traceback=None,
+        )
+        self.scheduler.requeue(group)
         return True
 
     # -- handlers --------------------------------------------------------------------
