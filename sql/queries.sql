@@ -358,8 +358,25 @@ SELECT c.consumer, c.event_type, c.last_xid::text::bigint AS last_xid, c.last_po
        (SELECT count(*) FROM {{schema}}.dispatcher_dead_letter d
          WHERE d.consumer = c.consumer AND d.event_type = c.event_type
            AND d.resolved_at IS NULL) AS dead_letters,
-       now() AS now
+       now() AS now,
+       -- Held: the first event past the cursor has no outcome while a later one of the
+       -- type has: the cursor waits for that one event (a hung or slow handler).
+       CASE WHEN head.event_id IS NOT NULL
+             AND NOT EXISTS (SELECT 1 FROM {{schema}}.dispatcher_dedup d
+                             WHERE d.consumer = c.consumer AND d.event_id = head.event_id)
+             AND EXISTS (SELECT 1 FROM {{schema}}.dispatcher_event e
+                         JOIN {{schema}}.dispatcher_dedup d
+                           ON d.consumer = c.consumer AND d.event_id = e.event_id
+                         WHERE e.event_type = c.event_type
+                           AND (e.xid, e.position) > (head.xid, head.position))
+            THEN head.event_id END AS held_by_event_id,
+       head.created_at AS head_created_at
 FROM {{schema}}.dispatcher_cursor c
+LEFT JOIN LATERAL (
+    SELECT e.event_id, e.xid, e.position, e.created_at FROM {{schema}}.dispatcher_event e
+    WHERE e.event_type = c.event_type AND (e.xid, e.position) > (c.last_xid, c.last_position)
+    ORDER BY e.xid, e.position LIMIT 1
+) head ON true
 WHERE $1::text IS NULL OR c.consumer = $1
 ORDER BY c.consumer, c.event_type
 
