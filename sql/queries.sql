@@ -179,10 +179,18 @@ LIMIT $3
 
 -- name: consumer_record_handled
 -- Outcomes of a group, in the group's transaction. An event another process of this
--- consumer already finished is not returned: the caller rolls the group back.
+-- consumer already finished is not returned: the caller rolls the group back. That is
+-- known by its marker, or, once prune has removed the marker, by the stored cursor
+-- having passed the event (the cursor only passes events that have an outcome).
 INSERT INTO {{schema}}.dispatcher_dedup (consumer, event_id, outcome)
 SELECT $1, e.event_id, e.outcome
-FROM unnest($2::text[], $3::text[]) AS e(event_id, outcome)
+FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[])
+    AS e(event_id, outcome, event_type, xid, position)
+WHERE NOT EXISTS (
+    SELECT 1 FROM {{schema}}.dispatcher_cursor c
+    WHERE c.consumer = $1 AND c.event_type = e.event_type
+      AND (c.last_xid, c.last_position) >= (e.xid::text::xid8, e.position)
+)
 ON CONFLICT (consumer, event_id) DO NOTHING
 RETURNING event_id
 
@@ -401,8 +409,11 @@ ORDER BY age_seconds DESC
 
 -- name: prune_events
 -- One batch of old events that no consumer still needs: every cursor on their type has
--- passed them and no unresolved dead letter points at them. Their dedup markers go with
--- them. Oldest first, by position (the primary key), so a batch stops at $2 rows.
+-- passed them, no unresolved dead letter points at them, and no dedup marker of theirs is
+-- younger than a minute. Their dedup markers go with them. Oldest first, by position
+-- (the primary key), so a batch stops at $2 rows. A process still holding such an event
+-- in memory learns it was finished elsewhere from the cursor (consumer_record_handled);
+-- the minute covers an outcome statement that began before that cursor moved.
 WITH doomed AS (
     SELECT e.position, e.event_id
     FROM {{schema}}.dispatcher_event e
@@ -415,6 +426,10 @@ WITH doomed AS (
       AND NOT EXISTS (
           SELECT 1 FROM {{schema}}.dispatcher_dead_letter d
           WHERE d.event_id = e.event_id AND d.resolved_at IS NULL
+      )
+      AND NOT EXISTS (
+          SELECT 1 FROM {{schema}}.dispatcher_dedup m
+          WHERE m.event_id = e.event_id AND m.handled_at > now() - interval '1 minute'
       )
     ORDER BY e.position
     LIMIT $2

@@ -325,7 +325,14 @@ class GroupRunner:
             outcomes = [
                 "dead_lettered" if i.dead_letter is not None else "handled" for i in regular
             ]
-            inserted = await self.store.record_outcomes(conn, ids, outcomes)
+            inserted = await self.store.record_outcomes(
+                conn,
+                ids,
+                outcomes,
+                [i.event_type for i in regular],
+                [i.xid for i in regular],
+                [i.position for i in regular],
+            )
             if len(inserted) != len(regular):
                 for item in regular:
                     if item.event_id not in inserted:

@@ -102,10 +102,24 @@ class ConsumerStore:
         )
 
     async def record_outcomes(
-        self, conn: asyncpg.Connection, event_ids: list[str], outcomes: list[str]
+        self,
+        conn: asyncpg.Connection,
+        event_ids: list[str],
+        outcomes: list[str],
+        event_types: list[str],
+        xids: list[int],
+        positions: list[int],
     ) -> set[str]:
         """Insert dedup markers; returns the ids inserted (missing ones were done elsewhere)."""
-        rows = await conn.fetch(self.q.consumer_record_handled, self.consumer, event_ids, outcomes)
+        rows = await conn.fetch(
+            self.q.consumer_record_handled,
+            self.consumer,
+            event_ids,
+            outcomes,
+            event_types,
+            xids,
+            positions,
+        )
         return {r[0] for r in rows}
 
     async def record_dead_letters(
