@@ -105,7 +105,8 @@ WHERE consumer = $1 AND event_type = ANY($2::text[])
 -- that committed before it (smaller position) but sort after it (larger xid); they are
 -- handled first to keep per-subject commit order. Only candidates the insert trigger
 -- flagged out_of_order can have such events, so the others cost no look-up. `handled` says this consumer already
--- has an outcome for the event. The last row (kind 2) reports whether committed events
+-- has an outcome for the event. occurred_at comes as microseconds since 1970 (NULL when
+-- infinite): a value Python cannot represent must not fail the whole read. The last row (kind 2) reports whether committed events
 -- wait above the horizon, i.e. a read again soon will find more.
 WITH horizon AS MATERIALIZED (
     SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin
@@ -141,15 +142,26 @@ pulled AS (
     WHERE NOT EXISTS (SELECT 1 FROM candidates c2 WHERE c2.position = p.position)
 )
 SELECT 0 AS kind, c.position, c.xid::text::bigint AS xid, c.event_id, c.event_type,
-       c.schema_version, c.tenant_id, c.producer, c.subject, c.actor, c.occurred_at,
+       c.schema_version, c.tenant_id, c.producer, c.subject, c.actor,
+       CASE WHEN isfinite(c.occurred_at)
+            THEN (extract(epoch FROM c.occurred_at) * 1000000)::bigint END AS occurred_us,
        c.correlation_id, c.causation_id, c.traceparent, c.payload::text AS payload,
-       d.event_id IS NOT NULL AS handled
+       d.event_id IS NOT NULL AS handled,
+       CASE WHEN d.event_id IS NULL THEN (
+           SELECT a.attempts FROM {{schema}}.dispatcher_attempt a
+           WHERE a.consumer = $5 AND a.event_id = c.event_id) END AS attempts
 FROM candidates c
 LEFT JOIN {{schema}}.dispatcher_dedup d ON d.consumer = $5 AND d.event_id = c.event_id
 UNION ALL
 SELECT 1, p.position, p.xid::text::bigint, p.event_id, p.event_type, p.schema_version,
-       p.tenant_id, p.producer, p.subject, p.actor, p.occurred_at, p.correlation_id,
-       p.causation_id, p.traceparent, p.payload::text, d.event_id IS NOT NULL
+       p.tenant_id, p.producer, p.subject, p.actor,
+       CASE WHEN isfinite(p.occurred_at)
+            THEN (extract(epoch FROM p.occurred_at) * 1000000)::bigint END,
+       p.correlation_id,
+       p.causation_id, p.traceparent, p.payload::text, d.event_id IS NOT NULL,
+       CASE WHEN d.event_id IS NULL THEN (
+           SELECT a.attempts FROM {{schema}}.dispatcher_attempt a
+           WHERE a.consumer = $5 AND a.event_id = p.event_id) END
 FROM pulled p
 LEFT JOIN {{schema}}.dispatcher_dedup d ON d.consumer = $5 AND d.event_id = p.event_id
 UNION ALL
@@ -160,12 +172,16 @@ SELECT 2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
            WHERE (SELECT w.xid FROM {{schema}}.dispatcher_event w
                   WHERE w.event_type = t.event_type
                   ORDER BY w.xid DESC LIMIT 1) >= (SELECT xmin FROM horizon)
-       )
+       ),
+       NULL
 
 -- name: consumer_fetch_replays
 SELECT dl.dead_letter_id, e.position, e.xid::text::bigint AS xid, e.event_id, e.event_type,
-       e.schema_version, e.tenant_id, e.producer, e.subject, e.actor, e.occurred_at,
-       e.correlation_id, e.causation_id, e.traceparent, e.payload::text AS payload
+       e.schema_version, e.tenant_id, e.producer, e.subject, e.actor,
+       CASE WHEN isfinite(e.occurred_at)
+            THEN (extract(epoch FROM e.occurred_at) * 1000000)::bigint END AS occurred_us,
+       e.correlation_id, e.causation_id, e.traceparent, e.payload::text AS payload,
+       0 AS attempts
 FROM {{schema}}.dispatcher_dead_letter dl
 JOIN {{schema}}.dispatcher_event e ON e.event_id = dl.event_id
 WHERE dl.consumer = $1 AND dl.replay_status = 'pending' AND dl.event_type = ANY($2::text[])
@@ -174,10 +190,18 @@ LIMIT $3
 
 -- name: consumer_record_handled
 -- Outcomes of a group, in the group's transaction. An event another process of this
--- consumer already finished is not returned: the caller rolls the group back.
+-- consumer already finished is not returned: the caller rolls the group back. That is
+-- known by its marker, or, once prune has removed the marker, by the stored cursor
+-- having passed the event (the cursor only passes events that have an outcome).
 INSERT INTO {{schema}}.dispatcher_dedup (consumer, event_id, outcome)
 SELECT $1, e.event_id, e.outcome
-FROM unnest($2::text[], $3::text[]) AS e(event_id, outcome)
+FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[])
+    AS e(event_id, outcome, event_type, xid, position)
+WHERE NOT EXISTS (
+    SELECT 1 FROM {{schema}}.dispatcher_cursor c
+    WHERE c.consumer = $1 AND c.event_type = e.event_type
+      AND (c.last_xid, c.last_position) >= (e.xid::text::xid8, e.position)
+)
 ON CONFLICT (consumer, event_id) DO NOTHING
 RETURNING event_id
 
@@ -212,6 +236,14 @@ marked AS (
     ON CONFLICT (consumer, event_id) DO UPDATE SET outcome = 'handled', handled_at = now()
 )
 SELECT dead_letter_id FROM done
+
+-- name: consumer_record_attempt
+-- A failed attempt, in a transaction of its own: a restart continues the count.
+INSERT INTO {{schema}}.dispatcher_attempt AS a (consumer, event_id, attempts, last_error)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (consumer, event_id) DO UPDATE
+SET attempts = greatest(a.attempts, EXCLUDED.attempts), last_error = EXCLUDED.last_error,
+    updated_at = now()
 
 -- name: consumer_fail_replay
 UPDATE {{schema}}.dispatcher_dead_letter
@@ -345,8 +377,25 @@ SELECT c.consumer, c.event_type, c.last_xid::text::bigint AS last_xid, c.last_po
        (SELECT count(*) FROM {{schema}}.dispatcher_dead_letter d
          WHERE d.consumer = c.consumer AND d.event_type = c.event_type
            AND d.resolved_at IS NULL) AS dead_letters,
-       now() AS now
+       now() AS now,
+       -- Held: the first event past the cursor has no outcome while a later one of the
+       -- type has: the cursor waits for that one event (a hung or slow handler).
+       CASE WHEN head.event_id IS NOT NULL
+             AND NOT EXISTS (SELECT 1 FROM {{schema}}.dispatcher_dedup d
+                             WHERE d.consumer = c.consumer AND d.event_id = head.event_id)
+             AND EXISTS (SELECT 1 FROM {{schema}}.dispatcher_event e
+                         JOIN {{schema}}.dispatcher_dedup d
+                           ON d.consumer = c.consumer AND d.event_id = e.event_id
+                         WHERE e.event_type = c.event_type
+                           AND (e.xid, e.position) > (head.xid, head.position))
+            THEN head.event_id END AS held_by_event_id,
+       head.created_at AS head_created_at
 FROM {{schema}}.dispatcher_cursor c
+LEFT JOIN LATERAL (
+    SELECT e.event_id, e.xid, e.position, e.created_at FROM {{schema}}.dispatcher_event e
+    WHERE e.event_type = c.event_type AND (e.xid, e.position) > (c.last_xid, c.last_position)
+    ORDER BY e.xid, e.position LIMIT 1
+) head ON true
 WHERE $1::text IS NULL OR c.consumer = $1
 ORDER BY c.consumer, c.event_type
 
@@ -371,8 +420,11 @@ ORDER BY age_seconds DESC
 
 -- name: prune_events
 -- One batch of old events that no consumer still needs: every cursor on their type has
--- passed them and no unresolved dead letter points at them. Their dedup markers go with
--- them. Oldest first, by position (the primary key), so a batch stops at $2 rows.
+-- passed them, no unresolved dead letter points at them, and no dedup marker of theirs is
+-- younger than a minute. Their dedup markers go with them. Oldest first, by position
+-- (the primary key), so a batch stops at $2 rows. A process still holding such an event
+-- in memory learns it was finished elsewhere from the cursor (consumer_record_handled);
+-- the minute covers an outcome statement that began before that cursor moved.
 WITH doomed AS (
     SELECT e.position, e.event_id
     FROM {{schema}}.dispatcher_event e
@@ -385,6 +437,10 @@ WITH doomed AS (
       AND NOT EXISTS (
           SELECT 1 FROM {{schema}}.dispatcher_dead_letter d
           WHERE d.event_id = e.event_id AND d.resolved_at IS NULL
+      )
+      AND NOT EXISTS (
+          SELECT 1 FROM {{schema}}.dispatcher_dedup m
+          WHERE m.event_id = e.event_id AND m.handled_at > now() - interval '1 minute'
       )
     ORDER BY e.position
     LIMIT $2
@@ -400,6 +456,11 @@ markers AS (
     USING gone, (SELECT DISTINCT consumer FROM {{schema}}.dispatcher_cursor) c
     WHERE d.consumer = c.consumer AND d.event_id = gone.event_id
     RETURNING 1
+),
+attempts AS (
+    DELETE FROM {{schema}}.dispatcher_attempt a
+    USING gone
+    WHERE a.event_id = gone.event_id
 )
 SELECT (SELECT count(*) FROM gone) AS events, (SELECT count(*) FROM markers) AS markers
 

@@ -4,7 +4,7 @@ Public names are re-exported here; modules with a leading underscore are private
 Logging goes to the ``dispatch_aio`` logger hierarchy; nothing is configured at import.
 """
 
-from ._consumer import Consumer, ConsumerState, ConsumerStats
+from ._consume import Consumer, ConsumerConfig, ConsumerState, ConsumerStats
 from ._contracts.models import Mismatch, compare_model_to_schema, payload_schema_from_model
 from ._contracts.scaffold import ID_PROFILES, IdProfile, add_event_type, init_contracts
 from ._deadletters import DeadLetter, DeadLetterPage, DeadLetters
@@ -16,6 +16,7 @@ from ._dispatcher import DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_MAX_PAYLOAD_BYTES, Dis
 from ._envelope import Envelope, Event
 from ._errors import (
     ConfigurationError,
+    ConsumerFailedError,
     ContractError,
     DatabaseError,
     DatabaseUnavailableError,
@@ -49,7 +50,6 @@ from ._errors import (
 from ._migrate import SCHEMA_VERSION, MigrationResult, check_schema, migrate
 from ._registry import Registry
 from ._retention import PruneResult, prune
-from ._settings import ConsumerConfig
 from ._signals import HandlerSignal, Reject, RetryAfter
 from ._status import ConsumerHealth, HorizonHolder, StatusReport, consumer_status
 from ._telemetry import Telemetry
@@ -62,6 +62,7 @@ __all__ = [
     "ConfigurationError",
     "Consumer",
     "ConsumerConfig",
+    "ConsumerFailedError",
     "ConsumerHealth",
     "ConsumerState",
     "ConsumerStats",

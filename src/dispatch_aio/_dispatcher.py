@@ -15,6 +15,7 @@ import asyncpg
 import fastjsonschema
 from pydantic import BaseModel
 
+from ._codec import publish_parameters
 from ._db import translate_errors
 from ._envelope import Envelope, format_timestamp
 from ._errors import (
@@ -304,20 +305,7 @@ class Dispatcher:
 
     @staticmethod
     def _row(envelope: Envelope, encoded: str) -> tuple[Any, ...]:
-        return (
-            envelope.event_id,
-            envelope.event_type,
-            envelope.schema_version,
-            envelope.tenant_id,
-            envelope.producer,
-            envelope.subject,
-            envelope.actor,
-            envelope.occurred_at,
-            envelope.correlation_id,
-            envelope.causation_id,
-            envelope.traceparent,
-            encoded,
-        )
+        return publish_parameters(envelope, encoded)
 
     # -- publishing ----------------------------------------------------------------
 

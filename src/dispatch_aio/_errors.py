@@ -30,6 +30,7 @@ nesting). Where Python has a natural built-in for the mistake, the error is that
     │       │                             (also a ValueError)
     │       ├── InvalidEnvelopeError        e.g. occurred_at outside the accepted range
     │       └── InvalidPayloadError         e.g. nested deeper than the accepted depth
+    ├── ConsumerFailedError             a bug stopped a consumer; the bug is ``__cause__``
     ├── DeadLetterError
     │   ├── DeadLetterNotFoundError
     │   └── DeadLetterAlreadyResolvedError
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigurationError",
+    "ConsumerFailedError",
     "ContractError",
     "DatabaseError",
     "DatabaseUnavailableError",
@@ -298,3 +300,11 @@ class PoolExhaustedError(DatabaseUnavailableError):
             "connections (a Consumer on the same pool needs concurrency + 2 of them), "
             "publish on a connection you already hold (conn=...), or raise acquire_timeout"
         )
+
+
+class ConsumerFailedError(DispatchError):
+    """A bug inside the consumer stopped it (state FAILED); the bug is ``__cause__``.
+
+    Raised by ``Consumer.wait()``; ``dispatch-aio worker`` exits non-zero with it, so a
+    supervisor restarts the process. Events in flight run again after the restart.
+    """

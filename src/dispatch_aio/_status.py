@@ -30,6 +30,10 @@ class ConsumerHealth(BaseModel):
     lag: int
     oldest_pending_age_seconds: float | None
     dead_letters: int
+    #: The event the cursor waits for while later events already have outcomes (a hung
+    #: or slow handler holds this consumer on this type), and how old that event is.
+    held_by_event_id: str | None = None
+    held_for_seconds: float | None = None
 
 
 class HorizonHolder(BaseModel):
@@ -105,11 +109,21 @@ async def _status(
             if r["oldest_pending_at"] is None
             else max(0.0, (r["now"] - r["oldest_pending_at"]).total_seconds()),
             dead_letters=r["dead_letters"],
+            held_by_event_id=r["held_by_event_id"],
+            held_for_seconds=None
+            if r["held_by_event_id"] is None
+            else max(0.0, (r["now"] - r["head_created_at"]).total_seconds()),
         )
         for r in rows
     ]
     holders = await horizon_holders(conn, schema=schema)
-    warnings = []
+    warnings = [
+        f"consumer {h.consumer} is held on {h.event_type} by event {h.held_by_event_id} "
+        f"(published {h.held_for_seconds:.0f}s ago): later events are handled, but its "
+        "cursor waits for that one; look for a hung or slow handler"
+        for h in health
+        if h.held_by_event_id is not None and (h.held_for_seconds or 0) >= warn_after
+    ]
     for holder in holders:
         if holder.age_seconds >= warn_after:
             who = f"pid {holder.pid}" if holder.pid is not None else f"prepared {holder.gid!r}"

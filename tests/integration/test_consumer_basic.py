@@ -67,7 +67,8 @@ async def test_a_small_pool_caps_the_workers_instead_of_starving_them(
             async with consumer:
                 await consumer.wait_idle()
         assert len(seen) == 30
-        assert "running 3 workers instead of concurrency=16" in caplog.text
+        # One connection for the fetch loop, one held for LISTEN (no dsn/listen_connect).
+        assert "running 2 workers instead of concurrency=16" in caplog.text
     finally:
         await pool.close()
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 
 from dispatch_aio import Consumer, DeadLetterAlreadyResolvedError, DeadLetters, Dispatcher, Event
 
-from .helpers import locked_payload, uid
+from .helpers import eventually, locked_payload, uid
 
 pytestmark = pytest.mark.anyio
 
@@ -83,3 +85,78 @@ async def test_a_replay_that_fails_again_is_recorded_and_stays_active(
     assert "still broken" in row.replay_error
     assert row.resolved_at is None
     assert len((await dead_letters.list("projector")).items) == 1
+
+
+async def test_a_poll_only_consumer_picks_up_a_replay_requested_while_it_runs(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    broken = {"yes": True}
+    handled: list[str] = []
+    consumer = Consumer(
+        dispatch_pool, name="polling", listen=False, poll_interval=0.1, retry_delays=()
+    )
+
+    @consumer.on("credit.locked")
+    async def project(event: Event) -> None:
+        if broken["yes"]:
+            raise RuntimeError("not yet")
+        handled.append(event.event_id)
+
+    envelope = await dispatcher.publish(
+        "credit.locked", locked_payload(), subject=uid("per"), actor="system:tests"
+    )
+    dead_letters = DeadLetters(dispatch_pool)
+    async with consumer:
+        await consumer.wait_idle()
+        [letter] = (await dead_letters.list("polling")).items
+        broken["yes"] = False
+        await dead_letters.replay(letter.dead_letter_id, replayed_by="ops")
+
+        async def replayed() -> bool:
+            row = await dead_letters.get(letter.dead_letter_id)
+            return row.replay_status == "succeeded"
+
+        # No wait_idle() here: it asks for a replay read itself. Only polling finds it.
+        await eventually(replayed, within=10, what="the poll to pick up the replay")
+    assert handled == [envelope.event_id]
+
+
+INVALID = """
+INSERT INTO dispatcher_event (
+    event_id, event_type, schema_version, tenant_id, producer, subject, actor,
+    occurred_at, payload, xid, position
+) VALUES ($1, 'credit.locked', 1, 'tnt_tests', 'tests', $2, 'system:tests', now(),
+          '{"locked_credits": "two"}'::jsonb, '0', 0)
+"""
+
+
+async def test_replaying_a_still_invalid_event_fails_the_replay_without_a_new_dead_letter(
+    dispatch_pool: asyncpg.Pool,
+) -> None:
+    event_id = uid("evt")
+    await dispatch_pool.execute(INVALID, event_id, uid("per"))
+    dead_letters = DeadLetters(dispatch_pool)
+
+    def make() -> Consumer:
+        consumer = Consumer(dispatch_pool, name="strict", poll_interval=0.1)
+
+        @consumer.on("credit.locked")
+        async def project(event: Event) -> None:
+            pass
+
+        return consumer
+
+    async with make() as consumer:
+        await asyncio.wait_for(consumer.wait_idle(), 10)
+        [letter] = (await dead_letters.list("strict")).items
+        await dead_letters.replay(letter.dead_letter_id, replayed_by="ops")
+        await asyncio.wait_for(consumer.wait_idle(), 10)
+    row = await dead_letters.get(letter.dead_letter_id)
+    assert row.replay_status == "failed"
+    assert row.replay_error is not None
+    assert "InvalidPayloadError" in row.replay_error
+    # A restart reads nothing new and dead-letters nothing again.
+    async with make() as consumer:
+        await asyncio.wait_for(consumer.wait_idle(), 10)
+    count = await dispatch_pool.fetchval("SELECT count(*) FROM dispatcher_dead_letter")
+    assert count == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import asyncpg
@@ -9,7 +10,7 @@ import pytest
 
 from dispatch_aio import Consumer, Dispatcher, Event, UsageError, prune
 
-from .helpers import locked_payload, uid
+from .helpers import eventually, locked_payload, uid
 
 pytestmark = pytest.mark.anyio
 
@@ -56,6 +57,13 @@ async def test_prune_keeps_what_a_consumer_or_a_dead_letter_still_needs(
     too_young = await prune(dispatch_pool, older_than=timedelta(hours=1))
     assert too_young.events == 0
 
+    # Markers younger than a minute keep their events (see the prune rule in docs/).
+    fresh_markers = await prune(dispatch_pool, older_than=timedelta(0))
+    assert fresh_markers.events == 0
+    await dispatch_pool.execute(
+        "UPDATE dispatcher_dedup SET handled_at = now() - interval '2 minutes'"
+    )
+
     batches: list[int] = []
     result = await prune(
         dispatch_pool,
@@ -87,3 +95,60 @@ async def test_prune_keeps_what_a_consumer_or_a_dead_letter_still_needs(
 async def test_prune_refuses_a_negative_age(dispatch_pool: asyncpg.Pool) -> None:
     with pytest.raises(UsageError):
         await prune(dispatch_pool, older_than=timedelta(seconds=-1))
+
+
+async def test_prune_between_two_processes_of_one_consumer_never_duplicates_effects(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    await dispatch_pool.execute("CREATE TABLE effects (event_id text, process text)")
+    subject = uid("per")
+    blocker, held = [
+        (
+            await dispatcher.publish(
+                "credit.locked", locked_payload(), subject=subject, actor="system:t"
+            )
+        ).event_id
+        for _ in range(2)
+    ]
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    def process(label: str, *, block: bool) -> Consumer:
+        consumer = Consumer(dispatch_pool, name="twice", poll_interval=0.05, max_group=1)
+
+        @consumer.on("credit.locked")
+        async def on_locked(event: Event, conn: asyncpg.Connection) -> None:
+            await conn.execute("INSERT INTO effects VALUES ($1, $2)", event.event_id, label)
+            if block and event.event_id == blocker:
+                entered.set()
+                await release.wait()
+
+        return consumer
+
+    # The slow process holds both events in memory, stuck in the first one's handler.
+    async with process("slow", block=True) as slow:
+        await asyncio.wait_for(entered.wait(), 10)
+        async with process("fast", block=False) as fast:
+            await asyncio.wait_for(fast.wait_idle(), 10)
+
+        async def cursor_passed() -> bool:
+            top = await dispatch_pool.fetchval(
+                "SELECT last_position FROM dispatcher_cursor WHERE consumer = 'twice'"
+            )
+            return bool(
+                top == await dispatch_pool.fetchval("SELECT max(position) FROM dispatcher_event")
+            )
+
+        await eventually(cursor_passed, within=10, what="the stored cursor to pass both")
+        # As if this had all happened long ago: prune takes both events and markers.
+        await dispatch_pool.execute(
+            "UPDATE dispatcher_dedup SET handled_at = now() - interval '2 minutes'"
+        )
+        pruned = await prune(dispatch_pool, older_than=timedelta(0))
+        assert (pruned.events, pruned.dedup_markers) == (2, 2)
+        release.set()
+        await asyncio.wait_for(slow.wait_idle(), 10)
+        assert slow.stats.handled == 0
+    rows = await dispatch_pool.fetch(
+        "SELECT event_id, count(*) AS n FROM effects GROUP BY event_id ORDER BY event_id"
+    )
+    assert {r["event_id"]: r["n"] for r in rows} == {blocker: 1, held: 1}

@@ -33,11 +33,11 @@ from typing import Any
 import asyncpg
 import httpx
 
+from .._consume import ConsumerConfig
 from .._consumer import Consumer
 from .._envelope import Event
 from .._errors import ConfigurationError, LifecycleError
 from .._registry import Registry
-from .._settings import ConsumerConfig
 from .._signals import Reject
 from .._telemetry import Telemetry
 from .config import Endpoint, FanoutConfig, consumer_name_for

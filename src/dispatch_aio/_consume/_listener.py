@@ -1,15 +1,18 @@
 """The consumer's LISTEN connection: wakes the fetch loop, never carries events.
 
-It is a connection of its own, not a pool slot. A heartbeat query detects a half-open
-socket; on any failure the connection is thrown away and made again after the next of
-the reconnect delays (reset after a success). Every (re)connect triggers a catch-up read,
-because notifications sent while disconnected are never replayed. Polling goes on all
-the time, so a lost listener costs latency, never delivery.
+It is a connection of its own (from ``listen_connect``, the DSN, or held out of the
+pool for the consumer's life). A heartbeat query detects a half-open socket; on any
+infrastructure failure the connection is thrown away and made again after the next of
+the reconnect delays. The delays start over once a session has been healthy (connected
+and answering a heartbeat), so that disconnects spread over a long life never add up to
+the longest delay. Any other exception is a bug and propagates (the consumer fails).
+Every (re)connect triggers a catch-up read, because notifications sent while
+disconnected are never replayed. Polling goes on all the time, so a lost listener costs
+latency, never delivery.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -18,11 +21,14 @@ import anyio
 import anyio.abc
 import asyncpg
 
+from .._storage import is_infrastructure, terminate
+
 __all__ = ["Listener"]
 
 logger = logging.getLogger("dispatch_aio.listener")
 
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
+Disconnect = Callable[[asyncpg.Connection], Awaitable[None]]
 
 
 class Listener:
@@ -39,8 +45,10 @@ class Listener:
         heartbeat_interval: float,
         heartbeat_timeout: float,
         log_extra: dict[str, Any] | None = None,
+        disconnect: Disconnect | None = None,
     ) -> None:
         self._connect = connect
+        self._disconnect = disconnect
         self._channels = list(channels)
         self._on_notify = on_notify
         self._on_connected = on_connected
@@ -50,6 +58,8 @@ class Listener:
         self._extra = log_extra or {}
         self.connected = False
         self.reconnects = 0
+        #: Heartbeats answered in the current session.
+        self.heartbeats = 0
         self._conn: asyncpg.Connection | None = None
         self._lost = anyio.Event()
         self._task_status: anyio.abc.TaskStatus[None] | None = None
@@ -73,8 +83,9 @@ class Listener:
         while True:
             try:
                 await self._session()
-                failures = 0
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except Exception as exc:
+                if not is_infrastructure(exc):
+                    raise
                 logger.warning(
                     "listen connection failed: %s: %s",
                     type(exc).__name__,
@@ -83,7 +94,10 @@ class Listener:
                 )
             finally:
                 self.connected = False
-                await self._discard()
+                with anyio.CancelScope(shield=True):
+                    await self._discard()
+            if self.heartbeats:
+                failures = 0  # it was healthy: a new run of trouble starts over
             self._report_started()
             delay = self._delays[min(failures, len(self._delays) - 1)]
             failures += 1
@@ -97,6 +111,7 @@ class Listener:
 
     async def _session(self) -> None:
         self._lost = anyio.Event()
+        self.heartbeats = 0
         with anyio.fail_after(self._heartbeat_timeout + 10):
             conn = self._conn = await self._connect()
         conn.add_termination_listener(self._terminated)
@@ -113,10 +128,15 @@ class Listener:
                 raise ConnectionError("listen connection closed")
             with anyio.fail_after(self._heartbeat_timeout):
                 await conn.execute("SELECT 1")
+            self.heartbeats += 1
 
     async def _discard(self) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        with contextlib.suppress(Exception):
-            conn.terminate()
+        terminate(conn)
+        if self._disconnect is not None:
+            try:
+                await self._disconnect(conn)
+            except Exception as exc:  # giving back a dead connection must not stop us
+                logger.debug("discarding the listen connection: %s", exc, extra=self._extra)

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from ._sql import queries
+from .._sql import queries
 
 __all__ = ["ConsumerStore", "DeadLetterRow", "FetchResult"]
 
@@ -102,10 +102,24 @@ class ConsumerStore:
         )
 
     async def record_outcomes(
-        self, conn: asyncpg.Connection, event_ids: list[str], outcomes: list[str]
+        self,
+        conn: asyncpg.Connection,
+        event_ids: list[str],
+        outcomes: list[str],
+        event_types: list[str],
+        xids: list[int],
+        positions: list[int],
     ) -> set[str]:
         """Insert dedup markers; returns the ids inserted (missing ones were done elsewhere)."""
-        rows = await conn.fetch(self.q.consumer_record_handled, self.consumer, event_ids, outcomes)
+        rows = await conn.fetch(
+            self.q.consumer_record_handled,
+            self.consumer,
+            event_ids,
+            outcomes,
+            event_types,
+            xids,
+            positions,
+        )
         return {r[0] for r in rows}
 
     async def record_dead_letters(
@@ -137,6 +151,12 @@ class ConsumerStore:
         """Mark replayed dead letters succeeded; returns those still pending until now."""
         rows = await conn.fetch(self.q.consumer_finish_replays, self.consumer, dead_letter_ids)
         return {r[0] for r in rows}
+
+    async def record_attempt(
+        self, conn: asyncpg.Connection, event_id: str, attempts: int, error: str
+    ) -> None:
+        """Store a failed attempt (one statement: its own transaction; not in one)."""
+        await conn.execute(self.q.consumer_record_attempt, self.consumer, event_id, attempts, error)
 
     async def fail_replay(
         self, conn: asyncpg.Connection, dead_letter_id: str, error: str, attempts: int

@@ -1,12 +1,20 @@
-"""Consumer settings: one frozen object, validated when built."""
+"""Consumer settings: one frozen object, validated when built.
+
+A bad value raises :class:`~dispatch_aio.InvalidSettingError` (a ConfigurationError and a
+ValueError) instead of pydantic's ValidationError, which sits outside the package's error
+tree. Durations must also be finite: pydantic's bounds let ``inf`` through, and a retry
+delay of ``nan`` or ``inf`` would silently turn retrying off.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ._identifiers import validate_schema_name
+from .._errors import InvalidSettingError
+from .._identifiers import validate_schema_name
 
 __all__ = ["ConsumerConfig", "HandlerOptions"]
 
@@ -19,13 +27,39 @@ def _check_delays(value: tuple[float, ...]) -> tuple[float, ...]:
     return value
 
 
+def _problem(exc: ValidationError, what: str) -> InvalidSettingError:
+    error = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in error["loc"]) or what
+    shown = repr(error.get("input"))
+    if len(shown) > 80:
+        shown = shown[:80] + "..."
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return InvalidSettingError(f"{what} {where}: {error['msg']}, got {shown}{more}")
+
+
+def _require_finite(model: BaseModel, what: str) -> None:
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        values = value if isinstance(value, tuple) else (value,)
+        for item in values:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise InvalidSettingError(f"{what} {name} must be a finite number, got {value!r}")
+
+
 class HandlerOptions(BaseModel):
-    """Per-handler overrides of the consumer's retry delays and timeout."""
+    """Per-handler overrides of the consumer's retry delays and timeout (InvalidSettingError)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     retry_delays: tuple[float, ...] | None = None
     timeout: float | None = Field(default=None, gt=0)
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _problem(exc, "handler option") from None
+        _require_finite(self, "handler option")
 
     @field_validator("retry_delays")
     @classmethod
@@ -38,7 +72,11 @@ class ConsumerConfig(BaseModel):
 
     ``retry_delays`` are the waits before each retry (default 1, 5, 15: three retries
     after the first attempt), each stretched by a random 0 to ``retry_jitter`` (30 %).
-    ``max_group`` is how many events' outcomes may share one commit.
+    ``max_group`` is how many events' outcomes may share one commit. ``max_buffered``
+    caps the events of one type held in memory (default: the larger of 4 x
+    ``batch_size`` and workers x ``max_group``): behind a head event that has no outcome
+    yet, reading that type pauses at the cap, whatever waits behind it. A bad value raises
+    InvalidSettingError when the object is built.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -61,6 +99,14 @@ class ConsumerConfig(BaseModel):
     heartbeat_timeout: float = Field(default=5.0, gt=0)
     start_from: Literal["beginning", "now"] = "beginning"
     horizon_warning_after: float = Field(default=60.0, gt=0)
+    max_buffered: int | None = Field(default=None, ge=1, le=1_000_000)
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _problem(exc, "consumer setting") from None
+        _require_finite(self, "consumer setting")
 
     @field_validator("db_schema")
     @classmethod

@@ -1,0 +1,113 @@
+"""The envelope's field list, written once: publish parameters, row to Event, dead-letter
+JSON. Pure: no I/O.
+
+Every place that moves an envelope between Python and a table row goes through here, so
+a new envelope field is added in one list. ``occurred_at`` and ``payload`` are the two
+fields with an encoding of their own: published as a datetime and as JSON text; read
+back as microseconds since 1970 (so that a value Python cannot represent fails one
+event, not a whole read) and as JSON text.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ._envelope import Envelope, Event, format_timestamp
+
+__all__ = [
+    "OPTIONAL_FIELDS",
+    "PLAIN_FIELDS",
+    "UndecodableEventError",
+    "dead_letter_envelope",
+    "event_from_row",
+    "occurred_at",
+    "publish_parameters",
+]
+
+#: Fields stored and read as they are, in the column order of the insert queries
+#: (``occurred_at`` goes between ``actor`` and ``correlation_id``; ``payload`` last).
+PLAIN_FIELDS = (
+    "event_id",
+    "event_type",
+    "schema_version",
+    "tenant_id",
+    "producer",
+    "subject",
+    "actor",
+    "correlation_id",
+    "causation_id",
+    "traceparent",
+)
+#: Fields that may be absent (NULL), left out of JSON when they are.
+OPTIONAL_FIELDS = ("correlation_id", "causation_id", "traceparent")
+
+_BEFORE_OCCURRED = PLAIN_FIELDS[:7]
+_AFTER_OCCURRED = PLAIN_FIELDS[7:]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EVENT_FIELDS = frozenset(Event.model_fields)
+
+
+class UndecodableEventError(ValueError):
+    """A stored event holds a value Python cannot represent (a dead letter, not a crash)."""
+
+
+def publish_parameters(envelope: Envelope, encoded_payload: str) -> tuple[Any, ...]:
+    """The insert queries' parameters for ``envelope`` (payload already encoded)."""
+    return (
+        *(getattr(envelope, name) for name in _BEFORE_OCCURRED),
+        envelope.occurred_at,
+        *(getattr(envelope, name) for name in _AFTER_OCCURRED),
+        encoded_payload,
+    )
+
+
+def occurred_at(micros: int | None) -> datetime:
+    """``occurred_at`` from microseconds since 1970; UndecodableEventError when out of range."""
+    if micros is None:
+        raise UndecodableEventError("occurred_at is infinite")
+    try:
+        return _EPOCH + timedelta(microseconds=micros)
+    except OverflowError:
+        raise UndecodableEventError(
+            f"occurred_at ({micros} microseconds from 1970) is outside the years 1-9999"
+        ) from None
+
+
+def event_from_row(row: Any, payload: dict[str, Any]) -> Event:
+    """An Event from a row (``occurred_us``, ``position``) and its parsed, valid payload.
+
+    What ``model_construct`` does minus its per-field default handling (every field is
+    given): this runs once per consumed event.
+    """
+    values = {name: row[name] for name in PLAIN_FIELDS}
+    values["occurred_at"] = occurred_at(row["occurred_us"])
+    values["payload"] = payload
+    values["position"] = row["position"]
+    values["attempt"] = 1
+    event = Event.__new__(Event)
+    object.__setattr__(event, "__dict__", values)
+    object.__setattr__(event, "__pydantic_fields_set__", set(_EVENT_FIELDS))
+    object.__setattr__(event, "__pydantic_extra__", None)
+    object.__setattr__(event, "__pydantic_private__", None)
+    return event
+
+
+def dead_letter_envelope(row: Any) -> str:
+    """The envelope of a stored row as JSON text, for its dead letter.
+
+    The payload goes in as stored text: it may be too deep for Python to parse. An
+    ``occurred_at`` Python cannot represent is described instead of failing.
+    """
+    envelope: dict[str, Any] = {}
+    for name in PLAIN_FIELDS:
+        value = row[name]
+        if value is not None or name not in OPTIONAL_FIELDS:
+            envelope[name] = value
+    try:
+        envelope["occurred_at"] = format_timestamp(occurred_at(row["occurred_us"]))
+    except UndecodableEventError as exc:
+        envelope["occurred_at"] = f"unrepresentable: {exc}"
+    head = json.dumps(envelope)
+    return head[:-1] + ', "payload": ' + str(row["payload"]) + "}"

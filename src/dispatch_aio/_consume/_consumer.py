@@ -1,0 +1,754 @@
+"""The consumer runtime: read without gaps, handle in per-subject order, commit outcomes.
+
+Shape of a running consumer (one anyio task group, in a runner task of its own):
+
+- the **listener** (``_listener``) holds a LISTEN connection and wakes the fetch loop
+  for subscribed types (and for replays of this consumer's dead letters);
+- the **fetch loop** asks the **fetcher** (``_fetcher``) to read a batch below the
+  transaction horizon and hand it to the **scheduler** (``_scheduler``, pure), and
+  stores the cursors the scheduler has moved; it pauses while the buffer is full;
+- **workers** (``concurrency`` of them) take groups from the scheduler and run them with
+  the **group runner** (``_runner``): handlers in one transaction, one commit;
+- the **retry clock** unparks subjects when their retry is due.
+
+Failures are classified at the driver boundary (``_storage``): infrastructure failures
+reconnect with a capped exponential backoff and jitter and run the work again (no
+attempt counted); an event's own failure counts an attempt; anything else is a bug: the
+consumer becomes FAILED, ``wait()`` raises :class:`~dispatch_aio.ConsumerFailedError`
+and ``dispatch-aio worker`` exits non-zero.
+
+Teardown: stop fetching; let groups in flight finish up to ``drain_timeout``; cancel the
+rest (their transactions roll back; the events run again later). Commits and rollbacks
+are shielded from cancellation and bounded by ``commit_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import inspect
+import logging
+import math
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import anyio
+import anyio.abc
+import asyncpg
+
+from .._errors import ConsumerFailedError, HorizonError, LifecycleError, UsageError
+from .._migrate import check_schema
+from .._registry import Registry
+from .._sql import channel_for, replay_channel_for
+from .._status import horizon_holders
+from .._storage import Backoff, FailureKind, classify, release
+from .._storage._consumer_store import ConsumerStore
+from .._telemetry import Telemetry
+from .._typed import payload_model_of
+from ._config import ConsumerConfig, HandlerOptions
+from ._fetcher import Fetcher
+from ._listener import Listener
+from ._runner import ConsumerStats, GroupRunner, Handler, Subscription
+from ._scheduler import Scheduler
+
+__all__ = ["Consumer", "ConsumerState", "ConsumerStats"]
+
+logger = logging.getLogger("dispatch_aio.consumer")
+
+_IDLE_RELEASE = 1.0  # seconds a worker keeps its connection with nothing to do
+
+
+class ConsumerState(enum.Enum):
+    """Lifecycle of a Consumer: single use. FAILED: a bug stopped it (``wait()`` raises)."""
+
+    NEW = "new"
+    RUNNING = "running"
+    DRAINING = "draining"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+class Consumer:
+    """Consumes events for one named consumer; handlers registered with :meth:`on`.
+
+    ::
+
+        consumer = Consumer(pool, name="coaching", concurrency=16)
+
+        @consumer.on("credit.locked")
+        async def on_locked(event: Event, conn: asyncpg.Connection) -> None:
+            await conn.execute("...")   # commits with the event's dedup marker
+
+        async with consumer:
+            await consumer.wait()
+
+    The pool needs ``concurrency + 2`` connections to run at full speed (one for the
+    fetch loop, one for the LISTEN connection unless ``listen_connect`` or ``dsn`` opens
+    it outside the pool). A handler that takes a connection runs inside the transaction
+    that records its event's outcome: its writes commit if and only if the event is
+    marked handled.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        name: str | None = None,
+        *,
+        config: ConsumerConfig | None = None,
+        registry: Registry | None = None,
+        telemetry: Telemetry | None = None,
+        listen_connect: Callable[[], Awaitable[asyncpg.Connection]] | None = None,
+        dsn: str | None = None,
+        **options: Any,
+    ) -> None:
+        if config is None:
+            if name is None:
+                raise UsageError("Consumer needs a name: Consumer(pool, name='coaching')")
+            config = ConsumerConfig(name=name, **options)
+        elif name is not None or options:
+            raise UsageError("pass either config=ConsumerConfig(...) or name and options")
+        if listen_connect is not None and dsn is not None:
+            raise UsageError("pass listen_connect or dsn, not both")
+        self.config = config
+        self.name = config.name
+        self.pool = pool
+        self.registry = registry if registry is not None else Registry.load()
+        self.telemetry = telemetry if telemetry is not None else Telemetry.default()
+        self.stats = ConsumerStats()
+        self.listener: Listener | None = None
+        self._listen_connect = listen_connect
+        self._dsn = dsn
+        self._subscriptions: dict[str, Subscription] = {}
+        self._state = ConsumerState.NEW
+        self._failure: BaseException | None = None
+        self._log = {"consumer": self.name}
+
+    # -- registration --------------------------------------------------------------
+
+    def on(
+        self,
+        event_type: str,
+        *,
+        retry_delays: Iterable[float] | None = None,
+        timeout: float | None = None,
+    ) -> Callable[[Handler], Handler]:
+        """Register ``async def handler(event)`` or ``async def handler(event, conn)``.
+
+        ``retry_delays`` and ``timeout`` override the consumer's for this handler. A
+        handler may raise :class:`~dispatch_aio.Reject` (dead-letter now) or
+        :class:`~dispatch_aio.RetryAfter` (retry no sooner than a delay).
+        """
+        if self._state is not ConsumerState.NEW:
+            raise LifecycleError("handlers can only be added before the consumer starts")
+        if callable(event_type):  # @consumer.on written without its event type
+            raise UsageError(
+                '@consumer.on needs the event type: write @consumer.on("order.placed")'
+            )
+        self.registry.current_version(event_type)  # UnknownEventTypeError when unknown
+        if event_type in self._subscriptions:
+            raise UsageError(f"consumer {self.name!r} already has a handler for {event_type!r}")
+        opts = HandlerOptions(
+            retry_delays=tuple(retry_delays) if retry_delays is not None else None,
+            timeout=timeout,
+        )
+
+        def register(handler: Handler) -> Handler:
+            if not inspect.iscoroutinefunction(handler):
+                raise UsageError(f"handler for {event_type!r} must be an async function")
+            positional = [
+                p
+                for p in inspect.signature(handler).parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            ]
+            if len(positional) not in (1, 2):
+                raise UsageError(f"handler for {event_type!r} must take (event) or (event, conn)")
+            self._subscriptions[event_type] = Subscription(
+                event_type=event_type,
+                handler=handler,
+                wants_conn=len(positional) == 2,
+                retry_delays=opts.retry_delays
+                if opts.retry_delays is not None
+                else self.config.retry_delays,
+                timeout=opts.timeout if opts.timeout is not None else self.config.handler_timeout,
+                payload_model=payload_model_of(handler),
+            )
+            return handler
+
+        return register
+
+    @property
+    def state(self) -> ConsumerState:
+        """Where the consumer is in its lifecycle."""
+        return self._state
+
+    @property
+    def event_types(self) -> list[str]:
+        """The subscribed event types."""
+        return list(self._subscriptions)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check the schema and horizon, then run in the background until stopped."""
+        if self._state is not ConsumerState.NEW:
+            raise LifecycleError(
+                f"consumer {self.name!r} is {self._state.value}; "
+                "a Consumer runs once: make a new one"
+            )
+        if not self._subscriptions:
+            raise UsageError(f"consumer {self.name!r} has no handlers: add some with @consumer.on")
+        self._state = ConsumerState.RUNNING
+        try:
+            await self._prepare()
+        except BaseException:
+            self._state = ConsumerState.CLOSED
+            raise
+        scheduler = self._scheduler
+        self._untrack_backlog = self.telemetry.track_backlog(
+            self.name,
+            self.event_types,
+            lambda: [i.event_type for i in list(scheduler.inflight.values())],
+        )
+        self._runner = asyncio.create_task(self._run(), name=f"dispatch-aio consumer {self.name}")
+        started = asyncio.ensure_future(self._started.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {started, self._runner}, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            started.cancel()
+        if self._runner in done:
+            self._raise_failure()
+
+    def stop(self) -> None:
+        """Ask the consumer to drain and stop; returns at once (``wait()`` for the end)."""
+        if self._state is ConsumerState.RUNNING:
+            self._state = ConsumerState.DRAINING
+            self._stop_requested.set()
+            self._wake.set()
+            self._capacity.set()
+            for _ in range(self._workers):
+                self._work.release()
+
+    def abort(self) -> None:
+        """Stop now: cancel handlers in flight (their transactions roll back)."""
+        self.stop()
+        self._abort_requested.set()
+
+    async def wait(self) -> None:
+        """Wait until the consumer has stopped.
+
+        Raises :class:`~dispatch_aio.ConsumerFailedError` (the bug as its cause) when a bug
+        stopped it. Cancelling the wait does not stop the consumer.
+        """
+        if self._state is ConsumerState.NEW:
+            raise LifecycleError("the consumer has not started")
+        try:
+            await asyncio.shield(self._runner)
+        except BaseException:
+            if not self._runner.done():
+                raise  # our caller was cancelled
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        runner = self._runner
+        if runner.done() and not runner.cancelled():
+            exc = runner.exception()
+            if exc is not None:
+                raise exc
+
+    async def aclose(self) -> None:
+        """Stop, drain and release everything. Idempotent."""
+        if self._state is ConsumerState.NEW:
+            self._state = ConsumerState.CLOSED
+            return
+        self.stop()
+        if hasattr(self, "_runner"):
+            await self.wait()
+
+    async def __aenter__(self) -> Consumer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def run(self) -> None:
+        """Run as a worker process: until SIGTERM or SIGINT (a second one aborts)."""
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGTERM, signal.SIGINT)
+
+        def on_signal() -> None:
+            if self._state is ConsumerState.RUNNING:
+                logger.info("signal received: draining", extra=self._log)
+                self.stop()
+            else:
+                logger.warning("second signal: aborting", extra=self._log)
+                self.abort()
+
+        for sig in signals:
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            async with self:
+                await self.wait()
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+    # -- start-up ------------------------------------------------------------------
+
+    async def _prepare(self) -> None:
+        config = self.config
+        self._store = ConsumerStore(config.db_schema, self.name, self.event_types)
+        self._wake = asyncio.Event()
+        self._capacity = asyncio.Event()
+        self._started = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._abort_requested = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._retry_wake = asyncio.Event()
+        self._groups_running = 0
+        self._groups_idle = asyncio.Event()
+        self._groups_idle.set()
+        self._replays_due = True
+        self._waiting_above_horizon = False
+        self._fetch_seq = 0
+        self._idle_seq = -1
+        self._workers = self._worker_count()
+        # Each ready subject releases one waiting worker.
+        self._work = asyncio.Semaphore(0)
+        self._backoff = Backoff(0.1, 5.0)
+        self._replays_read_at = 0.0
+        self._channel = channel_for(config.db_schema)
+        self._replay_channel = replay_channel_for(config.db_schema)
+        async with self.pool.acquire(timeout=config.acquire_timeout) as conn:
+            await check_schema(conn, config.db_schema)
+            await self._check_horizon(conn)
+            await self._store.init_cursors(conn, from_now=config.start_from == "now")
+            stored = await self._store.read_cursors(conn)
+        max_buffered = config.max_buffered or max(
+            4 * config.batch_size, self._workers * config.max_group
+        )
+        self._refill_below = max(config.batch_size, max_buffered // 2)
+        self._scheduler = Scheduler(
+            stored,
+            workers=self._workers,
+            max_group=config.max_group,
+            max_buffered=max_buffered,
+            on_ready=self._work.release,
+        )
+        self._fetcher = Fetcher(
+            self._store,
+            self._scheduler,
+            self.registry,
+            batch_size=config.batch_size,
+            on_dedup_hit=self._dedup_hit,
+            payload_models={
+                t: s.payload_model
+                for t, s in self._subscriptions.items()
+                if s.payload_model is not None
+            },
+        )
+        self._group_runner = GroupRunner(
+            name=self.name,
+            config=config,
+            subscriptions=self._subscriptions,
+            scheduler=self._scheduler,
+            store=self._store,
+            stats=self.stats,
+            telemetry=self.telemetry,
+        )
+
+    def _dedup_hit(self, event_type: str) -> None:
+        self.stats.dedup_hits += 1
+        self.telemetry.dedup_hit(event_type, self.name)
+
+    def _worker_count(self) -> int:
+        """``concurrency``, or fewer when the pool cannot give each worker a connection.
+
+        Each worker holds a connection while it runs a group, the fetch loop holds one
+        and, without ``listen_connect`` or ``dsn``, so does the listener: more workers
+        than the pool can serve would only wait on the pool.
+        """
+        wanted = self.config.concurrency
+        get_max_size = getattr(self.pool, "get_max_size", None)
+        if get_max_size is None:
+            return wanted
+        reserved = 2 if self._listens_on_pool() else 1
+        available = max(1, int(get_max_size()) - reserved)
+        if available < wanted:
+            logger.warning(
+                "the pool has %d connections: running %d workers instead of concurrency=%d "
+                "(give the pool concurrency + 2 connections)",
+                int(get_max_size()),
+                available,
+                wanted,
+                extra=self._log,
+            )
+            return available
+        return wanted
+
+    def _listens_on_pool(self) -> bool:
+        return self.config.listen and self._listen_connect is None and self._dsn is None
+
+    async def _check_horizon(self, conn: asyncpg.Connection) -> None:
+        row = await self._store.horizon_check(conn)
+        next_xid = int(row["next_xid"])
+        for label, value in (("events", row["max_event_xid"]), ("cursors", row["max_cursor_xid"])):
+            if value is not None and int(value) >= next_xid:
+                raise HorizonError(
+                    f"stored {label} carry transaction ids up to {value}, but this cluster "
+                    f"is at {next_xid}: the data was restored from another cluster (a "
+                    "logical dump), and events would stay invisible. Advance the cluster's "
+                    "transaction counter past that id, or renumber the rows; see the "
+                    "operations guide (backups)"
+                )
+
+    async def _run(self) -> None:
+        config = self.config
+        try:
+            async with anyio.create_task_group() as tg:
+                if config.listen:
+                    self.listener = Listener(
+                        self._connect_listener,
+                        [self._channel, self._replay_channel],
+                        self._on_notify,
+                        self._on_listen_connected,
+                        reconnect_delays=config.listen_reconnect_delays,
+                        heartbeat_interval=config.heartbeat_interval,
+                        heartbeat_timeout=config.heartbeat_timeout,
+                        log_extra=self._log,
+                        disconnect=self._disconnect_listener if self._listens_on_pool() else None,
+                    )
+                    await tg.start(self.listener.run)
+                tg.start_soon(self._retry_clock)
+                await self._supervise()
+                tg.cancel_scope.cancel()
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                self._state = ConsumerState.FAILED
+                bug = _first_bug(exc)
+                logger.error("consumer failed: %s: %s", type(bug).__name__, bug, extra=self._log)
+                raise ConsumerFailedError(
+                    f"consumer {self.name!r} stopped on a bug: {type(bug).__name__}: {bug}. "
+                    "Events in flight run again after a restart; please report it"
+                ) from bug
+            raise
+        finally:
+            if self._state is not ConsumerState.FAILED:
+                self._state = ConsumerState.CLOSED
+            self._untrack_backlog()
+            logger.info("consumer stopped", extra=self._log)
+
+    async def _supervise(self) -> None:
+        """Run fetch loop and workers; on stop, drain then cancel what is left."""
+        async with anyio.create_task_group() as workers:
+            workers.start_soon(self._fetch_loop)
+            for _ in range(self._workers):
+                workers.start_soon(self._worker)
+            self._started.set()
+            logger.info("consumer started for %s", ", ".join(self.event_types), extra=self._log)
+            await self._stop_requested.wait()
+            with anyio.move_on_after(self.config.drain_timeout):
+                async with anyio.create_task_group() as waiter:
+                    waiter.start_soon(self._wait_groups_idle, waiter.cancel_scope)
+                    await self._abort_requested.wait()
+                    waiter.cancel_scope.cancel()
+            workers.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.commit_timeout):
+            try:
+                await self._flush_cursors()
+            except Exception as exc:
+                if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
+                    raise
+                # A low-water mark: losing this store costs a re-read, never an event.
+
+    async def _wait_groups_idle(self, scope: anyio.CancelScope) -> None:
+        await self._groups_idle.wait()
+        scope.cancel()
+
+    async def _connect_listener(self) -> asyncpg.Connection:
+        if self._listen_connect is not None:
+            return await self._listen_connect()
+        if self._dsn is not None:
+            return await asyncpg.connect(self._dsn)
+        # Held out of the pool for the listener's session; given back when it ends.
+        conn: asyncpg.Connection = await self.pool.acquire(timeout=self.config.acquire_timeout)
+        return conn
+
+    async def _disconnect_listener(self, conn: asyncpg.Connection) -> None:
+        await release(self.pool, conn, self.config.commit_timeout)
+
+    def _on_notify(self, channel: str, payload: str) -> None:
+        if channel == self._replay_channel:
+            if payload == self.name:
+                self._replays_due = True
+                self._wake.set()
+        elif payload in self._subscriptions:
+            self._wake.set()
+
+    def _on_listen_connected(self) -> None:
+        # Notifications sent while disconnected are lost: read everything once more.
+        self._replays_due = True
+        self._wake.set()
+
+    # -- fetching ------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        config = self.config
+        scheduler = self._scheduler
+        backoff = 0.0
+        failures = Backoff(0.1, max(0.1, min(config.poll_interval, 5.0)))
+        conn: asyncpg.Connection | None = None
+        held_since: float | None = None
+        try:
+            while not self._stop_requested.is_set():
+                if len(scheduler.inflight) >= self._refill_below:
+                    # Enough buffered: read again once the workers have used half of it,
+                    # in one large read rather than many small ones.
+                    self._capacity.clear()
+                    await self._capacity.wait()
+                    continue
+                try:
+                    if conn is None:
+                        conn = await self.pool.acquire(timeout=config.acquire_timeout)
+                    await self._flush_cursors(conn)
+                    full = await self._fetch_once(conn)
+                    failures.reset()
+                except Exception as exc:
+                    if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
+                        raise
+                    delay = failures.next()
+                    self.stats.reconnects += 1
+                    logger.warning(
+                        "fetch failed (%s: %s); again in %.1fs",
+                        type(exc).__name__,
+                        exc,
+                        delay,
+                        extra=self._log,
+                    )
+                    broken, conn = conn, None
+                    await release(self.pool, broken, config.commit_timeout)
+                    await self._sleep_or_wake(delay)
+                    continue
+                if full:
+                    backoff = 0.0
+                    continue
+                if self._waiting_above_horizon:
+                    # Committed events wait behind an older open transaction: look again soon.
+                    now = time.monotonic()
+                    if held_since is None:
+                        held_since = now
+                    elif now - held_since >= config.horizon_warning_after:
+                        held_since = now  # warn again after another interval
+                        await self._warn_horizon(conn)
+                    backoff = min(max(backoff * 2, 0.002), 0.1)
+                    await self._sleep_or_wake(backoff)
+                    continue
+                held_since = None
+                backoff = 0.0
+                if scheduler.idle:
+                    self._idle_seq = self._fetch_seq
+                    self._idle.set()
+                await self._sleep_or_wake(config.poll_interval)
+        finally:
+            await release(self.pool, conn, config.commit_timeout)
+
+    def _listening(self) -> bool:
+        return self.listener is not None and self.listener.connected
+
+    async def _warn_horizon(self, conn: asyncpg.Connection | None) -> None:
+        """Log the open transactions that have kept committed events from this consumer."""
+        if conn is None:
+            return
+        try:
+            holders = await horizon_holders(conn, schema=self.config.db_schema)
+        except Exception as exc:
+            if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
+                raise
+            return
+        for holder in holders[:5]:
+            who = f"pid {holder.pid}" if holder.pid is not None else f"prepared {holder.gid!r}"
+            logger.warning(
+                "committed events wait behind transaction %s (%s, database %s, open %.0fs)",
+                holder.xid,
+                who,
+                holder.database,
+                holder.age_seconds,
+                extra={**self._log, "pid": holder.pid, "age_seconds": holder.age_seconds},
+            )
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        with anyio.move_on_after(seconds):
+            await self._wake.wait()
+        self._wake.clear()
+
+    async def _fetch_once(self, conn: asyncpg.Connection) -> bool:
+        """One read; returns True when the batch was full (more is probably waiting)."""
+        self._idle.clear()
+        self._wake.clear()
+        self._fetch_seq += 1
+        result = await self._fetcher.read(conn)
+        self.stats.fetches += 1
+        self._waiting_above_horizon = result.waiting_above_horizon
+        now = time.monotonic()
+        if not self._listening() and now - self._replays_read_at >= self.config.poll_interval:
+            # Without notifications a replay request is only seen by looking (poll-only
+            # mode, PgBouncer, or while the listener reconnects).
+            self._replays_due = True
+        if self._replays_due:
+            self._replays_read_at = now
+            self._replays_due = False
+            try:
+                await self._fetcher.read_replays(conn)
+            except BaseException:
+                self._replays_due = True
+                raise
+        return result.full
+
+    async def _flush_cursors(self, conn: asyncpg.Connection | None = None) -> None:
+        """Store cursors that moved. A low-water mark: losing one only costs a re-read."""
+        moved = self._scheduler.moved_cursors()
+        if not moved:
+            return
+        if conn is None:
+            async with self.pool.acquire(timeout=self.config.acquire_timeout) as own:
+                await self._store.advance_cursors(own, moved)
+        else:
+            await self._store.advance_cursors(conn, moved)
+        self._scheduler.flushed(moved)
+
+    # -- workers -------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        """Run groups; keep a pool connection while work keeps coming, give it back when idle."""
+        scheduler = self._scheduler
+        work = self._work
+        config = self.config
+        conn: asyncpg.Connection | None = None
+        try:
+            while True:
+                if work.locked():
+                    if conn is None:
+                        await work.acquire()
+                    else:
+                        try:
+                            await asyncio.wait_for(work.acquire(), _IDLE_RELEASE)
+                        except TimeoutError:
+                            # Idle for a while: give the connection back to the pool.
+                            idle, conn = conn, None
+                            await release(self.pool, idle, config.commit_timeout)
+                            continue
+                else:
+                    await work.acquire()  # free: no suspension
+                if self._stop_requested.is_set():
+                    return
+                group = scheduler.take_group()
+                if not group:
+                    continue
+                self._groups_running += 1
+                self._groups_idle.clear()
+                failed = False
+                try:
+                    if conn is None:
+                        conn = await self._acquire_for(group)
+                    if conn is not None:
+                        if not await self._group_runner.run(group, conn):
+                            broken, conn = conn, None
+                            failed = True
+                            await release(self.pool, broken, config.commit_timeout)
+                        else:
+                            self._backoff.reset()
+                    else:
+                        failed = True
+                finally:
+                    self._groups_running -= 1
+                    self._after_group(group)
+                    if self._groups_running == 0:
+                        self._groups_idle.set()
+                if failed:
+                    await anyio.sleep(self._backoff.next())
+        finally:
+            await release(self.pool, conn, config.commit_timeout)
+
+    async def _acquire_for(self, group: list[Any]) -> asyncpg.Connection | None:
+        """A pool connection, or None (the group requeued) when the pool cannot give one."""
+        try:
+            conn: asyncpg.Connection = await self.pool.acquire(timeout=self.config.acquire_timeout)
+            return conn
+        except Exception as exc:
+            if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
+                raise
+            self._scheduler.requeue(group)
+            self.stats.reconnects += 1
+            logger.warning(
+                "no database connection for %d events (%s: %s); they will run again",
+                len(group),
+                type(exc).__name__,
+                exc,
+                extra=self._log,
+            )
+            return None
+
+    def _after_group(self, group: list[Any]) -> None:
+        """Release the group's subjects and put their next events up for a worker."""
+        self._scheduler.release(group)
+        if len(self._scheduler.inflight) < self._refill_below:
+            self._capacity.set()
+        self._wake.set()
+        self._retry_wake.set()
+
+    # -- retries -------------------------------------------------------------------
+
+    async def _retry_clock(self) -> None:
+        scheduler = self._scheduler
+        while True:
+            self._retry_wake.clear()
+            timeout = scheduler.due()
+            with anyio.move_on_after(timeout if timeout is not None else math.inf):
+                await self._retry_wake.wait()
+
+    # -- observation ---------------------------------------------------------------
+
+    async def wait_idle(self) -> None:
+        """Wait until a read begun after this call found nothing, and nothing is in flight.
+
+        Events committed before the call are handled (or dead-lettered) when it returns.
+        Cancelling it leaves nothing behind.
+        """
+        if self._state is ConsumerState.NEW:
+            raise LifecycleError("the consumer has not started")
+        started = self._fetch_seq
+        self._replays_due = True  # a replay may have been asked for just before
+        while True:
+            self._wake.set()
+            waiter = asyncio.ensure_future(self._idle.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    {waiter, self._runner}, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                waiter.cancel()
+            if self._runner in done:
+                self._raise_failure()
+                raise LifecycleError("the consumer stopped before it was idle")
+            if self._idle_seq > started:
+                return
+            self._idle.clear()
+
+    def backlog(self) -> int:
+        """Events read but not yet given an outcome (in this process)."""
+        return len(self._scheduler.inflight)
+
+    def buffered(self) -> int:
+        """Events held in memory (at most about ``max_buffered`` per type, plus a batch)."""
+        return self._scheduler.buffered()
+
+
+def _first_bug(exc: BaseException) -> BaseException:
+    """The first exception of a (nested) exception group, or ``exc`` itself."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

@@ -1,0 +1,130 @@
+"""The fetcher: one read below the transaction horizon, handed to the scheduler.
+
+Its whole interface to the rest of the consumer is :meth:`Fetcher.read` and
+:meth:`Fetcher.read_replays` (on a connection the caller holds) and the scheduler's
+``read_positions`` / ``read`` / ``pull`` / ``add`` verbs: how events are read (below the
+xid horizon today; above it, or per leased partition, later) can change here alone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from .._errors import ContractError
+from .._registry import Registry
+from .._storage._consumer_store import ConsumerStore
+from .._typed import PayloadModel, with_model_payload
+from ._codec import build_event, dead_letter_row
+from ._scheduler import Item, Scheduler
+
+__all__ = ["Fetcher", "ReadResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    """What one read found."""
+
+    #: The batch was full: more is probably waiting; read again at once.
+    full: bool
+    #: Committed events wait above the horizon (behind an older open transaction).
+    waiting_above_horizon: bool
+    #: Events that already had this consumer's outcome (another process finished them).
+    dedup_hits: int
+
+
+class Fetcher:
+    """Reads events for a scheduler, decoding each into an :class:`Item`."""
+
+    def __init__(
+        self,
+        store: ConsumerStore,
+        scheduler: Scheduler,
+        registry: Registry,
+        *,
+        batch_size: int,
+        on_dedup_hit: Callable[[str], None] | None = None,
+        payload_models: Mapping[str, PayloadModel] | None = None,
+    ) -> None:
+        self._store = store
+        self._scheduler = scheduler
+        self._registry = registry
+        self._batch_size = batch_size
+        self._limit = batch_size
+        self._on_dedup_hit = on_dedup_hit
+        self._payload_models = dict(payload_models or {})
+
+    async def read(self, conn: asyncpg.Connection) -> ReadResult:
+        """Read the next batch on ``conn`` (one round trip, outside any transaction)."""
+        scheduler = self._scheduler
+        positions = scheduler.read_positions()
+        if not positions:
+            # Every type holds its cap of events behind a head without an outcome.
+            return ReadResult(False, False, 0)
+        # A full batch means a backlog: read ahead in bigger steps (up to the buffer).
+        limit = self._limit
+        result = await self._store.fetch(conn, positions, limit)
+        make = self._make_item
+        pull = scheduler.pull
+        for row in result.pulled:
+            pull(row, make)
+        hits = 0
+        read = scheduler.read
+        for row in result.candidates:
+            if read(row, make):
+                hits += 1
+                if self._on_dedup_hit is not None:
+                    self._on_dedup_hit(row["event_type"])
+        scheduler.advance()
+        full = len(result.candidates) >= limit
+        room = max(self._batch_size, scheduler.max_buffered - len(scheduler.inflight))
+        self._limit = room if full else self._batch_size
+        return ReadResult(full, result.waiting_above_horizon, hits)
+
+    async def read_replays(self, conn: asyncpg.Connection) -> None:
+        """Queue the dead letters waiting to be replayed, each on a lane of its own."""
+        scheduler = self._scheduler
+        for row in await self._store.fetch_replays(conn, self._batch_size):
+            dead_letter_id = row["dead_letter_id"]
+            if not scheduler.begin_replay(dead_letter_id):
+                continue
+            item = self._make_item(row)
+            item.replay_of = dead_letter_id
+            item.isolate = True
+            # A replay is outside the subject's order: it runs on a lane of its own.
+            item.subject = f"\x00replay:{dead_letter_id}"
+            scheduler.add(item, track=False)
+
+    def _make_item(self, row: Any) -> Item:
+        item = Item(
+            position=row["position"],
+            xid=row["xid"],
+            event_id=row["event_id"],
+            event_type=row["event_type"],
+            subject=row["subject"],
+            row=row,
+            attempts=row["attempts"] or 0,
+        )
+        try:
+            item.event = self._decode(row)
+        except (ContractError, ValueError, RecursionError, TypeError) as exc:
+            # Retrying cannot fix a payload: dead-letter it at once.
+            item.dead_letter = dead_letter_row(row, exc, attempts=item.attempts)
+        return item
+
+    def _decode(self, row: Any) -> Any:
+        payload = json.loads(row["payload"])
+        if not isinstance(payload, dict):
+            raise ValueError("payload is not a JSON object")
+        self._registry.validate_payload(row["event_type"], row["schema_version"], payload)
+        event = build_event(row, payload)
+        model = self._payload_models.get(row["event_type"])
+        if model is not None:
+            # Parsed here, so that a payload the handler's model refuses (a ValueError)
+            # is dead-lettered at once, like one that fails its schema.
+            event = with_model_payload(event, model)
+        return event

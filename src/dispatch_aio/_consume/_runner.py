@@ -1,0 +1,492 @@
+"""The group runner: run a group's handlers in one transaction and commit their outcomes.
+
+A group is head events of ready subjects (from the scheduler). Handlers run one after
+another on one connection; then every outcome (dedup marker, dead letter, finished
+replay) is written and the group commits once. What a failure means is decided by the
+driver boundary (``_storage.classify``):
+
+- *infrastructure* (connection lost, server restarting, deadlock, serialization, commit
+  timeout): the group rolls back and runs again later; no attempt is counted;
+- *the event's own failure* (a handler raised, or was cancelled by something other than
+  the consumer's shutdown; or a single event's outcome cannot be committed): one attempt
+  is counted and stored, the event waits for its retry, or is dead-lettered once its
+  retries are used up; the other events of the group run again;
+- a group that fails to commit for a reason of its own is split: each event then runs
+  alone, and the one that keeps failing is the event's failure;
+- anything else is a bug in the consumer: it propagates and fails the consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from .._signals import Reject, RetryAfter
+from .._storage import classify, commit, is_infrastructure, is_usable, rollback
+from .._storage._consumer_store import ConsumerStore, DeadLetterRow
+from .._storage._driver import FailureKind, keeps_connection
+from .._telemetry import Telemetry
+from .._typed import PayloadModel
+from ._codec import MAX_MESSAGE, dead_letter_row, storable
+from ._config import ConsumerConfig
+from ._scheduler import Item, Outcome, Scheduler
+
+__all__ = ["GroupRunner", "HandlerCancelledError", "Subscription"]
+
+logger = logging.getLogger("dispatch_aio.consumer")
+
+Handler = Callable[..., Awaitable[None]]
+
+
+class HandlerCancelledError(Exception):
+    """A handler was cancelled by something other than the consumer's shutdown.
+
+    For example it awaited a future another task cancelled. It counts as the event's
+    failure (an attempt), so that the consumer neither stops nor loses the event.
+    """
+
+
+class _RerunGroup(Exception):
+    """Infrastructure failed under a handler: roll back, run the group again later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A handler with its retry delays and timeout."""
+
+    event_type: str
+    handler: Handler
+    wants_conn: bool
+    retry_delays: tuple[float, ...]
+    timeout: float | None
+    #: The pydantic model of a handler typed ``Event[Model]``: payloads are parsed into it.
+    payload_model: PayloadModel | None = None
+
+
+@dataclass
+class ConsumerStats:
+    """What a consumer has done since it started (this process only)."""
+
+    handled: int = 0
+    dedup_hits: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    replayed: int = 0
+    groups_committed: int = 0
+    groups_rolled_back: int = 0
+    fetches: int = 0
+    reconnects: int = 0
+
+
+class GroupRunner:
+    """Runs groups for one consumer; reports every outcome to the scheduler."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        config: ConsumerConfig,
+        subscriptions: dict[str, Subscription],
+        scheduler: Scheduler,
+        store: ConsumerStore,
+        stats: ConsumerStats,
+        telemetry: Telemetry,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.subscriptions = subscriptions
+        self.scheduler = scheduler
+        self.store = store
+        self.stats = stats
+        self.telemetry = telemetry
+        self._log = {"consumer": name}
+        self._rng = random.Random()
+        self._limit = config.commit_timeout
+
+    # -- one group -------------------------------------------------------------------
+
+    async def run(self, group: list[Item], conn: asyncpg.Connection) -> bool:
+        """Handle ``group`` on ``conn``; True when ``conn`` can be used again.
+
+        Cancellation (the consumer's shutdown) rolls back and puts the group back.
+        Raises only for a bug in the consumer.
+        """
+        transaction: Any = None
+        ran: list[Item] = []
+        head = group[0]
+        if head.replay_of is not None and head.dead_letter is not None:
+            # A replayed event that still cannot be decoded: the replay failed (replays
+            # run alone); no second dead letter.
+            letter: DeadLetterRow = head.dead_letter
+            await self._replay_failed(head, f"{letter.error_type}: {letter.error_message}", conn)
+            return is_usable(conn)
+        try:
+            failure: tuple[Item, BaseException] | None = None
+            for item in group:
+                if item.dead_letter is not None or item.succeeded:
+                    continue
+                subscription = self.subscriptions[item.event_type]
+                if subscription.wants_conn and transaction is None:
+                    transaction = conn.transaction()
+                    await transaction.start()
+                try:
+                    await self._call(subscription, item, conn)
+                except Exception as exc:
+                    if is_infrastructure(exc, conn):
+                        raise _RerunGroup from exc
+                    failure = (item, exc)
+                    break
+                ran.append(item)
+            if failure is not None:
+                usable = await rollback(transaction, conn, self._limit)
+                transaction = None
+                self.stats.groups_rolled_back += 1
+                self._undo(ran)
+                self.scheduler.requeue(i for i in group if i is not failure[0])
+                await self._fail(*failure, conn if usable else None)
+                return usable
+            statements = (
+                any(i.dead_letter is not None for i in group)
+                + any(i.replay_of is not None for i in group)
+                + any(i.replay_of is None for i in group)
+            )
+            if transaction is None and statements > 1:
+                transaction = conn.transaction()
+                await transaction.start()
+            if not await self._record(conn, group, in_transaction=transaction is not None):
+                return await rollback(transaction, conn, self._limit)
+            if transaction is not None:
+                await commit(transaction, conn, self._limit)
+                transaction = None
+            self._finish(group)
+            return True
+        except Exception as exc:
+            usable = await rollback(transaction, conn, self._limit)
+            self.stats.groups_rolled_back += 1
+            cause = exc.__cause__ if isinstance(exc, _RerunGroup) else exc
+            assert cause is not None
+            if isinstance(exc, _RerunGroup) or classify(exc, handler=False) is (
+                FailureKind.INFRASTRUCTURE
+            ):
+                self._undo(ran)
+                self.scheduler.requeue(group)
+                logger.warning(
+                    "database failed under a group of %d events (%s: %s); they will run again",
+                    len(group),
+                    type(cause).__name__,
+                    cause,
+                    extra=self._log,
+                )
+                return usable and keeps_connection(cause, conn)
+            if isinstance(exc, asyncpg.PostgresError):
+                if len(group) == 1 and group[0].dead_letter is None:
+                    # The event ran alone and its outcome still cannot commit (its
+                    # handler swallowed a database error): its own failure, an attempt.
+                    [item] = group
+                    if item not in ran:
+                        item.attempts += 1
+                    item.succeeded = False
+                    await self._fail(item, exc, conn if usable else None)
+                    return usable
+                self._undo(ran)
+                return await self._commit_failed(group, exc) and usable
+            raise
+        except BaseException:
+            # Cancelled (the consumer stops): nothing committed, the events run again later.
+            await rollback(transaction, conn, self._limit)
+            self._undo(ran)
+            self.scheduler.requeue(group)
+            raise
+
+    async def _commit_failed(self, group: list[Item], exc: asyncpg.PostgresError) -> bool:
+        """The group's outcomes could not be committed, for a reason of its own."""
+        if len(group) > 1:
+            # A handler swallowed a database error, or an outcome could not be written:
+            # run these events one per transaction so the culprit shows itself.
+            for item in group:
+                item.isolate = True
+            self.scheduler.requeue(group)
+            logger.warning(
+                "a group of %d events failed to commit (%s: %s); running them one by one",
+                len(group),
+                type(exc).__name__,
+                exc,
+                extra=self._log,
+            )
+            return True
+        [item] = group
+        letter: DeadLetterRow = item.dead_letter
+        if letter.error_type == "DeadLetterNotStorable":
+            raise exc  # even the plainest row is refused: a bug, fail loudly
+        item.dead_letter = dataclasses.replace(
+            letter,
+            error_type="DeadLetterNotStorable",
+            error_message=storable(
+                f"{letter.error_type}: {letter.error_message} "
+                f"(stored without its traceback: {exc})",
+                MAX_MESSAGE,
+            ),
+            error_traceback=None,
+        )
+        self.scheduler.requeue(group)
+        return True
+
+    # -- handlers --------------------------------------------------------------------
+
+    async def _call(self, subscription: Subscription, item: Item, conn: asyncpg.Connection) -> None:
+        item.attempts += 1
+        event = item.event
+        if item.attempts != event.attempt:
+            event = item.event = event.model_copy(update={"attempt": item.attempts})
+        started = time.time()
+        end_to_end_ms = (started - event.occurred_at.timestamp()) * 1000.0
+        telemetry = self.telemetry
+        try:
+            if telemetry.tracing_enabled():
+                with telemetry.consume_span(
+                    event_type=item.event_type,
+                    event_id=item.event_id,
+                    consumer=self.name,
+                    attempt=item.attempts,
+                    traceparent=event.traceparent,
+                ) as span:
+                    try:
+                        await self._invoke(subscription, event, conn)
+                    except Exception as exc:
+                        telemetry.mark_error(span, exc)
+                        raise
+            else:
+                await self._invoke(subscription, event, conn)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the consumer's own shutdown (or drain timeout)
+            raise HandlerCancelledError(
+                f"the handler of {item.event_type} was cancelled, not by the consumer"
+            ) from None
+        telemetry.observe_latency(
+            item.event_type, self.name, end_to_end_ms, (time.time() - started) * 1000.0
+        )
+
+    @staticmethod
+    async def _invoke(subscription: Subscription, event: Any, conn: asyncpg.Connection) -> None:
+        # asyncio.timeout, not an anyio cancel scope: a tenth of the cost per call, and
+        # this runs once per event. TimeoutError counts as a handler failure.
+        async with asyncio.timeout(subscription.timeout):
+            if subscription.wants_conn:
+                await subscription.handler(event, conn)
+            else:
+                await subscription.handler(event)
+
+    def _undo(self, ran: list[Item]) -> None:
+        """Handlers of a rolled-back group: their attempt neither failed nor counted."""
+        for item in ran:
+            if item.done or item.dead_letter is not None or item.succeeded:
+                continue
+            if self.subscriptions[item.event_type].wants_conn:
+                item.attempts -= 1  # its writes were rolled back: it runs again
+            else:
+                item.succeeded = True  # nothing to undo: only its marker is left to write
+
+    # -- outcomes --------------------------------------------------------------------
+
+    async def _record(
+        self, conn: asyncpg.Connection, group: list[Item], *, in_transaction: bool
+    ) -> bool:
+        """Write the group's outcomes; False when another process finished some first.
+
+        Outside a transaction (one statement, no handler wrote) the markers that went in
+        are already committed: those events are done, the others were done elsewhere.
+        """
+        scheduler = self.scheduler
+        letters = [i.dead_letter for i in group if i.dead_letter is not None]
+        if letters:
+            await self.store.record_dead_letters(conn, letters)
+        replays = [i for i in group if i.replay_of is not None and i.dead_letter is None]
+        if replays:
+            finished = await self.store.finish_replays(conn, [i.replay_of for i in replays])  # type: ignore[misc]
+            lost = [i for i in replays if i.replay_of not in finished]
+            if lost:
+                for item in lost:
+                    scheduler.complete(item, Outcome.DONE_ELSEWHERE)
+                    if item.replay_of is not None:
+                        scheduler.end_replay(item.replay_of)
+                self._undo([i for i in group if i not in lost])
+                scheduler.requeue(i for i in group if i not in lost)
+                return False
+        regular = [i for i in group if i.replay_of is None]
+        if regular:
+            ids = [i.event_id for i in regular]
+            outcomes = [
+                "dead_lettered" if i.dead_letter is not None else "handled" for i in regular
+            ]
+            inserted = await self.store.record_outcomes(
+                conn,
+                ids,
+                outcomes,
+                [i.event_type for i in regular],
+                [i.xid for i in regular],
+                [i.position for i in regular],
+            )
+            if len(inserted) != len(regular):
+                for item in regular:
+                    if item.event_id not in inserted:
+                        self._account(item, Outcome.DONE_ELSEWHERE)
+                if not in_transaction:
+                    return True  # the markers that went in are committed: all done
+                # Another process of this consumer finished some of these first: drop our
+                # effects for the whole group; the others run again.
+                rest = [i for i in group if not i.done]
+                self._undo(rest)
+                scheduler.requeue(rest)
+                return False
+        return True
+
+    def _finish(self, group: list[Item]) -> None:
+        self.stats.groups_committed += 1
+        for item in group:
+            if item.done:
+                continue  # finished by another process of this consumer
+            if item.replay_of is not None and item.dead_letter is None:
+                self._account(item, Outcome.REPLAYED)
+            elif item.dead_letter is not None:
+                self._account(item, Outcome.DEAD_LETTERED)
+            else:
+                self._account(item, Outcome.HANDLED)
+
+    def _account(self, item: Item, outcome: Outcome) -> None:
+        """One call per outcome: statistics, telemetry, log, then the scheduler."""
+        stats, telemetry, name = self.stats, self.telemetry, self.name
+        if outcome is Outcome.HANDLED:
+            stats.handled += 1
+            telemetry.consumed(item.event_type, name, item.row["producer"], "handled")
+        elif outcome is Outcome.DONE_ELSEWHERE:
+            stats.dedup_hits += 1
+            telemetry.dedup_hit(item.event_type, name)
+        elif outcome is Outcome.REPLAYED:
+            stats.replayed += 1
+            telemetry.consumed(item.event_type, name, item.row["producer"], "replayed")
+        elif outcome is Outcome.DEAD_LETTERED:
+            letter: DeadLetterRow = item.dead_letter
+            stats.dead_lettered += 1
+            reason = "exhausted" if letter.attempts else "invalid"
+            telemetry.dead_lettered(item.event_type, name, reason)
+            telemetry.consumed(item.event_type, name, item.row["producer"], "dead_lettered")
+            logger.warning(
+                "dead-lettered event %s (%s) after %d attempts: %s: %s",
+                item.event_id,
+                item.event_type,
+                letter.attempts,
+                letter.error_type,
+                letter.error_message[:500],
+                extra={
+                    **self._log,
+                    "event_id": item.event_id,
+                    "event_type": item.event_type,
+                    "dead_letter_id": letter.dead_letter_id,
+                    "reason": letter.error_type,
+                },
+            )
+        self.scheduler.complete(item, outcome)
+
+    async def _fail(
+        self, failed: Item, exc: BaseException, conn: asyncpg.Connection | None
+    ) -> None:
+        """The event's own failure: retry it later, or dead-letter it."""
+        delays = self.subscriptions[failed.event_type].retry_delays
+        log = {
+            **self._log,
+            "event_type": failed.event_type,
+            "event_id": failed.event_id,
+            "attempt": failed.attempts,
+        }
+        if failed.replay_of is not None:
+            await self._replay_failed(failed, f"{type(exc).__name__}: {exc}", conn)
+            return
+        retry = not isinstance(exc, Reject) and failed.attempts <= len(delays)
+        if retry:
+            delay = delays[failed.attempts - 1] * (
+                1 + self._rng.uniform(0, self.config.retry_jitter)
+            )
+            if isinstance(exc, RetryAfter):
+                delay = max(delay, exc.delay)
+            self.stats.retried += 1
+            self.telemetry.retried(failed.event_type, self.name)
+            logger.warning(
+                "handler failed (%s: %s); retry %d in %.2fs",
+                type(exc).__name__,
+                exc,
+                failed.attempts,
+                delay,
+                extra=log,
+            )
+            self.scheduler.retry(failed, delay)
+            await self._store_attempt(failed, exc, conn)
+            return
+        logger.error(
+            "handler failed %d times (%s: %s); dead-lettering",
+            failed.attempts,
+            type(exc).__name__,
+            exc,
+            extra=log,
+        )
+        self.scheduler.dead_letter(
+            failed, dead_letter_row(failed.row, exc, attempts=failed.attempts)
+        )
+
+    async def _store_attempt(
+        self, item: Item, exc: BaseException, conn: asyncpg.Connection | None
+    ) -> None:
+        """Persist the count, so a restart continues it; a failure here only logs."""
+        if conn is None or not is_usable(conn):
+            return
+        try:
+            await self.store.record_attempt(
+                conn,
+                item.event_id,
+                item.attempts,
+                storable(f"{type(exc).__name__}: {exc}", MAX_MESSAGE),
+            )
+        except Exception as error:
+            if classify(error, handler=False) is not FailureKind.INFRASTRUCTURE:
+                raise
+            logger.warning(
+                "could not store attempt %d (%s: %s)",
+                item.attempts,
+                type(error).__name__,
+                error,
+                extra={**self._log, "event_id": item.event_id},
+            )
+
+    async def _replay_failed(self, item: Item, error: str, conn: asyncpg.Connection | None) -> None:
+        """Record a failed replay; left pending (read again later) when it cannot be."""
+        self.scheduler.complete(item, Outcome.REPLAY_FAILED)
+        logger.warning(
+            "replay of dead letter %s failed again: %s",
+            item.replay_of,
+            error[:500],
+            extra={**self._log, "event_id": item.event_id, "event_type": item.event_type},
+        )
+        if conn is None:
+            return
+        try:
+            await self.store.fail_replay(
+                conn, item.replay_of or "", storable(error, MAX_MESSAGE), item.attempts
+            )
+        except Exception as failure:
+            if classify(failure, handler=False) is not FailureKind.INFRASTRUCTURE:
+                raise
+            logger.warning(
+                "could not record a failed replay (%s: %s)",
+                type(failure).__name__,
+                failure,
+                extra={**self._log, "event_id": item.event_id},
+            )

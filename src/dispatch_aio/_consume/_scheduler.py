@@ -1,0 +1,362 @@
+"""The scheduler: the one owner of every in-flight event's state. Pure: no I/O, no asyncio.
+
+What it holds:
+
+- **per-subject queues**: events of one subject, in position (commit) order; only the
+  head of a subject runs, and a subject runs in one group at a time (``busy``);
+- the **ready queue**: subjects whose head can run now;
+- **per-type low-water marks**: for each event type, the events read in cursor order;
+  the prefix that has an outcome moves the committed cursor (what is stored);
+- the **retry heap**: subjects parked until their head's retry is due, on an injectable
+  clock;
+- the **in-flight** set (read, no outcome yet) and the **recently done** set (so that a
+  read overlapping an earlier one does not run an event twice).
+
+Its verbs: :meth:`~Scheduler.read` and :meth:`~Scheduler.pull` (the fetcher hands over
+what it read), :meth:`~Scheduler.take_group`, :meth:`~Scheduler.complete`,
+:meth:`~Scheduler.requeue`, :meth:`~Scheduler.retry`, :meth:`~Scheduler.dead_letter`,
+:meth:`~Scheduler.release` (the group runner reports back) and :meth:`~Scheduler.due`
+(the retry clock). Every outcome is one of :class:`Outcome`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import enum
+import heapq
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Item", "Outcome", "Scheduler"]
+
+_RECENT_LIMIT = 4096
+
+
+class Outcome(enum.Enum):
+    """How an event left the scheduler."""
+
+    HANDLED = "handled"  # its handler succeeded; the marker committed with its writes
+    DEAD_LETTERED = "dead_lettered"  # failed for good (or undecodable); a row says why
+    DONE_ELSEWHERE = "done_elsewhere"  # another process of this consumer finished it
+    REPLAYED = "replayed"  # a replayed dead letter succeeded
+    REPLAY_FAILED = "replay_failed"  # a replayed dead letter failed again
+
+
+@dataclass(slots=True, eq=False)
+class Item:
+    """One event on its way to an outcome."""
+
+    position: int
+    xid: int
+    event_id: str
+    event_type: str
+    subject: str
+    #: The row as read (released once the event is done: memory stays bounded).
+    row: Any
+    #: The decoded event handed to the handler; None when the row could not be decoded.
+    event: Any = None
+    #: Attempts so far (failures recorded earlier included).
+    attempts: int = 0
+    #: Set when the next group must dead-letter the event instead of handling it.
+    dead_letter: Any = None
+    #: A handler without a connection succeeded; only its marker is left to commit.
+    succeeded: bool = False
+    #: The dead letter this run replays, if it is a replay.
+    replay_of: str | None = None
+    #: Run alone in its group (a replay, or a suspect after a group failed to commit).
+    isolate: bool = False
+    done: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Subject:
+    items: list[Item] = field(default_factory=list)
+    busy: bool = False
+    parked: bool = False
+    queued: bool = False
+
+
+class _Done:
+    """A cursor entry for an event that already had an outcome when read."""
+
+    __slots__ = ("done", "position", "xid")
+
+    def __init__(self, xid: int, position: int) -> None:
+        self.xid = xid
+        self.position = position
+        self.done = True
+
+
+@dataclass(slots=True)
+class _TypeCursor:
+    read: tuple[int, int]
+    committed: tuple[int, int]
+    flushed: tuple[int, int]
+    entries: collections.deque[Item | _Done] = field(default_factory=collections.deque)
+
+
+def _by_position(item: Item) -> int:
+    return item.position
+
+
+class Scheduler:
+    """Per-subject queues, ready queue, low-water marks, retry heap; see the module doc.
+
+    ``on_ready`` is called each time a subject joins the ready queue (the consumer wakes
+    a worker there). ``clock`` gives monotonic seconds (the retry heap's time).
+    """
+
+    def __init__(
+        self,
+        cursors: dict[str, tuple[int, int]],
+        *,
+        workers: int = 1,
+        max_group: int = 200,
+        max_buffered: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        self.workers = max(1, workers)
+        self.max_group = max_group
+        self.max_buffered = max_buffered
+        self.clock = clock
+        self._on_ready = on_ready
+        self.cursors = {t: _TypeCursor(read=c, committed=c, flushed=c) for t, c in cursors.items()}
+        self.subjects: dict[str, _Subject] = {}
+        self.ready: collections.deque[str] = collections.deque()
+        self.inflight: dict[int, Item] = {}
+        self.replays: set[str] = set()
+        self._recent: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._retry_heap: list[tuple[float, int, str]] = []
+        self._retry_seq = 0
+
+    # -- what the fetcher hands over ---------------------------------------------------
+
+    def read_positions(self) -> dict[str, tuple[int, int]]:
+        """Where to read next, per type; types holding ``max_buffered`` events are left out.
+
+        A stuck head keeps every later event of its type in memory until it has an
+        outcome: stopping the read there bounds that memory, whatever waits behind it.
+        """
+        cap = self.max_buffered
+        return {t: c.read for t, c in self.cursors.items() if len(c.entries) < cap}
+
+    def read(self, row: Any, make: Callable[[Any], Item]) -> bool:
+        """Take an event read in cursor order; True when it was already done (dedup hit).
+
+        ``row`` has ``event_type``, ``xid``, ``position`` and ``handled``; ``make(row)``
+        builds the item (decoding is only paid for events that will run).
+        """
+        xid, position = row["xid"], row["position"]
+        cursor = self.cursors[row["event_type"]]
+        cursor.read = (xid, position)
+        if row["handled"]:
+            cursor.entries.append(_Done(xid, position))
+            return True
+        existing = self.inflight.get(position)
+        if existing is not None:
+            cursor.entries.append(existing)
+            return False
+        if position in self._recent:
+            cursor.entries.append(_Done(xid, position))
+            return False
+        item = make(row)
+        cursor.entries.append(item)
+        self.add(item)
+        return False
+
+    def pull(self, row: Any, make: Callable[[Any], Item]) -> None:
+        """Take an event read ahead of its type's cursor (to keep its subject's order)."""
+        position = row["position"]
+        if row["handled"] or position in self.inflight or position in self._recent:
+            return
+        self.add(make(row))
+
+    def add(self, item: Item, *, track: bool = True) -> None:
+        """Queue an event behind the earlier ones of its subject."""
+        if track:
+            self.inflight[item.position] = item
+        subject = self.subjects.get(item.subject)
+        if subject is None:
+            subject = self.subjects[item.subject] = _Subject()
+        bisect.insort(subject.items, item, key=_by_position)
+        self._mark_ready(item.subject, subject)
+
+    def begin_replay(self, dead_letter_id: str) -> bool:
+        """Claim a replay; False when it is already in flight here."""
+        if dead_letter_id in self.replays:
+            return False
+        self.replays.add(dead_letter_id)
+        return True
+
+    def end_replay(self, dead_letter_id: str) -> None:
+        """A replay has its outcome (or could not be recorded and is read again later)."""
+        self.replays.discard(dead_letter_id)
+
+    # -- what the group runner reports -------------------------------------------------
+
+    def fair_limit(self) -> int:
+        """Events per group: ``max_group``, or a fair share of what is waiting."""
+        return min(self.max_group, max(1, math.ceil(len(self.inflight) / self.workers)))
+
+    def take_group(self, limit: int | None = None) -> list[Item]:
+        """Head events of ready subjects, for one transaction; their subjects become busy.
+
+        An isolated event runs alone. Empty when nothing is ready.
+        """
+        if limit is None:
+            limit = self.fair_limit()
+        group: list[Item] = []
+        ready = self.ready
+        while ready and len(group) < limit:
+            key = ready.popleft()
+            subject = self.subjects.get(key)
+            if subject is None:
+                continue
+            subject.queued = False
+            if not subject.items or subject.busy or subject.parked:
+                continue
+            items = subject.items
+            if items[0].isolate:
+                if group:
+                    self._mark_ready(key, subject)  # for the next worker
+                    break
+                subject.busy = True
+                group.append(items.pop(0))
+                break
+            subject.busy = True
+            while items and len(group) < limit and not items[0].isolate:
+                group.append(items.pop(0))
+        return group
+
+    def requeue(self, items: Iterable[Item]) -> None:
+        """Put events back at their place in their subjects (to run in a later group)."""
+        for item in items:
+            subject = self.subjects.get(item.subject)
+            if subject is None:
+                subject = self.subjects[item.subject] = _Subject()
+            bisect.insort(subject.items, item, key=_by_position)
+
+    def retry(self, item: Item, delay: float) -> None:
+        """Put ``item`` back and park its subject for ``delay`` seconds."""
+        self.requeue([item])
+        subject = self.subjects[item.subject]
+        subject.parked = True
+        self._retry_seq += 1
+        heapq.heappush(self._retry_heap, (self.clock() + delay, self._retry_seq, item.subject))
+
+    def dead_letter(self, item: Item, row: Any) -> None:
+        """Put ``item`` back to be dead-lettered (with ``row``) by the next group."""
+        item.dead_letter = row
+        item.isolate = True
+        self.requeue([item])
+
+    def complete(self, item: Item, outcome: Outcome) -> None:
+        """``item`` has its outcome: it leaves the in-flight set; cursors may move."""
+        item.done = True
+        # Only position and xid stay (in a cursor entry): the payload is let go now.
+        item.row = item.event = item.dead_letter = None
+        if outcome is Outcome.REPLAYED or outcome is Outcome.REPLAY_FAILED:
+            if item.replay_of is not None:
+                self.replays.discard(item.replay_of)
+            subject = self.subjects.get(item.subject)
+            if subject is not None and not subject.items and not subject.busy:
+                del self.subjects[item.subject]
+            return
+        self.inflight.pop(item.position, None)
+        recent = self._recent
+        recent[item.position] = None
+        if len(recent) > _RECENT_LIMIT:
+            recent.popitem(last=False)
+        cursor = self.cursors.get(item.event_type)
+        if cursor is not None:
+            self._advance(cursor)
+
+    def release(self, group: list[Item]) -> None:
+        """The group is over: its subjects are free and their next events can run."""
+        subjects = self.subjects
+        for item in group:
+            subject = subjects.get(item.subject)
+            if subject is None or not subject.busy:
+                continue
+            subject.busy = False
+            if subject.items:
+                self._mark_ready(item.subject, subject)
+            elif not subject.parked:
+                del subjects[item.subject]
+
+    # -- the retry clock ---------------------------------------------------------------
+
+    def due(self) -> float | None:
+        """Unpark subjects whose retry is due; seconds until the next one (None: none)."""
+        heap = self._retry_heap
+        now = self.clock()
+        while heap and heap[0][0] <= now:
+            _, _, key = heapq.heappop(heap)
+            subject = self.subjects.get(key)
+            if subject is not None:
+                subject.parked = False
+                self._mark_ready(key, subject)
+        return heap[0][0] - now if heap else None
+
+    # -- cursors -----------------------------------------------------------------------
+
+    def advance(self) -> None:
+        """Move every type's committed cursor over its prefix of finished events."""
+        for cursor in self.cursors.values():
+            self._advance(cursor)
+
+    def moved_cursors(self) -> dict[str, tuple[int, int]]:
+        """Committed cursors not stored yet."""
+        return {t: c.committed for t, c in self.cursors.items() if c.committed > c.flushed}
+
+    def flushed(self, moved: dict[str, tuple[int, int]]) -> None:
+        """``moved`` (from :meth:`moved_cursors`) is stored."""
+        for event_type, value in moved.items():
+            self.cursors[event_type].flushed = value
+
+    # -- observation -------------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight, waiting for a retry, or being replayed."""
+        return not self.inflight and not self._retry_heap and not self.replays
+
+    def buffered(self) -> int:
+        """Events held in memory: in flight, plus finished ones held by a cursor entry."""
+        return max(
+            len(self.inflight), max((len(c.entries) for c in self.cursors.values()), default=0)
+        )
+
+    def oldest_held(self) -> Item | None:
+        """The head event of the type whose cursor holds the most events behind it."""
+        best: Item | None = None
+        held = 0
+        for cursor in self.cursors.values():
+            if cursor.entries and len(cursor.entries) > held:
+                head = cursor.entries[0]
+                if isinstance(head, Item):
+                    best, held = head, len(cursor.entries)
+        return best
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _mark_ready(self, key: str, subject: _Subject) -> None:
+        if subject.items and not (subject.busy or subject.parked or subject.queued):
+            subject.queued = True
+            self.ready.append(key)
+            if self._on_ready is not None:
+                self._on_ready()
+
+    @staticmethod
+    def _advance(cursor: _TypeCursor) -> None:
+        entries = cursor.entries
+        last = None
+        while entries and entries[0].done:
+            last = entries.popleft()
+        if last is not None:
+            cursor.committed = (last.xid, last.position)

@@ -1,0 +1,81 @@
+"""The envelope codec without a database: publish parameters, row to Event, dead letters."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from dispatch_aio import Envelope
+from dispatch_aio._codec import (
+    PLAIN_FIELDS,
+    dead_letter_envelope,
+    event_from_row,
+    publish_parameters,
+)
+
+WHEN = datetime(2026, 5, 9, 19, 0, 0, 123456, tzinfo=UTC)
+
+
+def envelope() -> Envelope:
+    return Envelope(
+        event_id="evt_1",
+        event_type="credit.locked",
+        schema_version=1,
+        occurred_at=WHEN,
+        tenant_id="tnt_1",
+        producer="revenue",
+        subject="per_1",
+        actor="system:revenue",
+        payload={"a": 1},
+        causation_id="evt_0",
+    )
+
+
+def stored(env: Envelope) -> dict[str, object]:
+    """A row as the consumer's read returns it."""
+    row: dict[str, object] = {name: getattr(env, name) for name in PLAIN_FIELDS}
+    row["occurred_us"] = int((WHEN - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()) * 10**6
+    row["occurred_us"] = row["occurred_us"] + WHEN.microsecond  # type: ignore[operator]
+    row["payload"] = json.dumps(env.payload)
+    row["position"] = 7
+    return row
+
+
+def test_publish_parameters_follow_the_insert_column_order() -> None:
+    env = envelope()
+    params = publish_parameters(env, '{"a":1}')
+    assert params == (
+        "evt_1",
+        "credit.locked",
+        1,
+        "tnt_1",
+        "revenue",
+        "per_1",
+        "system:revenue",
+        WHEN,
+        None,
+        "evt_0",
+        None,
+        '{"a":1}',
+    )
+
+
+def test_a_row_becomes_the_event_that_was_published() -> None:
+    env = envelope()
+    event = event_from_row(stored(env), {"a": 1})
+    assert event.model_dump(exclude={"position", "attempt"}) == env.model_dump()
+    assert event.position == 7
+    assert event.attempt == 1
+
+
+def test_dead_letter_envelope_is_the_json_envelope_with_optional_fields_left_out() -> None:
+    env = envelope()
+    data = json.loads(dead_letter_envelope(stored(env)))
+    assert data == env.to_json_dict()
+
+
+def test_dead_letter_envelope_of_an_unrepresentable_occurred_at() -> None:
+    row = stored(envelope())
+    row["occurred_us"] = None
+    data = json.loads(dead_letter_envelope(row))
+    assert data["occurred_at"].startswith("unrepresentable")

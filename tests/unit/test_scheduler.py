@@ -1,0 +1,192 @@
+"""The consumer's scheduler, without a database: order, groups, retries, cursors, memory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dispatch_aio._consume._scheduler import Item, Outcome, Scheduler
+
+TYPE = "credit.locked"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def row(
+    position: int, subject: str = "s1", *, xid: int | None = None, handled: bool = False
+) -> dict[str, Any]:
+    return {
+        "position": position,
+        "xid": xid if xid is not None else position,
+        "event_id": f"evt_{position}",
+        "event_type": TYPE,
+        "subject": subject,
+        "handled": handled,
+    }
+
+
+def make(r: dict[str, Any]) -> Item:
+    return Item(
+        position=r["position"],
+        xid=r["xid"],
+        event_id=r["event_id"],
+        event_type=r["event_type"],
+        subject=r["subject"],
+        row=r,
+    )
+
+
+def scheduler(**options: Any) -> Scheduler:
+    return Scheduler({TYPE: (0, 0)}, **options)
+
+
+def test_one_subject_runs_in_position_order_one_group_at_a_time() -> None:
+    s = scheduler(workers=1, max_group=10)
+    for position in (3, 1, 2):
+        s.read(row(position), make)
+    group = s.take_group()
+    assert [i.position for i in group] == [1, 2, 3]
+    assert s.take_group() == []  # the subject is busy
+
+
+def test_subjects_are_spread_over_workers() -> None:
+    s = scheduler(workers=2, max_group=10)
+    for position, subject in enumerate(["a", "b", "c", "d"], start=1):
+        s.read(row(position, subject), make)
+    first = s.take_group()
+    second = s.take_group()
+    assert len(first) == len(second) == 2  # a fair share each
+    assert {i.subject for i in first} | {i.subject for i in second} == {"a", "b", "c", "d"}
+
+
+def test_complete_moves_the_low_water_mark_over_the_finished_prefix_only() -> None:
+    s = scheduler(workers=4, max_group=1)
+    for position, subject in ((1, "a"), (2, "b"), (3, "c")):
+        s.read(row(position, subject), make)
+    groups = [s.take_group() for _ in range(3)]
+    by_position = {g[0].position: g[0] for g in groups}
+    s.complete(by_position[2], Outcome.HANDLED)
+    s.complete(by_position[3], Outcome.HANDLED)
+    assert s.moved_cursors() == {}  # 1 has no outcome yet
+    s.complete(by_position[1], Outcome.HANDLED)
+    assert s.moved_cursors() == {TYPE: (3, 3)}
+    s.flushed(s.moved_cursors())
+    assert s.moved_cursors() == {}
+    assert s.idle
+
+
+def test_retry_parks_the_subject_until_due_on_the_injected_clock() -> None:
+    clock = Clock()
+    s = scheduler(clock=clock, workers=1, max_group=10)
+    s.read(row(1, "a"), make)
+    s.read(row(2, "a"), make)
+    first, second = s.take_group()
+    s.requeue([second])
+    s.retry(first, 5.0)
+    s.release([first, second])
+    s.read(row(3, "b"), make)
+    # Subject a waits for its retry; b does not wait for a.
+    assert [i.position for i in s.take_group()] == [3]
+    clock.now += 4.9
+    assert s.due() is not None
+    assert s.take_group() == []
+    clock.now += 0.2
+    assert s.due() is None
+    assert [i.position for i in s.take_group()] == [1, 2]
+
+
+def test_dedup_hits_and_rereads_do_not_run_events_twice() -> None:
+    s = scheduler()
+    assert s.read(row(1, handled=True), make) is True
+    s.read(row(2), make)
+    [item] = s.take_group()
+    s.complete(item, Outcome.HANDLED)
+    s.release([item])
+    s.read(row(2), make)  # an overlapping read sees it again
+    assert s.take_group() == []
+    assert s.moved_cursors() == {TYPE: (2, 2)}
+
+
+def test_an_isolated_event_runs_alone() -> None:
+    s = scheduler(workers=1, max_group=10)
+    for position, subject in ((1, "a"), (2, "b"), (3, "c")):
+        s.read(row(position, subject), make)
+    s.inflight[2].isolate = True
+    groups = []
+    while True:
+        group = s.take_group()
+        if not group:
+            break
+        groups.append([i.position for i in group])
+    assert [2] in groups
+    assert sorted(p for g in groups for p in g) == [1, 2, 3]
+
+
+def test_reading_pauses_for_a_type_at_the_buffer_cap_behind_a_stuck_head() -> None:
+    s = scheduler(workers=4, max_group=1, max_buffered=5)
+    for position in range(1, 6):
+        s.read(row(position, f"s{position}"), make)
+    stuck = s.take_group()[0]
+    assert stuck.position == 1
+    while group := s.take_group():
+        s.complete(group[0], Outcome.HANDLED)
+        s.release(group)
+    # Four finished events wait behind the stuck head: the cap is reached.
+    assert s.read_positions() == {}
+    assert s.buffered() == 5
+    assert s.oldest_held() is stuck
+    s.complete(stuck, Outcome.HANDLED)
+    assert s.read_positions() == {TYPE: (5, 5)}
+    assert s.buffered() == 0
+
+
+def test_done_events_let_go_of_their_rows() -> None:
+    s = scheduler()
+    s.read(row(1), make)
+    [item] = s.take_group()
+    assert item.row is not None
+    s.complete(item, Outcome.HANDLED)
+    assert item.row is None
+    assert item.event is None
+    assert item.done
+
+
+def test_a_dead_letter_goes_back_isolated_with_its_row() -> None:
+    s = scheduler()
+    s.read(row(1), make)
+    [item] = s.take_group()
+    s.dead_letter(item, "the row")
+    s.release([item])
+    [again] = s.take_group()
+    assert again is item
+    assert item.dead_letter == "the row"
+    assert item.isolate
+
+
+def test_replays_are_tracked_apart_from_the_cursor() -> None:
+    s = scheduler()
+    assert s.begin_replay("dlq_1")
+    assert not s.begin_replay("dlq_1")
+    replay = make(row(7, "\x00replay:dlq_1"))
+    replay.replay_of = "dlq_1"
+    s.add(replay, track=False)
+    assert not s.idle
+    [item] = s.take_group()
+    s.complete(item, Outcome.REPLAYED)
+    s.release([item])
+    assert s.idle
+    assert s.moved_cursors() == {}
+
+
+def test_on_ready_is_called_once_per_subject_becoming_ready() -> None:
+    calls: list[int] = []
+    s = Scheduler({TYPE: (0, 0)}, on_ready=lambda: calls.append(1))
+    s.read(row(1, "a"), make)
+    s.read(row(2, "a"), make)
+    s.read(row(3, "b"), make)
+    assert len(calls) == 2
