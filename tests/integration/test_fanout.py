@@ -35,7 +35,6 @@ from .helpers import eventually, locked_payload, uid
 pytestmark = pytest.mark.anyio
 
 REGISTRY = Registry.load()
-HONOURED = "consumer honours Reject/RetryAfter in the restructure"
 
 
 async def publish(dispatcher: Dispatcher, count: int, subjects: int = 5) -> list[str]:
@@ -155,7 +154,6 @@ async def test_server_errors_and_connection_errors_are_retried(
     assert all(r["error_type"] == "ConnectError" for r in letters)
 
 
-@pytest.mark.xfail(reason=HONOURED, strict=True)
 async def test_410_gone_dead_letters_at_once_with_the_reason(
     dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
 ) -> None:
@@ -171,7 +169,6 @@ async def test_410_gone_dead_letters_at_once_with_the_reason(
     assert len(subscriber.received) == 1
 
 
-@pytest.mark.xfail(reason=HONOURED, strict=True)
 async def test_other_4xx_dead_letters_without_retries(
     dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
 ) -> None:
@@ -187,7 +184,6 @@ async def test_other_4xx_dead_letters_without_retries(
     assert len(subscriber.received) == 1
 
 
-@pytest.mark.xfail(reason=HONOURED, strict=True)
 async def test_429_waits_at_least_the_retry_after_it_asks_for(
     dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
 ) -> None:
