@@ -18,6 +18,7 @@ Every error derives from :class:`DispatchError`::
     │   └── EventValidationError          names event type, version and JSON path
     │       ├── InvalidEnvelopeError
     │       └── InvalidPayloadError
+    ├── LeaseLostError                  this process no longer holds a partition's lease
     ├── DeadLetterError
     │   ├── DeadLetterNotFoundError
     │   └── DeadLetterAlreadyResolvedError
@@ -43,6 +44,7 @@ __all__ = [
     "InvalidEnvelopeError",
     "InvalidIdentifierError",
     "InvalidPayloadError",
+    "LeaseLostError",
     "LifecycleError",
     "NotInTransactionError",
     "PayloadTooLargeError",
@@ -165,6 +167,18 @@ class InvalidPayloadError(EventValidationError):
     """The payload fails the registered payload schema."""
 
     what = "payload"
+
+
+class LeaseLostError(DispatchError):
+    """Another process of the consumer took over partitions this process was handling.
+
+    Raised from inside an outcome transaction, which must roll back: the events of
+    those partitions are the new owner's now. Not a failure of the events: drop them.
+    """
+
+    def __init__(self, message: str, partitions: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.partitions = partitions
 
 
 class DeadLetterError(DispatchError):

@@ -1,0 +1,1 @@
+"""The consumer's parts: reading, scheduling, groups, partitions and leases."""
