@@ -189,13 +189,6 @@ async def check_effects(conn: asyncpg.Connection, expected: int, label: str) -> 
         )
 
 
-def rebalance_supported() -> bool:
-    """Whether this tree's consumers lease partitions (ADR 0005) yet."""
-    from dispatch_aio import ConsumerConfig
-
-    return "lease_timeout" in ConsumerConfig.model_fields
-
-
 UNSERVED = """
 SELECT count(*) FROM dispatcher_lease l
 WHERE l.consumer = $1 AND (l.owner IS NULL OR l.owner = $2 OR NOT EXISTS (
@@ -212,9 +205,9 @@ async def until_zero(pool: asyncpg.Pool, consumer: str, gone: str) -> None:
         await asyncio.sleep(0.01)
 
 
-async def rebalance(server: common.BenchServer) -> list[tuple[str, float]]:
+async def rebalance(server: common.BenchServer) -> list[tuple[str, float]] | None:
     """Seconds from SIGTERM, then from kill -9, of one of 3 workers until every partition
-    is held by a live other member again."""
+    is held by a live other member again; None when workers do not join a group yet."""
     name = "scale_rebalance"
     dsn = await server.create_database(name)
     pool = await common.open_pool(dsn, 2)
@@ -225,6 +218,11 @@ async def rebalance(server: common.BenchServer) -> list[tuple[str, float]]:
         workers = [await Worker.spawn(dsn, name, "io", 4) for _ in range(3)]
         for worker in workers:
             await asyncio.wait_for(worker.started.wait(), START_TIMEOUT)
+        members = await pool.fetchval(
+            "SELECT count(*) FROM dispatcher_member WHERE consumer = $1", name
+        )
+        if members != len(workers):
+            return None  # consumers that do not lease partitions yet
         for how, sig in (("SIGTERM", signal.SIGTERM), ("kill -9", signal.SIGKILL)):
             await until_zero(pool, name, "")
             victim = workers.pop(0)
@@ -280,8 +278,10 @@ async def run(sizes: Sizes, quick: bool) -> int:
             print(f"{r.label:8} {r.rate:9,.0f} events/s   effects per process: {share}")
         print()
         print("== (c) rebalance ==")
-        if rebalance_supported():
-            for how, seconds in await rebalance(server):
+        log("rebalance")
+        times = await rebalance(server)
+        if times is not None:
+            for how, seconds in times:
                 print(f"{how} of 1 of 3 -> its partitions served again: {seconds:.2f} s")
         else:
             print("SIGTERM of 1 of 3 -> served again: n/a until partitions land")

@@ -635,7 +635,8 @@ ORDER BY age_seconds DESC
 
 -- name: prune_events
 -- One batch of old events that no consumer still needs: every cursor on their type has
--- passed them and no unresolved dead letter points at them. Their dedup markers go with
+-- passed them (per type, and per partition for partitioned consumers) and no unresolved
+-- dead letter points at them. Their dedup markers go with
 -- them. Oldest first, by position (the primary key), so a batch stops at $2 rows.
 WITH doomed AS (
     SELECT e.position, e.event_id
@@ -645,6 +646,13 @@ WITH doomed AS (
           SELECT 1 FROM {{schema}}.dispatcher_cursor c
           WHERE c.event_type = e.event_type
             AND (c.last_xid, c.last_position) < (e.xid, e.position)
+      )
+      AND NOT EXISTS (
+          -- Partitioned consumers (ADR 0005): the cursor of the event's own partition.
+          SELECT 1 FROM {{schema}}.dispatcher_partition_cursor pc
+          WHERE pc.event_type = e.event_type
+            AND pc.partition = coalesce(e.partition, {{schema}}.dispatcher_partition(e.subject))
+            AND (pc.last_xid, pc.last_position) < (e.xid, e.position)
       )
       AND NOT EXISTS (
           SELECT 1 FROM {{schema}}.dispatcher_dead_letter d
@@ -661,7 +669,8 @@ gone AS (
 ),
 markers AS (
     DELETE FROM {{schema}}.dispatcher_dedup d
-    USING gone, (SELECT DISTINCT consumer FROM {{schema}}.dispatcher_cursor) c
+    USING gone, (SELECT consumer FROM {{schema}}.dispatcher_cursor
+                 UNION SELECT consumer FROM {{schema}}.dispatcher_partition_cursor) c
     WHERE d.consumer = c.consumer AND d.event_id = gone.event_id
     RETURNING 1
 )

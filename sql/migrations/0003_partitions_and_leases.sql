@@ -75,6 +75,9 @@ CREATE TABLE {{schema}}.dispatcher_partition_cursor (
     updated_at      timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT dispatcher_partition_cursor_pkey PRIMARY KEY (consumer, event_type, partition)
 );
+-- Retention asks, per old event, whether any consumer's cursor of its partition is behind.
+CREATE INDEX dispatcher_partition_cursor_type_partition
+    ON {{schema}}.dispatcher_partition_cursor (event_type, partition, last_xid, last_position);
 
 -- The advisory-lock key of one consumer's partition: the one-bigint key space, apart from
 -- the (int, int) keys of subjects and migrations. A collision between two consumers'
