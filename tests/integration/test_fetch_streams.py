@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
+
 import asyncpg
 import pytest
 
@@ -172,3 +175,79 @@ def test_partition_mask_bits() -> None:
     assert mask[31] == 128
     with pytest.raises(ValueError, match="outside"):
         partition_mask([256])
+
+
+async def test_concurrent_transactions_lose_double_and_reorder_nothing(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    """Real snapshots: producers race on five subjects (early ids, savepoints, rollbacks,
+    one transaction open the whole time) while a reader hands rows out as it reads."""
+    rng = random.Random(7)
+    subjects = [uid("per") for _ in range(5)]
+    handled: list[tuple[str, str]] = []  # (subject, event_id) in the order handed out
+    reader = Reader()
+    done = asyncio.Event()
+
+    async def produce(rounds: int) -> None:
+        async with dispatch_pool.acquire() as conn:
+            for _ in range(rounds):
+                # One subject per transaction: two subject locks taken in opposite
+                # orders would deadlock the producers (as they would any application).
+                subject = rng.choice(subjects)
+                tx = conn.transaction()
+                await tx.start()
+                if rng.random() < 0.3:
+                    await conn.fetchval("SELECT pg_current_xact_id()")  # an early id
+                    await asyncio.sleep(rng.random() / 200)
+                if rng.random() < 0.2:
+                    async with conn.transaction():  # a savepoint that is kept
+                        await publish(dispatcher, 1, conn=conn, subject=subject)
+                if rng.random() < 0.2:
+                    savepoint = conn.transaction()
+                    await savepoint.start()
+                    await publish(dispatcher, 1, conn=conn, subject=subject)
+                    await savepoint.rollback()
+                await publish(dispatcher, rng.randint(1, 3), conn=conn, subject=subject)
+                await asyncio.sleep(rng.random() / 200)
+                if rng.random() < 0.1:
+                    await tx.rollback()
+                else:
+                    await tx.commit()
+
+    async def read() -> None:
+        async with dispatch_pool.acquire() as conn:
+            while True:
+                finished = done.is_set()
+                result = await reader.store.fetch(conn, [(reader.stream.plan(), None)], 4)
+                got = result.streams[0]
+                reader.stream.advance(result.snapshot, got.watched_keys, got.range_keys, 4)
+                rows = got.watched_rows + (got.range_rows or []) + got.pulled
+                seen = {e for _, e in handled}
+                for row in sorted(rows, key=lambda r: r["position"]):
+                    if row["event_id"] not in seen:
+                        seen.add(row["event_id"])
+                        handled.append((row["subject"], row["event_id"]))
+                if finished and reader.stream.caught_up and not reader.stream.watched:
+                    return
+                await asyncio.sleep(0.001)
+
+    async with dispatch_pool.acquire() as holder:
+        long_tx = holder.transaction()
+        await long_tx.start()
+        await holder.fetchval("SELECT pg_current_xact_id()")
+        reading = asyncio.create_task(read())
+        await asyncio.gather(*(produce(25) for _ in range(4)))
+        await publish(dispatcher, 2, conn=holder, subject=subjects[0])
+        await long_tx.commit()
+    done.set()
+    await asyncio.wait_for(reading, 60)
+
+    rows = await dispatch_pool.fetch(
+        "SELECT subject, event_id FROM dispatcher_event ORDER BY position"
+    )
+    assert len(rows) > 100
+    # 0 lost, 0 doubled:
+    assert sorted(e for _, e in handled) == sorted(r["event_id"] for r in rows)
+    for subject in subjects:
+        in_order = [r["event_id"] for r in rows if r["subject"] == subject]
+        assert [e for s, e in handled if s == subject] == in_order  # 0 reordered
