@@ -382,6 +382,49 @@ ON CONFLICT (consumer, event_type, partition) DO UPDATE
 SET last_xid = EXCLUDED.last_xid, last_position = EXCLUDED.last_position, updated_at = now()
 WHERE (c.last_xid, c.last_position) < (EXCLUDED.last_xid, EXCLUDED.last_position)
 
+-- name: status_partitions
+-- One row per partition of consumer $1 (types $2): the live owner (NULL: nobody live
+-- holds it), its epoch, and the events past the partition's cursors: an upper bound, as
+-- in status_consumers (events handled above a cursor count too). One range scan per type
+-- from the lowest cursor of that type.
+WITH cursors AS MATERIALIZED (
+    SELECT t.event_type, p.partition::smallint AS partition,
+           coalesce(pc.last_xid, c.last_xid, '0'::xid8) AS last_xid,
+           coalesce(pc.last_position, c.last_position, 0) AS last_position
+    FROM unnest($2::text[]) AS t(event_type)
+    CROSS JOIN generate_series(0, 255) AS p(partition)
+    LEFT JOIN {{schema}}.dispatcher_partition_cursor pc
+        ON pc.consumer = $1 AND pc.event_type = t.event_type AND pc.partition = p.partition
+    LEFT JOIN {{schema}}.dispatcher_cursor c
+        ON c.consumer = $1 AND c.event_type = t.event_type
+),
+floors AS (
+    SELECT DISTINCT ON (event_type) event_type, last_xid, last_position
+    FROM cursors
+    ORDER BY event_type, last_xid, last_position
+),
+lag AS (
+    SELECT cu.partition, count(*) AS lag
+    FROM floors f
+    JOIN {{schema}}.dispatcher_event e
+        ON e.event_type = f.event_type
+       AND (e.xid, e.position) > (f.last_xid, f.last_position)
+    JOIN cursors cu
+        ON cu.event_type = e.event_type
+       AND cu.partition = coalesce(e.partition, {{schema}}.dispatcher_partition(e.subject))
+    WHERE (e.xid, e.position) > (cu.last_xid, cu.last_position)
+    GROUP BY cu.partition
+)
+SELECT g.partition::smallint AS partition,
+       CASE WHEN m.expires_at > now() THEN l.owner END AS owner,
+       coalesce(l.epoch, 0) AS epoch,
+       coalesce(lag.lag, 0) AS lag
+FROM generate_series(0, 255) AS g(partition)
+LEFT JOIN {{schema}}.dispatcher_lease l ON l.consumer = $1 AND l.partition = g.partition
+LEFT JOIN {{schema}}.dispatcher_member m ON m.consumer = $1 AND m.member_id = l.owner
+LEFT JOIN lag ON lag.partition = g.partition
+ORDER BY g.partition
+
 -- name: consumer_fetch_streams
 -- The read of ADR 0005, one round trip, one snapshot. A stream is the subscribed types
 -- ($1) over a set of partitions ($4: a 32-byte mask, bit p = partition p; NULL: all), with

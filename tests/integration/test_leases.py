@@ -243,3 +243,39 @@ async def test_events_carry_the_partition_of_their_subject(
     assert len(rows) == 40
     assert all(r["partition"] == r["expected"] == r["byte"] for r in rows)
     assert len({r["partition"] for r in rows}) > 10
+
+
+async def test_partition_status_shows_owners_unowned_partitions_and_lag(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    a, b = stores("a", "b")
+    subjects = [uid("per") for _ in range(30)]
+    await dispatcher.publish_many(
+        [
+            {
+                "event_type": "credit.locked",
+                "payload": locked_payload(),
+                "subject": s,
+                "actor": "system:tests",
+            }
+            for s in subjects
+        ]
+    )
+    async with dispatch_pool.acquire() as conn:
+        await a.join(conn)
+        await b.join(conn)
+        held = await settle(conn, [a, b])
+        await expire(conn, b)
+        first = await conn.fetchrow(
+            "SELECT partition, xid::text::bigint AS xid, position FROM dispatcher_event"
+            " ORDER BY position LIMIT 1"
+        )
+        # That partition's cursor has passed its first event.
+        await a.advance_cursors(
+            conn, {("credit.locked", first["partition"]): (first["xid"], first["position"])}
+        )
+        status = await a.partition_status(conn, ["credit.locked"])
+    assert len(status) == PARTITION_COUNT
+    assert {s.partition for s in status if s.owner == a.member_id} == set(held[a.member_id])
+    assert {s.partition for s in status if s.owner is None} == set(held[b.member_id])
+    assert sum(s.lag for s in status) == 29

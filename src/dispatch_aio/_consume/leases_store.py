@@ -21,7 +21,15 @@ from .._errors import LeaseLostError
 from .._sql import queries
 from .assignment import PARTITION_COUNT
 
-__all__ = ["FENCE_SQLSTATE", "GroupView", "Lease", "LeaseStore", "Member", "is_lease_lost"]
+__all__ = [
+    "FENCE_SQLSTATE",
+    "GroupView",
+    "Lease",
+    "LeaseStore",
+    "Member",
+    "PartitionStatus",
+    "is_lease_lost",
+]
 
 #: The SQLSTATE ``dispatcher_lease_fence`` raises when a lease was taken over.
 FENCE_SQLSTATE = "DA001"
@@ -58,6 +66,16 @@ class Lease:
     def held(self) -> bool:
         """Owned by a live member (otherwise anyone alive may take it)."""
         return self.owner is not None and self.owner_alive
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionStatus:
+    """One partition as an operator sees it: live owner (None: unowned), epoch, lag."""
+
+    partition: int
+    owner: str | None
+    epoch: int
+    lag: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +270,13 @@ class LeaseStore:
                 raise LeaseLostError(str(exc), tuple(parts)) from exc
             raise
         return {r[0] for r in rows}
+
+    async def partition_status(
+        self, conn: asyncpg.Connection, event_types: Sequence[str]
+    ) -> list[PartitionStatus]:
+        """Every partition's live owner, epoch and lag (events past its cursors)."""
+        rows = await conn.fetch(self.q.status_partitions, self.consumer, list(event_types))
+        return [PartitionStatus(r["partition"], r["owner"], r["epoch"], r["lag"]) for r in rows]
 
     # -- cursors -------------------------------------------------------------------
 
