@@ -260,6 +260,324 @@ ON CONFLICT (consumer, event_type) DO UPDATE
 SET last_xid = EXCLUDED.last_xid, last_position = EXCLUDED.last_position, updated_at = now()
 WHERE (c.last_xid, c.last_position) < (EXCLUDED.last_xid, EXCLUDED.last_position)
 
+-- Partitions and leases (docs/adr/0006-partitioned-reads-above-the-horizon.md)
+
+-- name: lease_join
+-- Registers (or revives) a member, makes sure the consumer's lease rows exist, and tells
+-- the other members. $3 host, $4 pid, $5 lease timeout in seconds, $6 partition count.
+WITH member AS (
+    INSERT INTO {{schema}}.dispatcher_member AS m
+        (consumer, member_id, host, pid, expires_at)
+    VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5::float8))
+    ON CONFLICT (consumer, member_id) DO UPDATE
+    SET heartbeat_at = now(), expires_at = EXCLUDED.expires_at
+    RETURNING m.expires_at
+),
+leases AS (
+    INSERT INTO {{schema}}.dispatcher_lease (consumer, partition)
+    SELECT $1, p::smallint FROM generate_series(0, $6::integer - 1) AS p
+    ON CONFLICT (consumer, partition) DO NOTHING
+)
+SELECT (SELECT expires_at FROM member) AS expires_at, pg_notify({{lease_channel}}, $1) IS NULL
+
+-- name: lease_heartbeat
+-- Moves this member's expiry forward; no row back means it was expired and removed:
+-- the caller must rejoin and treat every lease as lost.
+UPDATE {{schema}}.dispatcher_member
+SET heartbeat_at = now(), expires_at = now() + make_interval(secs => $3::float8)
+WHERE consumer = $1 AND member_id = $2
+RETURNING expires_at
+
+-- name: lease_members
+-- The consumer's members, live or not, and the server's clock to compare expiries with.
+SELECT member_id, host, pid, started_at, heartbeat_at, expires_at,
+       expires_at > now() AS alive, now() AS now
+FROM {{schema}}.dispatcher_member
+WHERE consumer = $1
+ORDER BY member_id
+
+-- name: lease_owners
+-- Every lease of the consumer; owner is NULL when free, owner_alive says whether the
+-- owner's member row is unexpired (a dead owner's lease can be taken).
+SELECT l.partition, l.owner, l.epoch, l.acquired_at,
+       (m.expires_at IS NOT NULL AND m.expires_at > now()) AS owner_alive
+FROM {{schema}}.dispatcher_lease l
+LEFT JOIN {{schema}}.dispatcher_member m ON m.consumer = l.consumer AND m.member_id = l.owner
+WHERE l.consumer = $1
+ORDER BY l.partition
+
+-- name: lease_acquire
+-- Takes the given partitions that are free or held by an expired member, for a member
+-- that is itself alive. The exclusive advisory locks (sorted) wait for outcome
+-- transactions of the previous owner that passed their fence; the UPDATE re-checks each
+-- row on its latest version, so of two members racing for a partition one gets it.
+-- Run it in a transaction with a lock_timeout. Returns what was taken, with new epochs.
+WITH me AS MATERIALIZED (
+    SELECT 1 FROM {{schema}}.dispatcher_member
+    WHERE consumer = $1 AND member_id = $2 AND expires_at > now()
+),
+wanted AS MATERIALIZED (
+    SELECT l.partition
+    FROM {{schema}}.dispatcher_lease l
+    WHERE l.consumer = $1 AND l.partition = ANY($3::smallint[]) AND EXISTS (SELECT 1 FROM me)
+      AND (l.owner IS NULL OR (l.owner <> $2 AND NOT EXISTS (
+          SELECT 1 FROM {{schema}}.dispatcher_member m
+          WHERE m.consumer = $1 AND m.member_id = l.owner AND m.expires_at > now())))
+    ORDER BY l.partition
+),
+locked AS MATERIALIZED (
+    SELECT w.partition, pg_advisory_xact_lock({{schema}}.dispatcher_lease_key($1, w.partition))
+    FROM wanted w
+)
+UPDATE {{schema}}.dispatcher_lease l
+SET owner = $2, epoch = l.epoch + 1, acquired_at = now()
+FROM locked
+WHERE l.consumer = $1 AND l.partition = locked.partition
+  AND (l.owner IS NULL OR (l.owner <> $2 AND NOT EXISTS (
+      SELECT 1 FROM {{schema}}.dispatcher_member m
+      WHERE m.consumer = $1 AND m.member_id = l.owner AND m.expires_at > now())))
+RETURNING l.partition, l.epoch
+
+-- name: lease_release
+-- Hands partitions back (after their in-flight events have drained) and tells the others.
+WITH released AS (
+    UPDATE {{schema}}.dispatcher_lease
+    SET owner = NULL
+    WHERE consumer = $1 AND owner = $2 AND partition = ANY($3::smallint[])
+    RETURNING partition
+)
+SELECT partition, pg_notify({{lease_channel}}, $1) IS NULL AS notified FROM released
+
+-- name: lease_leave
+-- A member stopping cleanly: every lease back, its row gone, the others told.
+WITH released AS (
+    UPDATE {{schema}}.dispatcher_lease
+    SET owner = NULL
+    WHERE consumer = $1 AND owner = $2
+    RETURNING partition
+),
+gone AS (
+    DELETE FROM {{schema}}.dispatcher_member WHERE consumer = $1 AND member_id = $2
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM released) AS released, (SELECT count(*) FROM gone) AS left,
+       pg_notify({{lease_channel}}, $1) IS NULL AS notified
+
+-- name: lease_expire
+-- Housekeeping: removes members expired for more than $2 seconds and frees their leases
+-- (acquisition does not need it: an expired owner's lease can be taken anyway). Safe
+-- without the fence keys: whoever takes a freed lease takes them.
+WITH gone AS (
+    DELETE FROM {{schema}}.dispatcher_member
+    WHERE consumer = $1 AND expires_at < now() - make_interval(secs => $2::float8)
+    RETURNING member_id
+),
+freed AS (
+    UPDATE {{schema}}.dispatcher_lease
+    SET owner = NULL
+    WHERE consumer = $1 AND owner IN (SELECT member_id FROM gone)
+    RETURNING partition
+)
+SELECT (SELECT array_agg(member_id ORDER BY member_id) FROM gone) AS members,
+       (SELECT array_agg(partition ORDER BY partition) FROM freed) AS partitions
+
+-- name: lease_fence
+-- The fence on its own (the outcome statements below embed it): raises SQLSTATE DA001
+-- unless member $2 holds partitions $3 at epochs $4. Run inside the outcome transaction.
+SELECT {{schema}}.dispatcher_lease_fence($1, $2, $3::smallint[], $4::bigint[], $5::integer)
+
+-- name: consumer_record_handled_fenced
+-- consumer_record_handled behind the fence ($4 member, $5 partitions, $6 epochs, $7 idle
+-- ms): the markers go in only if every lease of the group is still this member's.
+WITH fence AS MATERIALIZED (
+    SELECT {{schema}}.dispatcher_lease_fence($1, $4, $5::smallint[], $6::bigint[], $7::integer)
+        AS ok
+)
+INSERT INTO {{schema}}.dispatcher_dedup (consumer, event_id, outcome)
+SELECT $1, e.event_id, e.outcome
+FROM unnest($2::text[], $3::text[]) AS e(event_id, outcome), fence
+WHERE fence.ok
+ON CONFLICT (consumer, event_id) DO NOTHING
+RETURNING event_id
+
+-- name: partition_cursors_read
+-- Stored cursors of (types $2) x (partitions $3); a missing row falls back to the
+-- consumer's per-type cursor, then to the beginning.
+SELECT t.event_type, p.partition,
+       coalesce(pc.last_xid, c.last_xid, '0'::xid8)::text::bigint AS last_xid,
+       coalesce(pc.last_position, c.last_position, 0) AS last_position
+FROM unnest($2::text[]) AS t(event_type)
+CROSS JOIN unnest($3::smallint[]) AS p(partition)
+LEFT JOIN {{schema}}.dispatcher_partition_cursor pc
+    ON pc.consumer = $1 AND pc.event_type = t.event_type AND pc.partition = p.partition
+LEFT JOIN {{schema}}.dispatcher_cursor c
+    ON c.consumer = $1 AND c.event_type = t.event_type
+ORDER BY t.event_type, p.partition
+
+-- name: partition_cursors_advance
+-- Never backwards. Not fenced: a stale owner's cursor is still a correct low-water mark.
+INSERT INTO {{schema}}.dispatcher_partition_cursor AS c
+    (consumer, event_type, partition, last_xid, last_position)
+SELECT $1, t.event_type, t.partition, t.last_xid::text::xid8, t.last_position
+FROM unnest($2::text[], $3::smallint[], $4::bigint[], $5::bigint[])
+    AS t(event_type, partition, last_xid, last_position)
+ON CONFLICT (consumer, event_type, partition) DO UPDATE
+SET last_xid = EXCLUDED.last_xid, last_position = EXCLUDED.last_position, updated_at = now()
+WHERE (c.last_xid, c.last_position) < (EXCLUDED.last_xid, EXCLUDED.last_position)
+
+-- name: status_partitions
+-- One row per partition of consumer $1 (types $2): the live owner (NULL: nobody live
+-- holds it), its epoch, and the events past the partition's cursors: an upper bound, as
+-- in status_consumers (events handled above a cursor count too). One range scan per type
+-- from the lowest cursor of that type.
+WITH cursors AS MATERIALIZED (
+    SELECT t.event_type, p.partition::smallint AS partition,
+           coalesce(pc.last_xid, c.last_xid, '0'::xid8) AS last_xid,
+           coalesce(pc.last_position, c.last_position, 0) AS last_position
+    FROM unnest($2::text[]) AS t(event_type)
+    CROSS JOIN generate_series(0, 255) AS p(partition)
+    LEFT JOIN {{schema}}.dispatcher_partition_cursor pc
+        ON pc.consumer = $1 AND pc.event_type = t.event_type AND pc.partition = p.partition
+    LEFT JOIN {{schema}}.dispatcher_cursor c
+        ON c.consumer = $1 AND c.event_type = t.event_type
+),
+floors AS (
+    SELECT DISTINCT ON (event_type) event_type, last_xid, last_position
+    FROM cursors
+    ORDER BY event_type, last_xid, last_position
+),
+lag AS (
+    SELECT cu.partition, count(*) AS lag
+    FROM floors f
+    JOIN {{schema}}.dispatcher_event e
+        ON e.event_type = f.event_type
+       AND (e.xid, e.position) > (f.last_xid, f.last_position)
+    JOIN cursors cu
+        ON cu.event_type = e.event_type
+       AND cu.partition = coalesce(e.partition, {{schema}}.dispatcher_partition(e.subject))
+    WHERE (e.xid, e.position) > (cu.last_xid, cu.last_position)
+    GROUP BY cu.partition
+)
+SELECT g.partition::smallint AS partition,
+       CASE WHEN m.expires_at > now() THEN l.owner END AS owner,
+       coalesce(l.epoch, 0) AS epoch,
+       coalesce(lag.lag, 0) AS lag
+FROM generate_series(0, 255) AS g(partition)
+LEFT JOIN {{schema}}.dispatcher_lease l ON l.consumer = $1 AND l.partition = g.partition
+LEFT JOIN {{schema}}.dispatcher_member m ON m.consumer = $1 AND m.member_id = l.owner
+LEFT JOIN lag ON lag.partition = g.partition
+ORDER BY g.partition
+
+-- name: consumer_fetch_streams
+-- The read of ADR 0006, one round trip, one snapshot. A stream is the subscribed types
+-- ($1) over a set of partitions ($4: a 32-byte mask, bit p = partition p; NULL: all), with
+-- one frontier ($2, $3) and its watched transaction ids ($5 stream ordinal, $6 xid, $7
+-- position up to which that id's rows were read). Per stream, at most $8 rows in (xid,
+-- position) order over all its types: kind 0, rows of watched ids; then, only when kind 0
+-- was not full, kind 1, rows above the frontier. Kind 2: rows pulled forward for
+-- out_of_order candidates (ADR 0002). Kind 3, last: the statement's own snapshot, which
+-- says exactly which ids it could not see. `handled`: consumer $9 has an outcome for it.
+WITH snap AS MATERIALIZED (
+    SELECT pg_current_snapshot() AS s
+),
+streams AS MATERIALIZED (
+    SELECT *
+    FROM unnest($2::bigint[], $3::bigint[], $4::bytea[])
+        WITH ORDINALITY AS s(frontier_xid, frontier_position, mask, stream)
+),
+watch AS MATERIALIZED (
+    SELECT w.stream, w.xid::text::xid8 AS xid, w.after
+    FROM unnest($5::bigint[], $6::bigint[], $7::bigint[]) AS w(stream, xid, after)
+),
+watched AS MATERIALIZED (
+    SELECT s.stream, 0 AS kind, e.*
+    FROM streams s
+    CROSS JOIN LATERAL (
+        SELECT e.*
+        FROM unnest($1::text[]) AS t(event_type)
+        CROSS JOIN LATERAL (
+            SELECT e.position, e.xid, e.event_id, e.event_type, e.schema_version,
+                   e.tenant_id, e.producer, e.subject, e.actor, e.occurred_at,
+                   e.correlation_id, e.causation_id, e.traceparent, e.payload,
+                   e.out_of_order,
+                   coalesce(e.partition, {{schema}}.dispatcher_partition(e.subject))
+                       AS partition
+            FROM {{schema}}.dispatcher_event e
+            WHERE e.event_type = t.event_type
+              AND e.xid = ANY (ARRAY(SELECT w.xid FROM watch w WHERE w.stream = s.stream))
+              AND e.position > (SELECT w.after FROM watch w
+                                WHERE w.stream = s.stream AND w.xid = e.xid)
+              AND (s.mask IS NULL OR get_bit(s.mask,
+                   coalesce(e.partition, {{schema}}.dispatcher_partition(e.subject))) = 1)
+            ORDER BY e.xid, e.position
+            LIMIT $8
+        ) e
+        ORDER BY e.xid, e.position
+        LIMIT $8
+    ) e
+),
+taken AS (
+    SELECT stream, count(*) AS n FROM watched GROUP BY stream
+),
+ranged AS MATERIALIZED (
+    SELECT s.stream, 1 AS kind, e.*
+    FROM streams s
+    LEFT JOIN taken tk ON tk.stream = s.stream
+    CROSS JOIN LATERAL (
+        SELECT e.*
+        FROM unnest($1::text[]) AS t(event_type)
+        CROSS JOIN LATERAL (
+            SELECT e.position, e.xid, e.event_id, e.event_type, e.schema_version,
+                   e.tenant_id, e.producer, e.subject, e.actor, e.occurred_at,
+                   e.correlation_id, e.causation_id, e.traceparent, e.payload,
+                   e.out_of_order,
+                   coalesce(e.partition, {{schema}}.dispatcher_partition(e.subject))
+                       AS partition
+            FROM {{schema}}.dispatcher_event e
+            WHERE e.event_type = t.event_type
+              AND (e.xid, e.position) > (s.frontier_xid::text::xid8, s.frontier_position)
+              AND (s.mask IS NULL OR get_bit(s.mask,
+                   coalesce(e.partition, {{schema}}.dispatcher_partition(e.subject))) = 1)
+            ORDER BY e.xid, e.position
+            LIMIT $8 - coalesce(tk.n, 0)
+        ) e
+        ORDER BY e.xid, e.position
+        LIMIT $8 - coalesce(tk.n, 0)
+    ) e
+    WHERE coalesce(tk.n, 0) < $8
+),
+candidates AS (
+    SELECT * FROM watched UNION ALL SELECT * FROM ranged
+),
+pulled AS (
+    SELECT DISTINCT ON (p.position) c.stream, 2 AS kind, p.*
+    FROM (SELECT * FROM candidates WHERE out_of_order) c
+    CROSS JOIN LATERAL (
+        SELECT p.position, p.xid, p.event_id, p.event_type, p.schema_version, p.tenant_id,
+               p.producer, p.subject, p.actor, p.occurred_at, p.correlation_id,
+               p.causation_id, p.traceparent, p.payload, p.out_of_order,
+               coalesce(p.partition, {{schema}}.dispatcher_partition(p.subject)) AS partition
+        FROM {{schema}}.dispatcher_event p
+        WHERE p.subject = c.subject AND p.xid > c.xid AND p.position < c.position
+          AND p.event_type = ANY($1::text[])
+    ) p
+    WHERE NOT EXISTS (SELECT 1 FROM candidates c2 WHERE c2.position = p.position)
+    ORDER BY p.position, c.stream
+)
+SELECT r.kind, r.stream, r.position, r.xid::text::bigint AS xid, r.event_id, r.event_type,
+       r.schema_version, r.tenant_id, r.producer, r.subject, r.actor, r.occurred_at,
+       r.correlation_id, r.causation_id, r.traceparent, r.payload::text AS payload,
+       r.partition, d.event_id IS NOT NULL AS handled,
+       NULL::bigint AS snapshot_xmin, NULL::bigint AS snapshot_xmax, NULL::bigint[] AS xip
+FROM (SELECT * FROM candidates UNION ALL SELECT * FROM pulled) r
+LEFT JOIN {{schema}}.dispatcher_dedup d ON d.consumer = $9 AND d.event_id = r.event_id
+UNION ALL
+SELECT 3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       NULL, NULL, NULL, NULL,
+       pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint,
+       ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(s) AS x ORDER BY 1)
+FROM snap
+
 -- Dead letters
 -- Every dead-letter query takes the tenant as a parameter: NULL reads and writes every
 -- tenant's rows, a value limits the statement to that tenant's rows (another tenant's row
@@ -420,11 +738,12 @@ ORDER BY age_seconds DESC
 
 -- name: prune_events
 -- One batch of old events that no consumer still needs: every cursor on their type has
--- passed them, no unresolved dead letter points at them, and no dedup marker of theirs is
--- younger than a minute. Their dedup markers go with them. Oldest first, by position
--- (the primary key), so a batch stops at $2 rows. A process still holding such an event
--- in memory learns it was finished elsewhere from the cursor (consumer_record_handled);
--- the minute covers an outcome statement that began before that cursor moved.
+-- passed them (per type, and per partition for partitioned consumers), no unresolved dead
+-- letter points at them, and no dedup marker of theirs is younger than a minute. Their
+-- dedup markers go with them. Oldest first, by position (the primary key), so a batch
+-- stops at $2 rows. A process still holding such an event in memory learns it was
+-- finished elsewhere from the cursor (consumer_record_handled); the minute covers an
+-- outcome statement that began before that cursor moved.
 WITH doomed AS (
     SELECT e.position, e.event_id
     FROM {{schema}}.dispatcher_event e
@@ -433,6 +752,13 @@ WITH doomed AS (
           SELECT 1 FROM {{schema}}.dispatcher_cursor c
           WHERE c.event_type = e.event_type
             AND (c.last_xid, c.last_position) < (e.xid, e.position)
+      )
+      AND NOT EXISTS (
+          -- Partitioned consumers (ADR 0006): the cursor of the event's own partition.
+          SELECT 1 FROM {{schema}}.dispatcher_partition_cursor pc
+          WHERE pc.event_type = e.event_type
+            AND pc.partition = coalesce(e.partition, {{schema}}.dispatcher_partition(e.subject))
+            AND (pc.last_xid, pc.last_position) < (e.xid, e.position)
       )
       AND NOT EXISTS (
           SELECT 1 FROM {{schema}}.dispatcher_dead_letter d
@@ -453,7 +779,8 @@ gone AS (
 ),
 markers AS (
     DELETE FROM {{schema}}.dispatcher_dedup d
-    USING gone, (SELECT DISTINCT consumer FROM {{schema}}.dispatcher_cursor) c
+    USING gone, (SELECT consumer FROM {{schema}}.dispatcher_cursor
+                 UNION SELECT consumer FROM {{schema}}.dispatcher_partition_cursor) c
     WHERE d.consumer = c.consumer AND d.event_id = gone.event_id
     RETURNING 1
 ),

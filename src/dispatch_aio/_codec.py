@@ -19,6 +19,7 @@ from ._envelope import Envelope, Event, format_timestamp
 __all__ = [
     "OPTIONAL_FIELDS",
     "PLAIN_FIELDS",
+    "PUBLISH_COLUMNS",
     "UndecodableEventError",
     "dead_letter_envelope",
     "event_from_row",
@@ -45,6 +46,9 @@ OPTIONAL_FIELDS = ("correlation_id", "causation_id", "traceparent")
 
 _BEFORE_OCCURRED = PLAIN_FIELDS[:7]
 _AFTER_OCCURRED = PLAIN_FIELDS[7:]
+#: The event table's columns that :func:`publish_parameters` fills, in its order (what
+#: publish_many's COPY names; the insert trigger sets xid, position and partition).
+PUBLISH_COLUMNS = (*_BEFORE_OCCURRED, "occurred_at", *_AFTER_OCCURRED, "payload")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EVENT_FIELDS = frozenset(Event.model_fields)
 

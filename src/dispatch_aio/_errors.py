@@ -31,6 +31,7 @@ nesting). Where Python has a natural built-in for the mistake, the error is that
     │       ├── InvalidEnvelopeError        e.g. occurred_at outside the accepted range
     │       └── InvalidPayloadError         e.g. nested deeper than the accepted depth
     ├── ConsumerFailedError             a bug stopped a consumer; the bug is ``__cause__``
+    ├── LeaseLostError                  this process no longer holds a partition's lease
     ├── DeadLetterError
     │   ├── DeadLetterNotFoundError
     │   └── DeadLetterAlreadyResolvedError
@@ -65,6 +66,7 @@ __all__ = [
     "InvalidIdentifierError",
     "InvalidPayloadError",
     "InvalidSettingError",
+    "LeaseLostError",
     "LifecycleError",
     "NotInTransactionError",
     "PayloadTooLargeError",
@@ -231,6 +233,18 @@ class InvalidPayloadError(EventValidationError):
     """The payload fails the registered payload schema."""
 
     what = "payload"
+
+
+class LeaseLostError(DispatchError):
+    """Another process of the consumer took over partitions this process was handling.
+
+    Raised from inside an outcome transaction, which must roll back: the events of
+    those partitions are the new owner's now. Not a failure of the events: drop them.
+    """
+
+    def __init__(self, message: str, partitions: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.partitions = partitions
 
 
 class DeadLetterError(DispatchError):

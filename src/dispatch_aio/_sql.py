@@ -18,6 +18,7 @@ __all__ = [
     "Migration",
     "Queries",
     "channel_for",
+    "lease_channel_for",
     "lock_class_for",
     "migrations",
     "queries",
@@ -52,12 +53,22 @@ def replay_channel_for(schema: str) -> str:
     )
 
 
+def lease_channel_for(schema: str) -> str:
+    """The NOTIFY channel that tells a consumer's processes its members or leases changed."""
+    validate_schema_name(schema)
+    return (
+        "dispatcher_lease_changed" if schema == "public" else f"dispatcher_lease_changed_{schema}"
+    )
+
+
 def _render(text: str, schema: str) -> str:
     channel = channel_for(schema).replace("'", "''")
     replay_channel = replay_channel_for(schema).replace("'", "''")
+    lease_channel = lease_channel_for(schema).replace("'", "''")
     return (
         text.replace("{{schema}}", quote_ident(schema))
         .replace("{{replay_channel}}", f"'{replay_channel}'")
+        .replace("{{lease_channel}}", f"'{lease_channel}'")
         .replace("{{lock_class}}", str(lock_class_for(schema)))
         .replace("{{channel}}", f"'{channel}'")
     )

@@ -92,6 +92,32 @@ async def test_prune_keeps_what_a_consumer_or_a_dead_letter_still_needs(
     assert handled == 1
 
 
+async def test_a_partition_cursor_behind_holds_its_partition_s_events(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    for _ in range(6):
+        await dispatcher.publish("credit.locked", locked_payload(), subject=uid("per"), actor="s:t")
+    await _drain(dispatch_pool, "fast")
+    held = await dispatch_pool.fetchrow(
+        "SELECT event_id, partition, xid::text::bigint AS xid, position FROM dispatcher_event"
+        " ORDER BY position LIMIT 1"
+    )
+    # A partitioned consumer whose cursor of that partition sits just before the event.
+    await dispatch_pool.execute(
+        "INSERT INTO dispatcher_partition_cursor"
+        " (consumer, event_type, partition, last_xid, last_position)"
+        " VALUES ('grouped', 'credit.locked', $1, $2::text::xid8, $3)",
+        held["partition"],
+        str(held["xid"]),
+        held["position"] - 1,
+    )
+    result = await prune(dispatch_pool, older_than=timedelta(0))
+    kept = await dispatch_pool.fetch("SELECT event_id, partition FROM dispatcher_event")
+    assert held["event_id"] in {r["event_id"] for r in kept}
+    assert all(r["partition"] == held["partition"] for r in kept)
+    assert result.events == 6 - len(kept)
+
+
 async def test_prune_refuses_a_negative_age(dispatch_pool: asyncpg.Pool) -> None:
     with pytest.raises(UsageError):
         await prune(dispatch_pool, older_than=timedelta(seconds=-1))

@@ -1,5 +1,6 @@
 """The consumer: lifecycle and wiring (``_consumer``), the pure scheduler, the fetcher,
-the group runner, the listener, and the consumer's side of the envelope codec."""
+the group runner, the listener, the consumer's side of the envelope codec, and the
+partition and lease parts (assignment, horizon, leases)."""
 
 from __future__ import annotations
 

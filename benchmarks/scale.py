@@ -1,0 +1,317 @@
+"""Consumer groups: N worker processes of one consumer, on one backlog.
+
+    python benchmarks/scale.py            # full sizes
+    python benchmarks/scale.py --quick    # small sizes: a smoke run, figures meaningless
+
+Each process is ``dispatch-aio worker _scale_worker:make`` (a subprocess, as a
+Deployment would run it). The backlog is published in one transaction once every
+process has started, and a drain counts from that commit to the last outcome committed.
+
+(a) CPU-bound: a handler that burns ~2 ms of CPU, 3,000 events over 300 subjects, 1 vs 2
+    vs 4 processes (goals: 2 processes >= 1.7x one; 4 no slower than 2);
+(b) I/O-bound: a handler that awaits 20 ms, concurrency 16, 1 vs 4 processes (goal:
+    >= 3.5x);
+(c) rebalance: from SIGTERM, and from kill -9, of one of 3 processes to its partitions
+    being served again (needs partitioned consumers: ADR 0006).
+
+Every drain is checked: every event handled once (effects written through the event's
+connection), and per subject in position order. Which process did how much is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import _common as common
+import asyncpg
+
+HERE = Path(__file__).resolve().parent
+WORKER = "_scale_worker:make"
+EVENT_TYPE = "credit.locked"
+EFFECTS_DDL = (
+    "CREATE TABLE effects (id bigserial PRIMARY KEY, event_id text NOT NULL, "
+    "subject text NOT NULL, position bigint NOT NULL, pid integer NOT NULL)"
+)
+START_TIMEOUT = 60.0
+DRAIN_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class Sizes:
+    events: int
+    subjects: int
+
+
+FULL = Sizes(events=3_000, subjects=300)
+QUICK = Sizes(events=300, subjects=30)
+
+
+def log(message: str) -> None:
+    print(f"  .. {message}", file=sys.stderr, flush=True)
+
+
+def worker_command() -> list[str]:
+    script = Path(sys.executable).with_name("dispatch-aio")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "dispatch_aio.cli"]
+
+
+class Worker:
+    """One ``dispatch-aio worker`` subprocess; ``started`` once its consumer runs."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.started = asyncio.Event()
+        self.lines: list[str] = []
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.process.stderr is not None
+        async for raw in self.process.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            self.lines.append(line)
+            if "consumer started" in line:
+                self.started.set()
+
+    @classmethod
+    async def spawn(cls, dsn: str, name: str, handler: str, concurrency: int) -> Worker:
+        env = {
+            **os.environ,
+            "SCALE_CONSUMER": name,
+            "SCALE_HANDLER": handler,
+            "SCALE_CONCURRENCY": str(concurrency),
+        }
+        process = await asyncio.create_subprocess_exec(
+            *worker_command(),
+            "--dsn",
+            dsn,
+            "worker",
+            WORKER,
+            "--pool-size",
+            str(concurrency + 2),
+            cwd=HERE,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        return cls(process)
+
+    async def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.process.returncode is None:
+            self.process.send_signal(sig)
+        try:
+            code = await asyncio.wait_for(self.process.wait(), timeout=60)
+        except TimeoutError:
+            self.process.kill()
+            code = await self.process.wait()
+        await self.reader
+        return code
+
+
+@dataclass
+class Drain:
+    label: str
+    processes: int
+    rate: float
+    per_process: list[int]
+
+
+async def drain(
+    server: common.BenchServer,
+    sizes: Sizes,
+    *,
+    processes: int,
+    handler: str,
+    concurrency: int,
+    label: str,
+) -> Drain:
+    name = f"scale_{handler}_{processes}"
+    dsn = await server.create_database(f"scale_{handler}_{processes}")
+    pool = await common.open_pool(dsn, 4)
+    workers: list[Worker] = []
+    try:
+        await pool.execute(EFFECTS_DDL)
+        factory = common.PayloadFactory()
+        specs = common.backlog_specs(
+            sizes.events, common.subjects(sizes.subjects), EVENT_TYPE, factory, seed=processes
+        )
+        await common.settle(pool, "dispatcher_event")
+        workers = [await Worker.spawn(dsn, name, handler, concurrency) for _ in range(processes)]
+        for worker in workers:
+            await asyncio.wait_for(worker.started.wait(), START_TIMEOUT)
+        publisher = common.dispatcher(pool)
+        async with pool.acquire() as conn:
+            async with conn.transaction():
+                for start in range(0, len(specs), 1000):
+                    await publisher.publish_many(specs[start : start + 1000], conn=conn)  # type: ignore[arg-type]
+            committed = time.perf_counter()
+            deadline = committed + DRAIN_TIMEOUT
+            while True:
+                done = await conn.fetchval(
+                    "SELECT count(*) FROM dispatcher_dedup WHERE consumer = $1", name
+                )
+                if done >= sizes.events:
+                    break
+                if time.perf_counter() > deadline:
+                    raise TimeoutError(f"{label}: {done} of {sizes.events} after {DRAIN_TIMEOUT}s")
+                await asyncio.sleep(0.01)
+            finished = time.perf_counter()
+            await check_effects(conn, sizes.events, label)
+            rows = await conn.fetch("SELECT pid, count(*) AS n FROM effects GROUP BY pid")
+    finally:
+        for worker in workers:
+            await worker.stop()
+        await pool.close()
+    per_process = sorted((r["n"] for r in rows), reverse=True)
+    return Drain(label, processes, sizes.events / (finished - committed), per_process)
+
+
+async def check_effects(conn: asyncpg.Connection, expected: int, label: str) -> None:
+    """0 lost, 0 doubled, 0 per-subject inversions, or the run is void."""
+    total, distinct = await conn.fetchrow("SELECT count(*), count(DISTINCT event_id) FROM effects")
+    inversions = await conn.fetchval(
+        "SELECT count(*) FROM (SELECT position, lag(position) OVER (PARTITION BY subject "
+        "ORDER BY id) AS before FROM effects) s WHERE before > position"
+    )
+    if total != expected or distinct != expected or inversions:
+        raise AssertionError(
+            f"{label}: {total} effects, {distinct} distinct, {inversions} inversions "
+            f"for {expected} events"
+        )
+
+
+UNSERVED = """
+SELECT count(*) FROM dispatcher_lease l
+WHERE l.consumer = $1 AND (l.owner IS NULL OR l.owner = $2 OR NOT EXISTS (
+    SELECT 1 FROM dispatcher_member m
+    WHERE m.consumer = l.consumer AND m.member_id = l.owner AND m.expires_at > now()))
+"""
+
+
+async def until_zero(pool: asyncpg.Pool, consumer: str, gone: str) -> None:
+    deadline = time.perf_counter() + START_TIMEOUT
+    while await pool.fetchval(UNSERVED, consumer, gone):
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"partitions of {consumer} still unserved after {START_TIMEOUT}s")
+        await asyncio.sleep(0.01)
+
+
+async def rebalance(server: common.BenchServer) -> list[tuple[str, float]] | None:
+    """Seconds from SIGTERM, then from kill -9, of one of 3 workers until every partition
+    is held by a live other member again; None when workers do not join a group yet."""
+    name = "scale_rebalance"
+    dsn = await server.create_database(name)
+    pool = await common.open_pool(dsn, 2)
+    workers: list[Worker] = []
+    found: list[tuple[str, float]] = []
+    try:
+        await pool.execute(EFFECTS_DDL)
+        workers = [await Worker.spawn(dsn, name, "io", 4) for _ in range(3)]
+        for worker in workers:
+            await asyncio.wait_for(worker.started.wait(), START_TIMEOUT)
+        members = await pool.fetchval(
+            "SELECT count(*) FROM dispatcher_member WHERE consumer = $1", name
+        )
+        if members != len(workers):
+            return None  # consumers that do not lease partitions yet
+        for how, sig in (("SIGTERM", signal.SIGTERM), ("kill -9", signal.SIGKILL)):
+            await until_zero(pool, name, "")
+            victim = workers.pop(0)
+            member = f"{os.uname().nodename}:{victim.process.pid}"
+            start = time.perf_counter()
+            victim.process.send_signal(sig)
+            await until_zero(pool, name, member)
+            found.append((how, time.perf_counter() - start))
+            await victim.stop()
+    finally:
+        for worker in workers:
+            await worker.stop()
+        await pool.close()
+    return found
+
+
+async def run(sizes: Sizes, quick: bool) -> int:
+    server = common.BenchServer.start()
+    try:
+        print("== settings ==")
+        print(f"{common.machine_summary()}; {sizes.events} events over {sizes.subjects} subjects")
+        print(f"workers: {' '.join(worker_command())} --dsn ... worker {WORKER}")
+        results: list[Drain] = []
+        for processes in (1, 2, 4):
+            log(f"cpu-bound drain, {processes} process(es)")
+            results.append(
+                await drain(
+                    server,
+                    sizes,
+                    processes=processes,
+                    handler="cpu",
+                    concurrency=8,
+                    label=f"cpu x{processes}",
+                )
+            )
+        for processes in (1, 4):
+            log(f"io-bound drain, {processes} process(es)")
+            results.append(
+                await drain(
+                    server,
+                    sizes,
+                    processes=processes,
+                    handler="io",
+                    concurrency=16,
+                    label=f"io x{processes}",
+                )
+            )
+        by_label = {r.label: r for r in results}
+        print()
+        print("== (a) and (b): drains ==")
+        for r in results:
+            share = ", ".join(str(n) for n in r.per_process)
+            print(f"{r.label:8} {r.rate:9,.0f} events/s   effects per process: {share}")
+        print()
+        print("== (c) rebalance ==")
+        log("rebalance")
+        times = await rebalance(server)
+        if times is not None:
+            for how, seconds in times:
+                print(f"{how} of 1 of 3 -> its partitions served again: {seconds:.2f} s")
+        else:
+            print("SIGTERM of 1 of 3 -> served again: n/a until partitions land")
+            print("kill -9 of 1 of 3 -> served again: n/a until partitions land")
+        print()
+        print("== goals ==")
+        goals = [
+            ("2 processes drain >= 1.7x one (cpu)", "cpu x2", "cpu x1", 1.7),
+            ("4 processes are no slower than 2 (cpu)", "cpu x4", "cpu x2", 1.0),
+            ("4 processes drain >= 3.5x one (io, concurrency 16)", "io x4", "io x1", 3.5),
+        ]
+        ok = True
+        for text, ours, base, goal in goals:
+            ratio = by_label[ours].rate / by_label[base].rate
+            passed = ratio >= goal
+            ok = ok and passed
+            print(f"{'PASS' if passed else 'FAIL'}  {text}: {ratio:.2f}x")
+        if quick:
+            print("(--quick: small sizes, figures meaningless)")
+        return 0 if ok or quick else 1
+    finally:
+        server.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    args = parser.parse_args()
+    return asyncio.run(run(QUICK if args.quick else FULL, args.quick))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""consumer_fetch_streams with horizon.Stream: the read of ADR 0006 on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import asyncpg
+import pytest
+
+from dispatch_aio import Dispatcher
+from dispatch_aio._consume.horizon import Key, Stream
+from dispatch_aio._consume.streams_store import StreamsStore, partition_mask
+
+from .helpers import locked_payload, uid
+
+pytestmark = pytest.mark.anyio
+
+TYPES = ["credit.locked"]
+
+
+class Reader:
+    """A stream and its store; every row read counts as handled at once."""
+
+    def __init__(self, cursor: Key = (0, 0), partitions: set[int] | None = None) -> None:
+        self.store = StreamsStore("public", "coaching", TYPES)
+        self.stream = Stream(frontier=cursor)
+        self.mask = partition_mask(partitions)
+        self.read_ids: list[str] = []
+        self.rows_read = 0
+
+    async def read(self, conn: asyncpg.Connection, limit: int = 100) -> list[str]:
+        result = await self.store.fetch(conn, [(self.stream.plan(), self.mask)], limit)
+        got = result.streams[0]
+        self.stream.advance(result.snapshot, got.watched_keys, got.range_keys, limit)
+        rows = got.watched_rows + (got.range_rows or []) + got.pulled
+        self.rows_read += len(rows)
+        ids = [r["event_id"] for r in rows if r["event_id"] not in self.read_ids]
+        self.read_ids.extend(ids)
+        return ids
+
+    async def read_all(self, conn: asyncpg.Connection, limit: int = 100) -> list[str]:
+        ids: list[str] = []
+        while True:
+            ids += await self.read(conn, limit)
+            if self.stream.caught_up and not self.stream.drain:
+                return ids
+
+
+async def publish(
+    dispatcher: Dispatcher,
+    n: int,
+    conn: asyncpg.Connection | None = None,
+    subject: str | None = None,
+) -> list[str]:
+    envelopes = await dispatcher.publish_many(
+        [
+            {
+                "event_type": "credit.locked",
+                "payload": locked_payload(),
+                "subject": subject or uid("per"),
+                "actor": "system:tests",
+            }
+            for _ in range(n)
+        ],
+        conn=conn,
+    )
+    return [e.event_id for e in envelopes]
+
+
+async def test_delivery_goes_on_while_an_unrelated_write_transaction_stays_open(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    reader = Reader()
+    async with dispatch_pool.acquire() as conn, dispatch_pool.acquire() as holder:
+        await holder.execute("CREATE TABLE unrelated (id int)")
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("INSERT INTO unrelated VALUES (1)")
+        open_xid = int(await holder.fetchval("SELECT pg_current_xact_id()::text"))
+        published = []
+        for _ in range(5):
+            published += await publish(dispatcher, 20)
+            await reader.read_all(conn, limit=7)
+        assert sorted(reader.read_ids) == sorted(published)
+        # Only the stored cursor waits: it never passes the open transaction.
+        assert reader.stream.low_water() <= (open_xid, 0)
+        assert open_xid in reader.stream.watched
+        # Polls while it stays open read nothing again.
+        before = reader.rows_read
+        for _ in range(5):
+            assert await reader.read(conn) == []
+        assert reader.rows_read == before
+        await tx.commit()
+        await reader.read_all(conn)
+        assert reader.stream.watched == set()
+        assert reader.stream.low_water() > (open_xid, 0)
+
+
+async def test_an_early_xid_producer_is_read_once_when_it_commits(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    reader = Reader()
+    subject = uid("per")
+    async with dispatch_pool.acquire() as conn, dispatch_pool.acquire() as early:
+        tx = early.transaction()
+        await tx.start()
+        early_xid = int(await early.fetchval("SELECT pg_current_xact_id()::text"))
+        first = await publish(dispatcher, 3, subject=subject)  # commits after early took its id
+        assert await reader.read_all(conn) == first
+        late = await publish(dispatcher, 4, conn=early, subject=subject)
+        assert await reader.read_all(conn) == []
+        await tx.commit()
+        got = await reader.read_all(conn, limit=2)  # drains the ended id over three reads
+        assert got == late
+        assert reader.stream.watched == set()
+        assert early_xid < reader.stream.frontier[0]
+        # Handled in subject order: positions ascend over the whole subject.
+        rows = await conn.fetch(
+            "SELECT event_id FROM dispatcher_event WHERE subject = $1 ORDER BY position", subject
+        )
+        assert [r["event_id"] for r in rows] == first + late
+
+
+async def test_a_later_commit_with_an_earlier_xid_is_pulled_forward(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    reader = Reader()
+    subject = uid("per")
+    async with dispatch_pool.acquire() as conn, dispatch_pool.acquire() as early:
+        tx = early.transaction()
+        await tx.start()
+        await early.fetchval("SELECT pg_current_xact_id()")
+        await reader.read_all(conn)  # the early id is watched from now on
+        committed_first = await publish(dispatcher, 1, subject=subject)  # larger xid
+        await publish(dispatcher, 1, conn=early, subject=subject)  # smaller xid, later position
+        await tx.commit()
+        result = await reader.store.fetch(conn, [(reader.stream.plan(), None)], 1)
+        got = result.streams[0]
+        # The batch of one holds the early transaction's event (kind 0, smaller xid); the
+        # event of its subject that committed before it comes with it, pulled forward.
+        assert [r["event_id"] for r in got.pulled] == committed_first
+
+
+async def test_partition_masks_split_the_events_exactly(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    published = await publish(dispatcher, 60)
+    # An event from before the migration: no stored partition, computed on read.
+    await dispatch_pool.execute(
+        "UPDATE dispatcher_event SET partition = NULL WHERE event_id = $1", published[0]
+    )
+    low, high = Reader(partitions=set(range(128))), Reader(partitions=set(range(128, 256)))
+    async with dispatch_pool.acquire() as conn:
+        await low.read_all(conn, limit=9)
+        await high.read_all(conn, limit=9)
+        assert sorted(low.read_ids + high.read_ids) == sorted(published)
+        assert not set(low.read_ids) & set(high.read_ids)
+        partitions = {
+            r["event_id"]: r["partition"]
+            for r in await conn.fetch(
+                "SELECT event_id, dispatcher_partition(subject) AS partition FROM dispatcher_event"
+            )
+        }
+        assert all(partitions[i] < 128 for i in low.read_ids)
+
+
+def test_partition_mask_bits() -> None:
+    assert partition_mask(None) is None
+    mask = partition_mask([0, 9, 255])
+    assert mask is not None
+    assert len(mask) == 32
+    assert mask[0] == 1
+    assert mask[1] == 2
+    assert mask[31] == 128
+    with pytest.raises(ValueError, match="outside"):
+        partition_mask([256])
+
+
+async def test_concurrent_transactions_lose_double_and_reorder_nothing(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    """Real snapshots: producers race on five subjects (early ids, savepoints, rollbacks,
+    one transaction open the whole time) while a reader hands rows out as it reads."""
+    rng = random.Random(7)
+    subjects = [uid("per") for _ in range(5)]
+    handled: list[tuple[str, str]] = []  # (subject, event_id) in the order handed out
+    reader = Reader()
+    done = asyncio.Event()
+
+    async def produce(rounds: int) -> None:
+        async with dispatch_pool.acquire() as conn:
+            for _ in range(rounds):
+                # One subject per transaction: two subject locks taken in opposite
+                # orders would deadlock the producers (as they would any application).
+                subject = rng.choice(subjects)
+                tx = conn.transaction()
+                await tx.start()
+                if rng.random() < 0.3:
+                    await conn.fetchval("SELECT pg_current_xact_id()")  # an early id
+                    await asyncio.sleep(rng.random() / 200)
+                if rng.random() < 0.2:
+                    async with conn.transaction():  # a savepoint that is kept
+                        await publish(dispatcher, 1, conn=conn, subject=subject)
+                if rng.random() < 0.2:
+                    savepoint = conn.transaction()
+                    await savepoint.start()
+                    await publish(dispatcher, 1, conn=conn, subject=subject)
+                    await savepoint.rollback()
+                await publish(dispatcher, rng.randint(1, 3), conn=conn, subject=subject)
+                await asyncio.sleep(rng.random() / 200)
+                if rng.random() < 0.1:
+                    await tx.rollback()
+                else:
+                    await tx.commit()
+
+    async def read() -> None:
+        async with dispatch_pool.acquire() as conn:
+            while True:
+                finished = done.is_set()
+                result = await reader.store.fetch(conn, [(reader.stream.plan(), None)], 4)
+                got = result.streams[0]
+                reader.stream.advance(result.snapshot, got.watched_keys, got.range_keys, 4)
+                rows = got.watched_rows + (got.range_rows or []) + got.pulled
+                seen = {e for _, e in handled}
+                for row in sorted(rows, key=lambda r: r["position"]):
+                    if row["event_id"] not in seen:
+                        seen.add(row["event_id"])
+                        handled.append((row["subject"], row["event_id"]))
+                if finished and reader.stream.caught_up and not reader.stream.watched:
+                    return
+                await asyncio.sleep(0.001)
+
+    async with dispatch_pool.acquire() as holder:
+        long_tx = holder.transaction()
+        await long_tx.start()
+        await holder.fetchval("SELECT pg_current_xact_id()")
+        reading = asyncio.create_task(read())
+        await asyncio.gather(*(produce(25) for _ in range(4)))
+        await publish(dispatcher, 2, conn=holder, subject=subjects[0])
+        await long_tx.commit()
+    done.set()
+    await asyncio.wait_for(reading, 60)
+
+    rows = await dispatch_pool.fetch(
+        "SELECT subject, event_id FROM dispatcher_event ORDER BY position"
+    )
+    assert len(rows) > 100
+    # 0 lost, 0 doubled:
+    assert sorted(e for _, e in handled) == sorted(r["event_id"] for r in rows)
+    for subject in subjects:
+        in_order = [r["event_id"] for r in rows if r["subject"] == subject]
+        assert [e for s, e in handled if s == subject] == in_order  # 0 reordered

@@ -1,0 +1,91 @@
+"""Partition assignment: fair, sticky, deterministic, and the fewest moves."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dispatch_aio._consume.assignment import PARTITION_COUNT, assign, movement, moves_for
+
+MEMBERS = [f"m{i:02d}" for i in range(40)]
+
+
+@st.composite
+def groups(draw: st.DrawFn) -> tuple[list[str], dict[int, str | None], int]:
+    partitions = draw(st.sampled_from([1, 2, 7, 64, PARTITION_COUNT]))
+    members = draw(st.lists(st.sampled_from(MEMBERS), min_size=1, max_size=33, unique=True))
+    # Owners may include members that are gone, and free partitions.
+    pool = [*members, "gone-1", "gone-2", None]
+    owners = {p: draw(st.sampled_from(pool)) for p in range(partitions)}
+    return members, owners, partitions
+
+
+def fewest_moves(members: list[str], owners: dict[int, str | None], partitions: int) -> int:
+    base, extra = divmod(partitions, len(members))
+    held = {m: sum(1 for o in owners.values() if o == m) for m in members}
+    kept = sum(min(h, base) for h in held.values())
+    kept += min(extra, sum(1 for h in held.values() if h > base))
+    return partitions - kept
+
+
+@given(groups())
+@settings(max_examples=100)
+def test_fair_complete_and_minimal(group: tuple[list[str], dict[int, str | None], int]) -> None:
+    members, owners, partitions = group
+    target = assign(members, owners, partitions)
+    assert sorted(target) == list(range(partitions))
+    counts = [sum(1 for m in target.values() if m == member) for member in members]
+    assert max(counts) - min(counts) <= 1
+    assert set(target.values()) <= set(members)
+    assert movement(owners, target) == fewest_moves(members, owners, partitions)
+
+
+@given(groups())
+@settings(max_examples=60)
+def test_deterministic_and_stable(group: tuple[list[str], dict[int, str | None], int]) -> None:
+    members, owners, partitions = group
+    target = assign(members, owners, partitions)
+    assert assign(list(reversed(members)), dict(owners), partitions) == target
+    # Once every member has reached the target, nothing moves any more.
+    reached: dict[int, str | None] = dict(target)
+    assert assign(members, reached, partitions) == target
+    assert movement(reached, assign(members, reached, partitions)) == 0
+
+
+@given(st.integers(min_value=1, max_value=31))
+def test_a_joining_member_gets_its_share_and_only_that_moves(n: int) -> None:
+    members = MEMBERS[:n]
+    settled: dict[int, str | None] = dict(assign(members, {}))
+    joined = assign([*members, "zz-new"], settled)
+    share = sum(1 for m in joined.values() if m == "zz-new")
+    assert share in (PARTITION_COUNT // (n + 1), PARTITION_COUNT // (n + 1) + 1)
+    assert movement(settled, joined) == share  # only the newcomer's partitions move
+
+
+@given(st.integers(min_value=2, max_value=32), st.data())
+def test_a_leaving_member_s_partitions_are_the_only_ones_to_move(
+    n: int, data: st.DataObject
+) -> None:
+    members = MEMBERS[:n]
+    settled: dict[int, str | None] = dict(assign(members, {}))
+    leaving = data.draw(st.sampled_from(members))
+    orphans = {p for p, m in settled.items() if m == leaving}
+    after = assign([m for m in members if m != leaving], settled)
+    assert {p for p in after if after[p] != settled[p]} == orphans
+
+
+def test_one_member_owns_everything_without_configuration() -> None:
+    target = assign(["solo"], {})
+    assert set(target.values()) == {"solo"}
+    assert len(target) == PARTITION_COUNT
+    assert assign([], {0: "x"}) == {}
+
+
+def test_moves_for_a_member() -> None:
+    owners: dict[int, str | None] = {0: "a", 1: "a", 2: "a", 3: None}
+    target = assign(["a", "b"], owners, 4)
+    moves = moves_for("a", owners, target)
+    assert moves.keep == (0, 1)
+    assert moves.release == (2,)
+    assert moves.acquire == ()
+    assert moves_for("b", owners, target).acquire == (2, 3)
