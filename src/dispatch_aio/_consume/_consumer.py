@@ -332,6 +332,7 @@ class Consumer:
             max_group=config.max_group,
             max_buffered=max_buffered,
             on_ready=self._work.release,
+            on_retry=self._retry_wake.set,
         )
         self._fetcher = Fetcher(
             self._store,
@@ -687,7 +688,6 @@ class Consumer:
         if len(self._scheduler.inflight) < self._refill_below:
             self._capacity.set()
         self._wake.set()
-        self._retry_wake.set()
 
     # -- retries -------------------------------------------------------------------
 
