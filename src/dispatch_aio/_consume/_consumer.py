@@ -8,9 +8,10 @@ Shape of a running consumer (one anyio task group, in a runner task of its own):
   below the transaction horizon and hand it to the **scheduler** (``_scheduler``,
   pure), and stores the cursors the scheduler has moved; it pauses while the buffer is
   full;
-- **workers** (``concurrency`` of them) take groups from the scheduler and run them with
-  the **group runner** (``_runner``): handlers in one transaction, one commit;
-- the **retry clock** unparks subjects when their retry is due.
+- **workers** (``_workers``, ``concurrency`` of them) take groups from the scheduler and
+  run them with the **group runner** (``_runner``): handlers in one transaction, one
+  commit;
+- the **retry clock** (``_workers``) unparks subjects when their retry is due.
 
 Failures are classified at the driver boundary (``_storage``): infrastructure failures
 reconnect with a capped exponential backoff and jitter and run the work again (no
@@ -29,7 +30,6 @@ import asyncio
 import enum
 import inspect
 import logging
-import math
 import signal
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -42,7 +42,7 @@ from .._errors import ConsumerFailedError, HorizonError, LifecycleError, UsageEr
 from .._migrate import check_schema
 from .._registry import Registry
 from .._sql import channel_for, replay_channel_for
-from .._storage import Backoff, FailureKind, classify, release
+from .._storage import FailureKind, classify, release
 from .._storage._consumer_store import ConsumerStore
 from .._telemetry import Telemetry
 from ._config import ConsumerConfig, HandlerOptions
@@ -51,12 +51,11 @@ from ._listener import Listener
 from ._reader import ReadLoop
 from ._runner import ConsumerStats, GroupRunner, Handler, Subscription
 from ._scheduler import Scheduler
+from ._workers import Workers
 
 __all__ = ["Consumer", "ConsumerState", "ConsumerStats"]
 
 logger = logging.getLogger("dispatch_aio.consumer")
-
-_IDLE_RELEASE = 1.0  # seconds a worker keeps its connection with nothing to do
 
 
 class ConsumerState(enum.Enum):
@@ -224,7 +223,7 @@ class Consumer:
             self._reader.wake.set()
             self._reader.capacity.set()
             for _ in range(self._workers):
-                self._work.release()
+                self._crew.work.release()
 
     def abort(self) -> None:
         """Stop now: cancel handlers in flight (their transactions roll back)."""
@@ -299,14 +298,7 @@ class Consumer:
         self._started = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._abort_requested = asyncio.Event()
-        self._retry_wake = asyncio.Event()
-        self._groups_running = 0
-        self._groups_idle = asyncio.Event()
-        self._groups_idle.set()
         self._workers = self._worker_count()
-        # Each ready subject releases one waiting worker.
-        self._work = asyncio.Semaphore(0)
-        self._backoff = Backoff(0.1, 5.0)
         self._channel = channel_for(config.db_schema)
         self._replay_channel = replay_channel_for(config.db_schema)
         async with self.pool.acquire(timeout=config.acquire_timeout) as conn:
@@ -317,13 +309,15 @@ class Consumer:
         max_buffered = config.max_buffered or max(
             4 * config.batch_size, self._workers * config.max_group
         )
+        work = asyncio.Semaphore(0)  # each ready subject releases one waiting worker
+        retry_wake = asyncio.Event()
         self._scheduler = Scheduler(
             stored,
             workers=self._workers,
             max_group=config.max_group,
             max_buffered=max_buffered,
-            on_ready=self._work.release,
-            on_retry=self._retry_wake.set,
+            on_ready=work.release,
+            on_retry=retry_wake.set,
         )
         self._fetcher = Fetcher(
             self._store,
@@ -352,6 +346,18 @@ class Consumer:
             store=self._store,
             stats=self.stats,
             telemetry=self.telemetry,
+        )
+        self._crew = Workers(
+            pool=self.pool,
+            config=config,
+            scheduler=self._scheduler,
+            runner=self._group_runner,
+            reader=self._reader,
+            stats=self.stats,
+            stop_requested=self._stop_requested,
+            work=work,
+            retry_wake=retry_wake,
+            log_extra=self._log,
         )
 
     def _dedup_hit(self, event_type: str) -> None:
@@ -416,7 +422,7 @@ class Consumer:
                         disconnect=self._disconnect_listener if self._listens_on_pool() else None,
                     )
                     await tg.start(self.listener.run)
-                tg.start_soon(self._retry_clock)
+                tg.start_soon(self._crew.retry_clock)
                 await self._supervise()
                 tg.cancel_scope.cancel()
         except BaseException as exc:
@@ -440,7 +446,7 @@ class Consumer:
         async with anyio.create_task_group() as workers:
             workers.start_soon(self._reader.run)
             for _ in range(self._workers):
-                workers.start_soon(self._worker)
+                workers.start_soon(self._crew.worker)
             self._started.set()
             logger.info("consumer started for %s", ", ".join(self.event_types), extra=self._log)
             await self._stop_requested.wait()
@@ -459,7 +465,7 @@ class Consumer:
                 # A low-water mark: losing this store costs a re-read, never an event.
 
     async def _wait_groups_idle(self, scope: anyio.CancelScope) -> None:
-        await self._groups_idle.wait()
+        await self._crew.groups_idle.wait()
         scope.cancel()
 
     async def _connect_listener(self) -> asyncpg.Connection:
@@ -487,96 +493,6 @@ class Consumer:
     def _on_listen_connected(self) -> None:
         # Notifications sent while disconnected are lost: read everything once more.
         self._reader.request_replays()
-
-    # -- workers -------------------------------------------------------------------
-
-    async def _worker(self) -> None:
-        """Run groups; keep a pool connection while work keeps coming, give it back when idle."""
-        scheduler = self._scheduler
-        work = self._work
-        config = self.config
-        conn: asyncpg.Connection | None = None
-        try:
-            while True:
-                if work.locked():
-                    if conn is None:
-                        await work.acquire()
-                    else:
-                        try:
-                            await asyncio.wait_for(work.acquire(), _IDLE_RELEASE)
-                        except TimeoutError:
-                            # Idle for a while: give the connection back to the pool.
-                            idle, conn = conn, None
-                            await release(self.pool, idle, config.commit_timeout)
-                            continue
-                else:
-                    await work.acquire()  # free: no suspension
-                if self._stop_requested.is_set():
-                    return
-                group = scheduler.take_group()
-                if not group:
-                    continue
-                self._groups_running += 1
-                self._groups_idle.clear()
-                failed = False
-                try:
-                    if conn is None:
-                        conn = await self._acquire_for(group)
-                    if conn is not None:
-                        if not await self._group_runner.run(group, conn):
-                            broken, conn = conn, None
-                            failed = True
-                            await release(self.pool, broken, config.commit_timeout)
-                        else:
-                            self._backoff.reset()
-                    else:
-                        failed = True
-                finally:
-                    self._groups_running -= 1
-                    self._after_group(group)
-                    if self._groups_running == 0:
-                        self._groups_idle.set()
-                if failed:
-                    await anyio.sleep(self._backoff.next())
-        finally:
-            await release(self.pool, conn, config.commit_timeout)
-
-    async def _acquire_for(self, group: list[Any]) -> asyncpg.Connection | None:
-        """A pool connection, or None (the group requeued) when the pool cannot give one."""
-        try:
-            conn: asyncpg.Connection = await self.pool.acquire(timeout=self.config.acquire_timeout)
-            return conn
-        except Exception as exc:
-            if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
-                raise
-            self._scheduler.requeue(group)
-            self.stats.reconnects += 1
-            logger.warning(
-                "no database connection for %d events (%s: %s); they will run again",
-                len(group),
-                type(exc).__name__,
-                exc,
-                extra=self._log,
-            )
-            return None
-
-    def _after_group(self, group: list[Any]) -> None:
-        """Release the group's subjects and put their next events up for a worker."""
-        self._scheduler.release(group)
-        reader = self._reader
-        if len(self._scheduler.inflight) < reader.refill_below:
-            reader.capacity.set()
-        reader.wake.set()
-
-    # -- retries -------------------------------------------------------------------
-
-    async def _retry_clock(self) -> None:
-        scheduler = self._scheduler
-        while True:
-            self._retry_wake.clear()
-            timeout = scheduler.due()
-            with anyio.move_on_after(timeout if timeout is not None else math.inf):
-                await self._retry_wake.wait()
 
     # -- observation ---------------------------------------------------------------
 
