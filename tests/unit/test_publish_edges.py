@@ -210,6 +210,7 @@ def test_bad_consumer_names(registry: Registry, name: Any) -> None:
         ("credit.locked", {"timeout": "soon"}),
         ("credit.locked", {"retry_delays": [float("inf")]}),
         ("credit.locked", {"retry_delays": ["x"]}),
+        ("credit.locked", {"retry_delays": 5}),
     ],
 )
 def test_on_raises_only_dispatch_errors(

@@ -149,7 +149,7 @@ class Consumer:
         if event_type in self._subscriptions:
             raise UsageError(f"consumer {self.name!r} already has a handler for {event_type!r}")
         opts = HandlerOptions(
-            retry_delays=tuple(retry_delays) if retry_delays is not None else None,
+            retry_delays=retry_delays,  # any iterable; a bad value is InvalidSettingError
             timeout=timeout,
         )
 
