@@ -31,7 +31,9 @@ class Run:
     err: str
 
 
-async def cli(*args: str, dsn: str | None = None, script: bool = False) -> Run:
+async def cli(
+    *args: str, dsn: str | None = None, script: bool = False, cwd: Path | None = None
+) -> Run:
     """Run the command line in a fresh interpreter, with DATABASE_URL set to ``dsn``."""
     env = {
         k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "DISPATCH_AIO_CONTRACTS"}
@@ -43,7 +45,7 @@ async def cli(*args: str, dsn: str | None = None, script: bool = False) -> Run:
     else:
         command = [sys.executable, "-m", "dispatch_aio.cli", *args]
     with anyio.fail_after(60):
-        done = await anyio.run_process(command, env=env, check=False)
+        done = await anyio.run_process(command, env=env, check=False, cwd=cwd)
     return Run(done.returncode, done.stdout.decode(), done.stderr.decode())
 
 

@@ -79,7 +79,8 @@ async def test_worker_runs_a_consumer_until_sigterm(
 
     listener = await asyncpg.connect(dispatch_dsn)
     await listener.add_listener("effects", on_effect)
-    env = {**os.environ, "DATABASE_URL": dispatch_dsn, "PYTHONPATH": str(tmp_path)}
+    paths = [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "DATABASE_URL": dispatch_dsn, "PYTHONPATH": os.pathsep.join(paths)}
     command = [sys.executable, "-m", "dispatch_aio.cli", "worker", "shop_worker:make"]
     process = await anyio.open_process(command, env=env, cwd=tmp_path)
     try:
