@@ -192,3 +192,103 @@ async def test_a_small_pool_runs_fewer_workers_and_says_the_real_figures(
         "running 1 workers instead of concurrency=4 (give the pool concurrency + 2 = 6 "
         "connections)"
     ) in log.read_text()
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_the_readme_app_worker_factory_runs_through_the_cli(
+    dispatch_dsn: str, dispatch_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    app = (ROOT / "examples" / "fastapi_app" / "app.py").read_text()
+    (tmp_path / "app.py").write_text(app)
+    env = {**os.environ, "DATABASE_URL": dispatch_dsn}
+    env.pop("DISPATCH_AIO_CONTRACTS", None)
+    made = await asyncio.create_subprocess_exec(sys.executable, "app.py", cwd=tmp_path, env=env)
+    assert await asyncio.wait_for(made.wait(), 60) == 0  # the app's own tables
+    dispatcher = Dispatcher(dispatch_pool, producer="revenue", tenant_id="tnt_sguild")
+    payload = locked_payload(locked_credits=3)
+    await dispatcher.publish("credit.locked", payload, subject=uid("per"), actor="system:revenue")
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "dispatch_aio.cli",
+            "worker",
+            "app:worker",
+            "--stats-interval",
+            "0",
+            cwd=tmp_path,
+            env=env,
+            stderr=out,
+        )
+    try:
+
+        async def held() -> bool:
+            credits = await dispatch_pool.fetchval(
+                "SELECT credits FROM lesson_hold WHERE lesson_id = $1", payload["lesson_id"]
+            )
+            return bool(credits == 3)
+
+        await eventually(held, within=30, what="the worker to handle the event", every=0.05)
+    finally:
+        code = await _stop(process)
+    assert code == 0, log.read_text()
+    assert "consumer started" in log.read_text()
+
+
+ASYNC_FACTORY = textwrap.dedent(
+    """
+    import asyncio
+    from dispatch_aio import Consumer, Event
+
+    async def make(pool):
+        await asyncio.sleep(0)  # an async factory may await its own set-up
+        consumer = Consumer(pool, name="async-made", poll_interval=0.2)
+
+        @consumer.on("credit.locked")
+        async def project(event: Event, conn) -> None:
+            await conn.execute("INSERT INTO effects VALUES ($1)", event.event_id)
+
+        return consumer
+
+    def not_a_consumer(pool):
+        return 42
+    """
+)
+
+
+async def test_an_async_factory_is_awaited_and_a_wrong_return_is_one_line(
+    dispatch_dsn: str, dispatch_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    await dispatch_pool.execute("CREATE TABLE effects (event_id text PRIMARY KEY)")
+    (tmp_path / "async_worker.py").write_text(ASYNC_FACTORY)
+    wrong = await cli("worker", "async_worker:not_a_consumer", dsn=dispatch_dsn, cwd=tmp_path)
+    assert_error(wrong, 1, "returned int, not a Consumer")
+    dispatcher = Dispatcher(dispatch_pool, producer="tests", tenant_id="tnt_tests")
+    event = await dispatcher.publish(
+        "credit.locked", locked_payload(), subject=uid("per"), actor="system:tests"
+    )
+    env = {**os.environ, "DATABASE_URL": dispatch_dsn}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "dispatch_aio.cli",
+        "worker",
+        "async_worker:make",
+        cwd=tmp_path,
+        env=env,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+
+        async def projected() -> bool:
+            found = await dispatch_pool.fetchval(
+                "SELECT count(*) FROM effects WHERE event_id = $1", event.event_id
+            )
+            return bool(found)
+
+        await eventually(projected, within=30, what="the async factory's consumer", every=0.05)
+    finally:
+        assert await _stop(process) == 0
