@@ -37,6 +37,7 @@ from .._consume import ConsumerConfig
 from .._consumer import Consumer
 from .._envelope import Event
 from .._errors import ConfigurationError, LifecycleError
+from .._pool import open_pool
 from .._registry import Registry
 from .._signals import Reject
 from .._telemetry import Telemetry
@@ -302,10 +303,13 @@ async def run_fanout(
     """Run the fan-out of ``config`` against the database at ``dsn`` until SIGTERM/SIGINT.
 
     Opens a pool sized for every endpoint's workers and closes it at the end: the body
-    of a ``dispatch-aio fanout CONFIG`` command.
+    of ``dispatch-aio fanout CONFIG``. Raises InvalidDsnError or DatabaseUnavailableError
+    (password masked) when the database cannot be reached, ConsumerFailedError when an
+    endpoint's consumer fails.
     """
     size = sum(endpoint.concurrency + 2 for endpoint in config.endpoints.values())
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size)
+    # open_pool: connection errors in one line, never showing the password.
+    pool = await open_pool(dsn, min_size=1, max_size=size)
     try:
         await Fanout(pool, config, registry=registry, telemetry=telemetry).run()
     finally:

@@ -12,7 +12,8 @@
     dlq replay ID --by WHO                have its consumer handle the event again
     dlq replay-all --consumer C --by WHO  the same for every active dead letter
     status [--consumer C] [--json]        consumer lag, dead letters, horizon holders
-    worker MODULE:ATTRIBUTE               run a Consumer until SIGTERM
+    worker MODULE:ATTRIBUTE [...]         run a Consumer until SIGTERM
+    fanout CONFIG                         deliver events to other services until SIGTERM
     demo [--events N] [--keep]            the demo scenario
     prune --older-than AGE                delete old events every consumer has passed
 
@@ -25,9 +26,9 @@ shows a database password, in whatever form the DSN carries it.
 Works with the base install: nothing here imports the FastAPI integration.
 
 One module per command (``migrate``, ``contracts``, ``dlq``, ``status``, ``worker``,
-``demo``, ``prune``), each with a ``configure(parser)`` that fills in its parser and sets
-``handler`` on every leaf parser (``parser.set_defaults(handler=...)``). A handler is
-``async def handler(args, ctx: Context) -> int`` and returns the exit code;
+``fanout``, ``demo``, ``prune``), each with a ``configure(parser)`` that fills in its
+parser and sets ``handler`` on every leaf parser (``parser.set_defaults(handler=...)``).
+A handler is ``async def handler(args, ctx: Context) -> int`` and returns the exit code;
 :meth:`Context.pool` gives it a connected pool with readable, redacted connection
 errors. Add a command to :data:`~dispatch_aio.cli.app.SUBCOMMANDS`.
 """
