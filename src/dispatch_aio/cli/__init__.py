@@ -5,7 +5,9 @@
     dispatch-aio [--dsn DSN] [--schema NAME] [--debug] COMMAND ...
 
     migrate [--no-notify]                 create or upgrade the dispatcher tables
-    contracts check [PATH]                load a contracts directory, list every problem
+    contracts init DIR [--id-profile P]   a contracts directory: envelope, empty registry
+    contracts new TYPE --dir DIR --producer P [--model M:C]   add an event type
+    contracts check [DIR] [--models MOD]  list every problem (and model mismatch)
     dlq list --consumer C [...]           a consumer's dead letters, newest first
     dlq show ID                           one dead letter, envelope and traceback
     dlq resolve ID --by WHO [--note T]    mark it resolved (one-shot)

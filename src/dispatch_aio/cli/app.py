@@ -20,7 +20,7 @@ __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 #: The commands, in the order ``--help`` lists them.
 SUBCOMMANDS: dict[str, Subcommand] = {
     "migrate": Subcommand("create or upgrade the dispatcher tables", migrate.configure),
-    "contracts": Subcommand("check event contracts", contracts.configure),
+    "contracts": Subcommand("make, extend and check event contracts", contracts.configure),
     "dlq": Subcommand("list, show, resolve and replay dead letters", dlq.configure),
     "status": Subcommand("consumer lag, dead letters and horizon holders", status.configure),
     "worker": Subcommand("run a Consumer until SIGTERM", worker.configure),

@@ -26,7 +26,7 @@ from .context import EXIT_OK, EXIT_USAGE, CommandError, Context
 from .logs import LOG_FORMATS, configure_logging
 from .stats import report_stats
 
-__all__ = ["add_runtime_options", "configure", "load_target"]
+__all__ = ["add_runtime_options", "configure", "import_module", "load_target"]
 
 #: Connections beyond the workers: the fetch loop and the LISTEN connection.
 RESERVED_CONNECTIONS = 2
@@ -80,18 +80,22 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def import_module(module_name: str) -> Any:
+    """Import ``module_name`` with the working directory importable; a usage error if not."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CommandError(f"cannot import {module_name!r}: {exc}", EXIT_USAGE) from exc
+
+
 def load_target(target: str) -> Any:
     """The object ``MODULE:ATTRIBUTE`` names; the working directory is importable."""
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
         raise CommandError(f"expected MODULE:ATTRIBUTE, got {target!r}", EXIT_USAGE)
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise CommandError(f"cannot import {module_name!r}: {exc}", EXIT_USAGE) from exc
-    value: Any = module
+    value: Any = import_module(module_name)
     for part in attribute.split("."):
         try:
             value = getattr(value, part)
