@@ -37,6 +37,32 @@ async def test_status_lists_consumers_as_json_and_table(
     assert [c["consumer"] for c in report["consumers"]] == ["coaching"]
 
 
+async def test_status_shows_last_activity_and_marks_idle_consumers(
+    dispatch_dsn: str, dispatch_pool: asyncpg.Pool
+) -> None:
+    await dispatch_pool.execute(
+        "INSERT INTO dispatcher_cursor (consumer, event_type, updated_at) VALUES "
+        "('coaching', 'credit.locked', now()), "
+        "('retired', 'credit.locked', now() - interval '3 days 2 hours'), "
+        "('retired', 'credit.released', now() - interval '4 days')"
+    )
+    dispatcher = Dispatcher(dispatch_pool, producer="tests", tenant_id="tnt_tests")
+    await dispatcher.publish("credit.locked", locked_payload(), subject=uid("per"), actor="a:b")
+    table = await cli("status", dsn=dispatch_dsn)
+    assert table.code == 0, table
+    rows = {line.split()[0]: line for line in table.out.split("last activity")[1].splitlines()[2:]}
+    assert rows["retired"].endswith("3d 2h  idle")
+    assert not rows["coaching"].endswith("idle")
+    assert "consumer retired has not moved for 3d 2h (1 events waiting)" in table.err
+    assert "coaching" not in table.err
+
+    machine = await cli("status", "--json", "--idle-after", "4d", dsn=dispatch_dsn)
+    activity = {a["consumer"]: a for a in json.loads(machine.out)["activity"]}
+    assert activity["retired"]["idle"] is False  # under four days
+    assert activity["retired"]["idle_seconds"] > 3 * 86400
+    assert activity["coaching"]["idle"] is False
+
+
 async def test_status_without_a_database_prints_one_line() -> None:
     assert_error(await cli("status", dsn=UNREACHABLE), 1, "cannot reach the database")
 

@@ -8,7 +8,7 @@
     contracts init DIR [--id-profile P]   a contracts directory: envelope, empty registry
     contracts new TYPE --dir DIR --producer P [--model M:C]   add an event type
     contracts check [DIR] [--models MOD]  list every problem (and model mismatch)
-    dlq list --consumer C [...]           a consumer's dead letters, newest first
+    dlq list [--consumer C] [...]         dead letters, newest first (every consumer's by default)
     dlq show ID                           one dead letter, envelope and traceback
     dlq resolve ID --by WHO [--note T]    mark it resolved (one-shot)
     dlq replay ID --by WHO                have its consumer handle the event again
