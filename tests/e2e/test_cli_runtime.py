@@ -136,6 +136,8 @@ async def test_demo_runs_to_its_summary_on_the_embedded_postgres() -> None:
     run = await cli("demo", "--events", "40")
     assert run.code == 0, run.out + run.err
     assert "Projection:" in run.out
+    assert "Cross-service: delivery's inbox received 40 of 40 events" in run.out
+    assert "Forged requests refused: 5 of 5" in run.out
     assert "All checks passed." in run.out
 
 
