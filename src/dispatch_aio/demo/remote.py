@@ -1,10 +1,11 @@
 """The second service: Delivery, with its own tables, fed through its inbox over HTTP.
 
+Delivery runs as a process of its own (``delivery_service``): its inbox, served by
+uvicorn on 127.0.0.1, inserts each event into Delivery's own event table (another
+schema here; another database in real life), and Delivery's consumer handles it from
+there, writing one row per event through its connection. In the demo's process,
 Revenue's fan-out (a consumer ``fanout.delivery`` in Revenue's schema) POSTs each event,
-signed, to Delivery's inbox, served by uvicorn on 127.0.0.1. The inbox inserts it into
-Delivery's own event table (another schema here; another database in real life), and
-Delivery's own consumer handles it from there, writing one row per event through its
-connection. Meanwhile the demo sends the inbox a few forged requests (another service's
+signed, to that inbox. Meanwhile the demo sends the inbox a few forged requests (another service's
 secret, a stale timestamp, an altered body, no signature, broken signature bytes): each
 must be refused with 401 and write nothing.
 
@@ -14,31 +15,39 @@ and runs without this part.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
-from .._consumer import Consumer
 from .._delivery.config import FanoutConfig
 from .._delivery.signatures import WebhookSecrets, generate_secret
 from .._dispatcher import Dispatcher
-from .._envelope import Event
+from .._errors import DispatchError
 from .._identifiers import quote_ident
-from .._migrate import migrate
 from .._registry import Registry
-from .database import _connect
-from .domain import _RETRY_DELAYS, ACTOR, EVENT_TYPES
+from .domain import _RETRY_DELAYS, ACTOR, EVENT_TYPES, FEED_TABLE
 from .summary import CrossServiceSummary
 
-__all__ = ["RECEIVER", "Remote", "delivery_available", "remote_service"]
+__all__ = [
+    "RECEIVER",
+    "Remote",
+    "abandon",
+    "delivery_available",
+    "remote_service",
+    "start_delivery",
+]
 
 #: The subscriber (in the registry) that the second service plays: it takes every type.
 RECEIVER = "delivery"
-_LOCAL_CONSUMER = "delivery.lessons"
+_START_TIMEOUT = 60.0
 _FORGERIES = (
     "another service's secret",
     "a timestamp 10 minutes old",
@@ -62,14 +71,19 @@ class Remote:
     pool: asyncpg.Pool
     secret: str
     fanout: Any
-    consumer: Consumer
+    process: asyncio.subprocess.Process
     refused: int = 0
     forged_ids: list[str] = field(default_factory=list)
 
-    async def wait_idle(self) -> None:
+    async def wait_idle(self, expected: int) -> None:
         """Until the fan-out has delivered what was committed, and Delivery handled it."""
         await self.fanout.consumers[RECEIVER].wait_idle()
-        await self.consumer.wait_idle()
+        feed = f"{quote_ident(self.schema)}.{FEED_TABLE}"
+        # Another process's consumer: its progress can only be read from its table.
+        while await self.pool.fetchval(f"SELECT count(*) FROM {feed}") < expected:
+            if self.process.returncode is not None:
+                raise DispatchError(f"the second service exited ({self.process.returncode})")
+            await asyncio.sleep(0.05)
 
     async def forge(self, dispatcher: Dispatcher, subject: str) -> None:
         """Send the forged requests; count the ones refused with 401."""
@@ -88,15 +102,16 @@ class Remote:
                 self.refused += answer.status_code == 401
 
     async def stop_and_summarise(self, published_by_type: dict[str, int]) -> CrossServiceSummary:
-        """Stop the fan-out and Delivery's consumer, then read the final figures."""
+        """Stop the fan-out and Delivery (it drains), then read the final figures."""
         await self.fanout.aclose()
-        await self.consumer.aclose()
+        self.process.send_signal(signal.SIGTERM)
+        exit_code = await asyncio.wait_for(self.process.wait(), _START_TIMEOUT)
         qschema = quote_ident(self.schema)
         received = await self.pool.fetch(
             f"SELECT event_id, count(*) OVER (PARTITION BY event_id) AS copies "
             f"FROM {qschema}.dispatcher_event"
         )
-        rows = await self.pool.fetch(f"SELECT event_id, times FROM {qschema}.lesson_feed")
+        rows = await self.pool.fetch(f"SELECT event_id, times FROM {qschema}.{FEED_TABLE}")
         written = await self.pool.fetchval(
             f"SELECT count(*) FROM {qschema}.dispatcher_event WHERE event_id = ANY($1::text[])",
             self.forged_ids,
@@ -112,6 +127,7 @@ class Remote:
             forged=len(self.forged_ids),
             refused=self.refused,
             forged_written=int(written),
+            service_exit_code=exit_code,
         )
 
 
@@ -146,71 +162,90 @@ def _forged(
     return body, headers
 
 
+async def start_delivery(
+    dsn: str, schema: str, secret: str
+) -> tuple[asyncio.subprocess.Process, str]:
+    """Start Delivery's process; its inbox URL once it accepts requests."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "dispatch_aio.demo.delivery_service",
+        schema,
+        env={**os.environ, "DISPATCH_AIO_DEMO_DSN": dsn, "DISPATCH_AIO_DEMO_SECRET": secret},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    try:
+        line = await asyncio.wait_for(process.stdout.readline(), _START_TIMEOUT)
+    except TimeoutError:
+        line = b""
+    except BaseException:  # cancelled: leave no process behind
+        process.kill()
+        await asyncio.shield(process.wait())
+        raise
+    if not line.startswith(b"url "):
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+        raise DispatchError(
+            f"the demo's second service did not start (exit {process.returncode}): "
+            "see its messages above"
+        )
+    return process, line.split()[1].decode()
+
+
 @contextlib.asynccontextmanager
 async def remote_service(
-    revenue_pool: asyncpg.Pool, revenue_schema: str, dsn: str, schema: str, registry: Registry
+    revenue_pool: asyncpg.Pool,
+    revenue_schema: str,
+    delivery: tuple[asyncio.subprocess.Process, str],
+    schema: str,
+    secret: str,
+    registry: Registry,
 ) -> AsyncIterator[Remote]:
-    """Delivery's schema ``schema``, inbox and consumer, and Revenue's fan-out to it.
+    """Revenue's fan-out to the running Delivery process of ``delivery``.
 
-    Everything is stopped (work in flight drained) on exit; the caller drops the schema.
+    On exit the fan-out is stopped (POSTs in flight finish) and the process, if still
+    running, is killed; the caller drops Delivery's schema.
     """
     from ..fanout import Fanout
-    from ..inbox import serve_inbox
 
-    pool = await _connect(dsn, 8)
+    process, url = delivery
     try:
-        await migrate(pool, schema)
-        qschema = quote_ident(schema)
-        await pool.execute(
-            f"CREATE TABLE {qschema}.lesson_feed (event_id text PRIMARY KEY, "
-            "event_type text NOT NULL, times integer NOT NULL DEFAULT 1)"
+        config = FanoutConfig.from_mapping(
+            {
+                "schema": revenue_schema,
+                "endpoints": {
+                    RECEIVER: {
+                        "url": url,
+                        "secrets": [secret],
+                        "allow_private_network": True,  # loopback, on purpose
+                        "retry_delays": list(_RETRY_DELAYS),
+                        "concurrency": 4,
+                    }
+                },
+            }
         )
-        secret = generate_secret()
-        consumer = Consumer(
-            pool,
-            name=_LOCAL_CONSUMER,
+        fanout = Fanout(
+            revenue_pool,
+            config,
             registry=registry,
-            db_schema=schema,
-            concurrency=4,
-            poll_interval=1.0,
-            drain_timeout=10.0,
+            consumer_options={"poll_interval": 1.0, "drain_timeout": 10.0},
         )
-
-        async def feed(event: Event, conn: asyncpg.Connection) -> None:
-            # Exactly once through the connection: a second copy would count times = 2.
-            await conn.execute(
-                f"INSERT INTO {qschema}.lesson_feed (event_id, event_type) VALUES ($1, $2) "
-                "ON CONFLICT (event_id) DO UPDATE SET times = lesson_feed.times + 1",
-                event.event_id,
-                event.event_type,
-            )
-
-        for event_type in EVENT_TYPES:
-            consumer.on(event_type)(feed)
-        async with serve_inbox(
-            dsn, secrets=[secret], registry=registry, schema=schema, pool_size=8
-        ) as inbox:
-            config = FanoutConfig.from_mapping(
-                {
-                    "schema": revenue_schema,
-                    "endpoints": {
-                        RECEIVER: {
-                            "url": inbox.url,
-                            "secrets": [secret],
-                            "allow_private_network": True,  # loopback, on purpose
-                            "retry_delays": list(_RETRY_DELAYS),
-                            "concurrency": 4,
-                        }
-                    },
-                }
-            )
-            fanout = Fanout(
-                revenue_pool,
-                config,
-                registry=registry,
-                consumer_options={"poll_interval": 1.0, "drain_timeout": 10.0},
-            )
-            async with consumer, fanout:
-                yield Remote(schema, inbox.url, pool, secret, fanout, consumer)
+        async with fanout:
+            yield Remote(schema, url, revenue_pool, secret, fanout, process)
     finally:
-        await pool.close()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def abandon(starting: asyncio.Task[tuple[asyncio.subprocess.Process, str]]) -> None:
+    """Make sure the process ``starting`` started (or is starting) is gone."""
+    if not starting.done():
+        starting.cancel()
+    with contextlib.suppress(BaseException):
+        process, _ = await starting
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -15,6 +15,7 @@ import asyncpg
 from .._consumer import Consumer
 from .._db import CONNECTION_ERRORS
 from .._deadletters import DeadLetters
+from .._delivery.signatures import generate_secret
 from .._dispatcher import Dispatcher
 from .._dsn import redact
 from .._errors import DispatchError, UsageError
@@ -38,7 +39,14 @@ from .domain import (
     WAREHOUSE,
 )
 from .output import _captured_library_logs, _ms, _percentile, _plural, _Progress
-from .remote import RECEIVER, Remote, delivery_available, remote_service
+from .remote import (
+    RECEIVER,
+    Remote,
+    abandon,
+    delivery_available,
+    remote_service,
+    start_delivery,
+)
 from .revenue import _Revenue
 from .summary import ConsumerSummary, CrossServiceSummary, DeadLetterSummary, DemoSummary
 
@@ -107,6 +115,13 @@ async def _run(
     pool_size = _PRODUCERS + _COACHING_WORKERS * (4 + 2) + (4 + 2) + (4 + 2) + 2
     pool = await _connect(db.dsn, pool_size)
     created_schema = False
+    # The second service starts (a process importing its web stack) while this one migrates.
+    secret = generate_secret()
+    starting = (
+        asyncio.create_task(start_delivery(db.dsn, _remote_schema(schema), secret))
+        if delivery_available()
+        else None
+    )
     try:
         server_version = str(await pool.fetchval("SHOW server_version"))
         where = "embedded PostgreSQL" if db.embedded else redact(db.dsn, db.dsn)
@@ -126,8 +141,12 @@ async def _run(
             server_version=server_version,
             keep=keep,
             records=records,
+            starting=starting,
+            secret=secret,
         )
     finally:
+        if starting is not None:
+            await abandon(starting)
         try:
             if created_schema and not keep:
                 with contextlib.suppress(*CONNECTION_ERRORS, asyncpg.PostgresError):
@@ -156,6 +175,8 @@ async def _scenario(
     server_version: str,
     keep: bool,
     records: list[logging.LogRecord],
+    starting: asyncio.Task[tuple[asyncio.subprocess.Process, str]] | None,
+    secret: str,
 ) -> DemoSummary:
     schema = db.schema
     qschema = quote_ident(schema)
@@ -193,13 +214,15 @@ async def _scenario(
     async with contextlib.AsyncExitStack() as stack:
         for consumer in consumers:
             await stack.enter_async_context(consumer)
-        if delivery_available():
+        if starting is not None:
             remote = await stack.enter_async_context(
-                remote_service(pool, schema, db.dsn, _remote_schema(schema), registry)
+                remote_service(
+                    pool, schema, await starting, _remote_schema(schema), secret, registry
+                )
             )
             progress.line(
-                f"Second service {RECEIVER} (schema {remote.schema}) takes Revenue's events "
-                f"through its inbox at {remote.url}: signed fan-out over loopback HTTP"
+                f"Second service {RECEIVER} (its own process, schema {remote.schema}) takes "
+                f"Revenue's events through its inbox at {remote.url} (signed fan-out)"
             )
         else:
             progress.line(
@@ -221,7 +244,7 @@ async def _scenario(
                 for consumer in consumers:
                     await consumer.wait_idle()
                 if remote is not None:
-                    await remote.wait_idle()
+                    await remote.wait_idle(revenue.published)
             progress.status(status(), force=True)
             progress.end_live()
             progress.line(

@@ -75,6 +75,8 @@ class CrossServiceSummary(BaseModel):
     forged: int
     refused: int
     forged_written: int
+    #: How the second service's process ended after SIGTERM (0: drained cleanly).
+    service_exit_code: int = 0
 
     @property
     def exactly_once(self) -> bool:
@@ -91,8 +93,8 @@ class CrossServiceSummary(BaseModel):
 
     @property
     def ok(self) -> bool:
-        """Both checks of the second service."""
-        return self.exactly_once and self.forgeries_refused
+        """Both checks of the second service, and its clean exit."""
+        return self.exactly_once and self.forgeries_refused and self.service_exit_code == 0
 
 
 class DemoSummary(BaseModel):
