@@ -13,7 +13,7 @@
     dlq resolve ID --by WHO [--note T]    mark it resolved (one-shot)
     dlq replay ID --by WHO                have its consumer handle the event again
     dlq replay-all --consumer C --by WHO  the same for every active dead letter
-    status [--consumer C] [--json]        consumer lag, dead letters, horizon holders
+    status [--consumer C] [--json]        lag, dead letters, last activity, horizon holders
     worker MODULE:ATTRIBUTE [...]         run a Consumer until SIGTERM
     fanout CONFIG                         deliver events to other services until SIGTERM
     demo [--events N] [--keep]            the demo scenario
