@@ -101,3 +101,9 @@ async def test_fanout_with_a_missing_or_bad_configuration_is_a_usage_error(
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"endpoints": {"coaching": {"url": "http://127.0.0.1:9/in"}}}))
     assert_error(await cli("fanout", str(bad), dsn=dispatch_dsn), 2, "fan-out configuration")
+    other = tmp_path / "other.json"
+    config = fanout_config({"coaching": "http://127.0.0.1:9/in"})
+    other.write_text(json.dumps({"schema": "revenue", **config}))
+    assert_error(
+        await cli("fanout", str(other), "--schema", "billing", dsn=dispatch_dsn), 2, "disagrees"
+    )

@@ -49,6 +49,14 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         config = FanoutConfig.load(args.config)
     except ConfigurationError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
+    if ctx.schema != "public":  # --schema given: it names the dispatcher tables too
+        if config.db_schema not in ("public", ctx.schema):
+            raise CommandError(
+                f"--schema {ctx.schema} disagrees with the configuration's schema "
+                f"{config.db_schema}: give one of them",
+                EXIT_USAGE,
+            )
+        config = config.model_copy(update={"db_schema": ctx.schema})
     try:
         await run_fanout(dsn, config)
     except InvalidDsnError as exc:
