@@ -614,6 +614,33 @@ WHERE consumer = $1
 ORDER BY created_at DESC, dead_letter_id DESC
 LIMIT $5
 
+-- name: dead_letters_list_active_every
+-- As dead_letters_list_active, for every consumer (dlq list without a consumer).
+SELECT dead_letter_id, consumer, event_id, event_type, schema_version, tenant_id, subject,
+       envelope::text AS envelope, error_type, error_message, error_traceback, attempts,
+       created_at, resolved_at, resolved_by, resolution_note, replay_status,
+       replay_requested_at, replayed_by, replayed_at, replay_error
+FROM {{schema}}.dispatcher_dead_letter
+WHERE resolved_at IS NULL
+  AND (created_at, dead_letter_id)
+      < (coalesce($1::timestamptz, 'infinity'::timestamptz), coalesce($2::text, ''))
+  AND ($3::text IS NULL OR tenant_id = $3::text)
+ORDER BY created_at DESC, dead_letter_id DESC
+LIMIT $4
+
+-- name: dead_letters_list_all_every
+-- As dead_letters_list_all, for every consumer.
+SELECT dead_letter_id, consumer, event_id, event_type, schema_version, tenant_id, subject,
+       envelope::text AS envelope, error_type, error_message, error_traceback, attempts,
+       created_at, resolved_at, resolved_by, resolution_note, replay_status,
+       replay_requested_at, replayed_by, replayed_at, replay_error
+FROM {{schema}}.dispatcher_dead_letter
+WHERE (created_at, dead_letter_id)
+      < (coalesce($1::timestamptz, 'infinity'::timestamptz), coalesce($2::text, ''))
+  AND ($3::text IS NULL OR tenant_id = $3::text)
+ORDER BY created_at DESC, dead_letter_id DESC
+LIMIT $4
+
 -- name: dead_letter_get
 SELECT dead_letter_id, consumer, event_id, event_type, schema_version, tenant_id, subject,
        envelope::text AS envelope, error_type, error_message, error_traceback, attempts,
@@ -716,6 +743,20 @@ LEFT JOIN LATERAL (
 ) head ON true
 WHERE $1::text IS NULL OR c.consumer = $1
 ORDER BY c.consumer, c.event_type
+
+-- name: status_last_activity
+-- Per consumer, when a cursor of it last moved (or was made, when the consumer first
+-- started): a cursor moves as events get outcomes, so this is its last sign of work.
+SELECT consumer, max(updated_at) AS last_activity_at, now() AS now
+FROM (
+    SELECT consumer, updated_at FROM {{schema}}.dispatcher_cursor
+    WHERE $1::text IS NULL OR consumer = $1
+    UNION ALL
+    SELECT consumer, updated_at FROM {{schema}}.dispatcher_partition_cursor
+    WHERE $1::text IS NULL OR consumer = $1
+) cursors
+GROUP BY consumer
+ORDER BY consumer
 
 -- name: status_horizon_holders
 -- Open transactions that hold an xid, in any database: each keeps every consumer from

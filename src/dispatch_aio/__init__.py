@@ -51,7 +51,13 @@ from ._migrate import SCHEMA_VERSION, MigrationResult, check_schema, migrate
 from ._registry import Registry
 from ._retention import PruneResult, prune
 from ._signals import HandlerSignal, Reject, RetryAfter
-from ._status import ConsumerHealth, HorizonHolder, StatusReport, consumer_status
+from ._status import (
+    ConsumerActivity,
+    ConsumerHealth,
+    HorizonHolder,
+    StatusReport,
+    consumer_status,
+)
 from ._telemetry import Telemetry
 
 __all__ = [
@@ -61,6 +67,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "ConfigurationError",
     "Consumer",
+    "ConsumerActivity",
     "ConsumerConfig",
     "ConsumerFailedError",
     "ConsumerHealth",

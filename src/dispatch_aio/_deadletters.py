@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, computed_field
 
 from ._db import translate_errors
 from ._errors import DeadLetterAlreadyResolvedError, DeadLetterNotFoundError, UsageError
@@ -28,12 +28,22 @@ from ._identifiers import validate_schema_name
 from ._ids import is_prefixed_id
 from ._sql import queries
 
-__all__ = ["MAX_PAGE_SIZE", "DeadLetter", "DeadLetterPage", "DeadLetters", "ReplayStatus"]
+__all__ = [
+    "MAX_PAGE_SIZE",
+    "DeadLetter",
+    "DeadLetterPage",
+    "DeadLetterState",
+    "DeadLetters",
+    "ReplayStatus",
+]
 
 #: The largest page ``DeadLetters.list`` returns.
 MAX_PAGE_SIZE = 500
 
 ReplayStatus = Literal["pending", "succeeded", "failed"]
+#: A dead letter's state: still to deal with (``active``, ``replay_pending``,
+#: ``replay_failed``), or closed (``replayed`` by its consumer, ``resolved`` by hand).
+DeadLetterState = Literal["active", "replay_pending", "replay_failed", "replayed", "resolved"]
 
 
 class DeadLetter(BaseModel):
@@ -67,6 +77,19 @@ class DeadLetter(BaseModel):
     def is_resolved(self) -> bool:
         """True once an operator (or a successful replay) resolved the row."""
         return self.resolved_at is not None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def state(self) -> DeadLetterState:
+        """Where the row stands, in one word: a replay that succeeded is ``replayed``,
+        a row an operator closed by hand is ``resolved``."""
+        if self.resolved_at is not None:
+            return "replayed" if self.replay_status == "succeeded" else "resolved"
+        if self.replay_status == "pending":
+            return "replay_pending"
+        if self.replay_status == "failed":
+            return "replay_failed"
+        return "active"
 
 
 class DeadLetterPage(BaseModel):
@@ -103,7 +126,7 @@ class DeadLetters:
 
     async def list(
         self,
-        consumer: str,
+        consumer: str | None,
         *,
         include_resolved: bool = False,
         limit: int = 50,
@@ -112,25 +135,34 @@ class DeadLetters:
     ) -> DeadLetterPage:
         """A page of a consumer's dead letters, newest first (active ones unless asked).
 
-        One read-only statement. Paging is by keyset on ``(created_at, dead_letter_id)``:
-        pass the previous page's ``next_cursor`` as ``before``; rows added meanwhile do
-        not shift later pages. ``limit`` is 1 to 500 and a cursor must come from a
-        previous page, else UsageError.
+        ``consumer=None`` lists every consumer's. One read-only statement. Paging is by
+        keyset on ``(created_at, dead_letter_id)``: pass the previous page's
+        ``next_cursor`` as ``before``; rows added meanwhile do not shift later pages.
+        ``limit`` is 1 to 500 and a cursor must come from a previous page, else
+        UsageError.
         """
-        _check_text("consumer", consumer)
+        if consumer is not None:
+            _check_text("consumer", consumer)
         _check_tenant(tenant_id)
         if isinstance(limit, bool) or not isinstance(limit, int):
             raise UsageError(f"limit must be an int, got {type(limit).__name__}")
         if not 1 <= limit <= MAX_PAGE_SIZE:
             raise UsageError(f"limit must be between 1 and {MAX_PAGE_SIZE}, got {limit}")
         after_created, after_id = (None, None) if before is None else decode_cursor(before)
-        query = (
-            self._q.dead_letters_list_all if include_resolved else self._q.dead_letters_list_active
-        )
+        q = self._q
         with translate_errors(self._schema):
-            rows = await self._pool.fetch(
-                query, consumer, after_created, after_id, tenant_id, limit + 1
-            )
+            if consumer is None:
+                query = (
+                    q.dead_letters_list_all_every
+                    if include_resolved
+                    else q.dead_letters_list_active_every
+                )
+                rows = await self._pool.fetch(query, after_created, after_id, tenant_id, limit + 1)
+            else:
+                query = q.dead_letters_list_all if include_resolved else q.dead_letters_list_active
+                rows = await self._pool.fetch(
+                    query, consumer, after_created, after_id, tenant_id, limit + 1
+                )
         items = tuple(_from_row(row) for row in rows[:limit])
         next_cursor = encode_cursor(items[-1]) if len(rows) > limit else None
         return DeadLetterPage(items=items, next_cursor=next_cursor)

@@ -12,7 +12,19 @@ from ._db import translate_errors
 from ._identifiers import validate_schema_name
 from ._sql import queries
 
-__all__ = ["ConsumerHealth", "HorizonHolder", "StatusReport", "consumer_status", "horizon_holders"]
+__all__ = [
+    "DEFAULT_IDLE_AFTER",
+    "ConsumerActivity",
+    "ConsumerHealth",
+    "HorizonHolder",
+    "StatusReport",
+    "age",
+    "consumer_status",
+    "horizon_holders",
+]
+
+#: Seconds without a cursor move after which ``status`` calls a consumer idle.
+DEFAULT_IDLE_AFTER = 24 * 3600.0
 
 logger = logging.getLogger("dispatch_aio.status")
 
@@ -53,6 +65,21 @@ class HorizonHolder(BaseModel):
     query: str | None
 
 
+class ConsumerActivity(BaseModel):
+    """When a consumer last showed work: its cursors' latest move (or its first start).
+
+    ``idle`` when that is longer ago than the report's ``idle_after``: a consumer that
+    was retired, or whose workers are all down (its lag then tells which matters).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    consumer: str
+    last_activity_at: datetime
+    idle_seconds: float
+    idle: bool
+
+
 class StatusReport(BaseModel):
     """Everything ``dispatch-aio status`` shows."""
 
@@ -62,6 +89,7 @@ class StatusReport(BaseModel):
     consumers: list[ConsumerHealth]
     horizon_holders: list[HorizonHolder]
     warnings: list[str]
+    activity: list[ConsumerActivity] = []
 
 
 async def horizon_holders(
@@ -78,23 +106,48 @@ async def consumer_status(
     schema: str = "public",
     consumer: str | None = None,
     horizon_warning_after: float = 60.0,
+    idle_after: float = DEFAULT_IDLE_AFTER,
 ) -> StatusReport:
     """Per consumer and event type: cursor, lag, oldest pending age, dead letters.
 
     Also lists transactions holding the read horizon back; one open longer than
     ``horizon_warning_after`` seconds is logged as a warning and reported in ``warnings``.
-    Read-only; runs outside any transaction.
+    Per consumer, ``activity`` says when its cursors last moved; a consumer idle longer
+    than ``idle_after`` seconds is marked and warned about. Read-only; runs outside any
+    transaction.
     """
     validate_schema_name(schema)
     with translate_errors(schema):
         if isinstance(pool, asyncpg.Pool):
             async with pool.acquire() as conn:
-                return await _status(conn, schema, consumer, horizon_warning_after)
-        return await _status(pool, schema, consumer, horizon_warning_after)
+                return await _status(conn, schema, consumer, horizon_warning_after, idle_after)
+        return await _status(pool, schema, consumer, horizon_warning_after, idle_after)
+
+
+async def _activity(
+    conn: asyncpg.Connection, schema: str, consumer: str | None, idle_after: float
+) -> list[ConsumerActivity]:
+    rows = await conn.fetch(queries(schema).status_last_activity, consumer)
+    activity = []
+    for r in rows:
+        idle_seconds = max(0.0, (r["now"] - r["last_activity_at"]).total_seconds())
+        activity.append(
+            ConsumerActivity(
+                consumer=r["consumer"],
+                last_activity_at=r["last_activity_at"],
+                idle_seconds=idle_seconds,
+                idle=idle_seconds >= idle_after,
+            )
+        )
+    return activity
 
 
 async def _status(
-    conn: asyncpg.Connection, schema: str, consumer: str | None, warn_after: float
+    conn: asyncpg.Connection,
+    schema: str,
+    consumer: str | None,
+    warn_after: float,
+    idle_after: float,
 ) -> StatusReport:
     rows = await conn.fetch(queries(schema).status_consumers, consumer)
     health = [
@@ -134,6 +187,31 @@ async def _status(
             )
             warnings.append(message)
             logger.warning(message, extra={"pid": holder.pid, "age_seconds": holder.age_seconds})
-    return StatusReport(
-        schema_name=schema, consumers=health, horizon_holders=holders, warnings=warnings
+    activity = await _activity(conn, schema, consumer, idle_after)
+    lag = {c: 0 for c in (a.consumer for a in activity)}
+    for h in health:
+        lag[h.consumer] = lag.get(h.consumer, 0) + h.lag
+    warnings.extend(
+        f"consumer {a.consumer} has not moved for {age(a.idle_seconds)} "
+        f"({lag.get(a.consumer, 0)} events waiting): retired, or are its workers down?"
+        for a in activity
+        if a.idle
     )
+    return StatusReport(
+        schema_name=schema,
+        consumers=health,
+        horizon_holders=holders,
+        warnings=warnings,
+        activity=activity,
+    )
+
+
+def age(seconds: float) -> str:
+    """``3d 4h``, ``5h 12m``, ``7m``: an age to read at a glance."""
+    minutes = int(seconds // 60)
+    days, hours, minutes = minutes // 1440, minutes // 60 % 24, minutes % 60
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m" if minutes else f"{int(seconds)}s"

@@ -31,7 +31,9 @@ class Run:
     err: str
 
 
-async def cli(*args: str, dsn: str | None = None, script: bool = False) -> Run:
+async def cli(
+    *args: str, dsn: str | None = None, script: bool = False, cwd: Path | None = None
+) -> Run:
     """Run the command line in a fresh interpreter, with DATABASE_URL set to ``dsn``."""
     env = {
         k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "DISPATCH_AIO_CONTRACTS"}
@@ -43,7 +45,7 @@ async def cli(*args: str, dsn: str | None = None, script: bool = False) -> Run:
     else:
         command = [sys.executable, "-m", "dispatch_aio.cli", *args]
     with anyio.fail_after(60):
-        done = await anyio.run_process(command, env=env, check=False)
+        done = await anyio.run_process(command, env=env, check=False, cwd=cwd)
     return Run(done.returncode, done.stdout.decode(), done.stderr.decode())
 
 
@@ -223,6 +225,39 @@ async def test_dlq_list_table_json_and_pages(dispatch_dsn: str, conn: asyncpg.Co
     empty = await cli("dlq", "list", "--consumer", "nobody", dsn=dispatch_dsn)
     assert empty.code == 0
     assert "no active dead letters" in empty.out
+
+
+async def test_dlq_list_of_every_consumer_tells_replayed_from_resolved(
+    dispatch_dsn: str, conn: asyncpg.Connection
+) -> None:
+    coaching = await seed(conn, consumer="coaching")
+    billing = await seed(conn, consumer="billing")
+    by_hand = await seed(conn, consumer="coaching", resolved=True)
+    replayed = await seed(conn, consumer="billing", resolved=True, replay_status="succeeded")
+
+    every = await cli("dlq", "list", dsn=dispatch_dsn)
+    assert every.code == 0, every
+    lines = every.out.splitlines()
+    assert lines[0].split()[:3] == ["ID", "CONSUMER", "CREATED"]
+    rows = {line.split()[0]: line.split()[1] for line in lines[1:]}
+    assert rows == {coaching: "coaching", billing: "billing"}
+
+    closed = await cli("dlq", "list", "--include-resolved", dsn=dispatch_dsn)
+    assert closed.code == 0, closed
+    states = {line.split()[0]: line for line in closed.out.splitlines()[1:]}
+    assert " replayed " in states[replayed]
+    assert " resolved " in states[by_hand]
+    assert " active " in states[coaching]
+
+    as_json = await cli("dlq", "list", "--include-resolved", "--json", dsn=dispatch_dsn)
+    items = {i["dead_letter_id"]: i for i in json.loads(as_json.out)["items"]}
+    assert {k: v["state"] for k, v in items.items()} == {
+        coaching: "active",
+        billing: "active",
+        by_hand: "resolved",
+        replayed: "replayed",
+    }
+    assert items[billing]["consumer"] == "billing"
 
 
 async def test_dlq_list_errors(dispatch_dsn: str) -> None:

@@ -181,7 +181,7 @@ async def test_status_masks_a_password_in_a_horizon_holders_query(
 
 @pytest.mark.parametrize("form", DSN_FORMS)
 def test_worker_log_lines_are_masked(form: str) -> None:
-    from dispatch_aio.cli.worker import _RedactingFormatter
+    from dispatch_aio.cli.logs import RedactingFormatter
 
     dsn = DSN_FORMS[form]
     # The password as a driver message would repeat it (decoded, with its slash).
@@ -191,7 +191,7 @@ def test_worker_log_lines_are_masked(form: str) -> None:
     record = logging.LogRecord(
         "dispatch_aio.consumer", logging.ERROR, __file__, 1, "lost %s: %s", (dsn, repeated), None
     )
-    line = _RedactingFormatter(logging.Formatter("%(message)s"), dsn).format(record)
+    line = RedactingFormatter(logging.Formatter("%(message)s"), dsn).format(record)
     assert line.startswith("lost ")
     for piece in SECRET_PIECES:
         assert piece not in line

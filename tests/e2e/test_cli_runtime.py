@@ -37,6 +37,32 @@ async def test_status_lists_consumers_as_json_and_table(
     assert [c["consumer"] for c in report["consumers"]] == ["coaching"]
 
 
+async def test_status_shows_last_activity_and_marks_idle_consumers(
+    dispatch_dsn: str, dispatch_pool: asyncpg.Pool
+) -> None:
+    await dispatch_pool.execute(
+        "INSERT INTO dispatcher_cursor (consumer, event_type, updated_at) VALUES "
+        "('coaching', 'credit.locked', now()), "
+        "('retired', 'credit.locked', now() - interval '3 days 2 hours'), "
+        "('retired', 'credit.released', now() - interval '4 days')"
+    )
+    dispatcher = Dispatcher(dispatch_pool, producer="tests", tenant_id="tnt_tests")
+    await dispatcher.publish("credit.locked", locked_payload(), subject=uid("per"), actor="a:b")
+    table = await cli("status", dsn=dispatch_dsn)
+    assert table.code == 0, table
+    rows = {line.split()[0]: line for line in table.out.split("last activity")[1].splitlines()[2:]}
+    assert rows["retired"].endswith("3d 2h  idle")
+    assert not rows["coaching"].endswith("idle")
+    assert "consumer retired has not moved for 3d 2h (1 events waiting)" in table.err
+    assert "coaching" not in table.err
+
+    machine = await cli("status", "--json", "--idle-after", "4d", dsn=dispatch_dsn)
+    activity = {a["consumer"]: a for a in json.loads(machine.out)["activity"]}
+    assert activity["retired"]["idle"] is False  # under four days
+    assert activity["retired"]["idle_seconds"] > 3 * 86400
+    assert activity["coaching"]["idle"] is False
+
+
 async def test_status_without_a_database_prints_one_line() -> None:
     assert_error(await cli("status", dsn=UNREACHABLE), 1, "cannot reach the database")
 
@@ -79,7 +105,8 @@ async def test_worker_runs_a_consumer_until_sigterm(
 
     listener = await asyncpg.connect(dispatch_dsn)
     await listener.add_listener("effects", on_effect)
-    env = {**os.environ, "DATABASE_URL": dispatch_dsn, "PYTHONPATH": str(tmp_path)}
+    paths = [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "DATABASE_URL": dispatch_dsn, "PYTHONPATH": os.pathsep.join(paths)}
     command = [sys.executable, "-m", "dispatch_aio.cli", "worker", "shop_worker:make"]
     process = await anyio.open_process(command, env=env, cwd=tmp_path)
     try:
@@ -109,6 +136,8 @@ async def test_demo_runs_to_its_summary_on_the_embedded_postgres() -> None:
     run = await cli("demo", "--events", "40")
     assert run.code == 0, run.out + run.err
     assert "Projection:" in run.out
+    assert "Cross-service: delivery's inbox received 40 of 40 events" in run.out
+    assert "Forged requests refused: 5 of 5" in run.out
     assert "All checks passed." in run.out
 
 

@@ -135,6 +135,8 @@ class ScriptedSubscriber:
     received: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
+    #: The client (host, port) of each request: one per TCP connection.
+    clients: list[tuple[str, int]] = field(default_factory=list)
     port: int = 0
 
     @property
@@ -151,6 +153,7 @@ class ScriptedSubscriber:
             if not message.get("more_body"):
                 break
         self.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
+        self.clients.append(tuple(scope["client"]))
         self.bodies.append(body)
         self.received.append(json.loads(body))
         status, extra = self.answers.pop(0) if self.answers else (200, {})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from dispatch_aio import Consumer, Dispatcher, Event
+from dispatch_aio import ConfigurationError, Consumer, ConsumerState, Dispatcher, Event
 
 from .helpers import locked_payload, uid
 
@@ -69,6 +69,31 @@ async def test_a_small_pool_caps_the_workers_instead_of_starving_them(
         assert len(seen) == 30
         # One connection for the fetch loop, one held for LISTEN (no dsn/listen_connect).
         assert "running 2 workers instead of concurrency=16" in caplog.text
+        assert "the pool has 4 connections" in caplog.text
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize(("size", "listen", "needed"), [(1, True, 3), (2, True, 3), (1, False, 2)])
+async def test_a_pool_that_cannot_make_progress_is_refused_at_start(
+    dispatch_dsn: str, size: int, listen: bool, needed: int
+) -> None:
+    pool = await asyncpg.create_pool(dispatch_dsn, min_size=1, max_size=size)
+    try:
+        consumer = Consumer(pool, name="starved", concurrency=4, listen=listen)
+
+        @consumer.on("credit.locked")
+        async def on_locked(event: Event) -> None:
+            pass
+
+        shown = "1 connection" if size == 1 else f"{size} connections"
+        with pytest.raises(ConfigurationError, match=f"cannot run on a pool of {shown}:") as caught:
+            await consumer.start()
+        message = str(caught.value)
+        assert "\n" not in message
+        assert f"give the pool at least {needed}" in message
+        assert consumer.state is ConsumerState.CLOSED
+        assert pool.get_idle_size() == pool.get_size()  # nothing left holding a connection
     finally:
         await pool.close()
 

@@ -70,9 +70,24 @@ async def test_demo_runs_to_a_passing_summary_and_drops_its_schema(dispatch_dsn:
         assert letter.handled_after_fix == 1
     assert summary.latency_p50_ms is not None
     assert summary.latency_p99_ms is not None
+
+    # The second service got every event through its inbox once, and refused forgeries.
+    cross = summary.cross_service
+    assert cross is not None
+    assert cross.subscriber == "delivery"
+    assert cross.expected == cross.received == cross.handled == 60
+    assert cross.received_more_than_once == cross.handled_more_than_once == 0
+    assert cross.forged == cross.refused == 5
+    assert cross.forged_written == 0
+    assert summary.unexpected_warnings == ()  # the refusals are expected ones
     assert summary.ok
 
     text = out.getvalue()
+    assert (
+        "Cross-service: delivery's inbox received 60 of 60 events, 0 more than once; "
+        "its consumer handled 60, 0 more than once [OK]"
+    ) in text
+    assert "Forged requests refused: 5 of 5 (bad signatures, 401), 0 written [OK]" in text
     assert "Summary" in text
     assert "p50" in text
     assert "p99" in text
@@ -81,8 +96,9 @@ async def test_demo_runs_to_a_passing_summary_and_drops_its_schema(dispatch_dsn:
     assert "All checks passed." in text
     assert "Traceback" not in text
 
-    # The schema is gone, and the database's own dispatcher tables were not touched.
+    # The schemas are gone, and the database's own dispatcher tables were not touched.
     assert summary.db_schema not in await _schemas(dispatch_dsn)
+    assert cross.schema_name not in await _schemas(dispatch_dsn)
     conn = await asyncpg.connect(dispatch_dsn)
     try:
         assert await conn.fetchval("SELECT count(*) FROM public.dispatcher_event") == 0

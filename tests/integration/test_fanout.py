@@ -132,6 +132,20 @@ async def test_each_post_is_signed_and_carries_the_trace(
     assert client[0].attributes["http.response.status_code"] == 200
 
 
+async def test_posts_reuse_their_keep_alive_connection(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    await publish(dispatcher, 30)
+    subscriber = ScriptedSubscriber()
+    async with serve_in_process(subscriber) as port:
+        subscriber.port = port
+        worker = fanout(dispatch_pool, {"coaching": subscriber.url}, concurrency=1)
+        results = await drain_fanout(worker)
+    assert results["coaching"].handled == 30
+    # One worker, answers read to their end: every POST goes over the same connection.
+    assert len(set(subscriber.clients)) == 1, subscriber.clients
+
+
 async def test_server_errors_and_connection_errors_are_retried(
     dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
 ) -> None:

@@ -38,7 +38,13 @@ import anyio
 import anyio.abc
 import asyncpg
 
-from .._errors import ConsumerFailedError, HorizonError, LifecycleError, UsageError
+from .._errors import (
+    ConfigurationError,
+    ConsumerFailedError,
+    HorizonError,
+    LifecycleError,
+    UsageError,
+)
 from .._migrate import check_schema
 from .._registry import Registry
 from .._sql import channel_for, replay_channel_for
@@ -304,7 +310,7 @@ class Consumer:
         self._started = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._abort_requested = asyncio.Event()
-        self._workers = self._worker_count()
+        self._workers = 0  # set once the pool is checked, after the schema
         self._channel = channel_for(config.db_schema)
         self._replay_channel = replay_channel_for(config.db_schema)
         async with self.pool.acquire(timeout=config.acquire_timeout) as conn:
@@ -312,6 +318,8 @@ class Consumer:
             await self._check_horizon(conn)
             await self._store.init_cursors(conn, from_now=config.start_from == "now")
             stored = await self._store.read_cursors(conn)
+        # After the schema check, which names the more basic problem first.
+        self._workers = self._worker_count()
         max_buffered = config.max_buffered or max(
             4 * config.batch_size, self._workers * config.max_group
         )
@@ -386,15 +394,32 @@ class Consumer:
         get_max_size = getattr(self.pool, "get_max_size", None)
         if get_max_size is None:
             return wanted
-        reserved = 2 if self._listens_on_pool() else 1
-        available = max(1, int(get_max_size()) - reserved)
+        size = int(get_max_size())
+        listens = self._listens_on_pool()
+        reserved = 2 if listens else 1
+        held = "the fetch loop and the LISTEN connection" if listens else "the fetch loop"
+        available = size - reserved
+        if available < 1:
+            # Below this nothing is ever handled: the fetch loop would read events that
+            # no worker can get a connection for. Refuse rather than hang.
+            raise ConfigurationError(
+                f"consumer {self.name!r} cannot run on a pool of {_connections(size)}: "
+                f"{held} hold {_connections(reserved)}, and each worker needs one more; "
+                f"give the pool at least {reserved + 1} (concurrency + {reserved} = "
+                f"{wanted + reserved} for full speed; dispatch-aio worker --pool-size)"
+            )
         if available < wanted:
             logger.warning(
-                "the pool has %d connections: running %d workers instead of concurrency=%d "
-                "(give the pool concurrency + 2 connections)",
-                int(get_max_size()),
+                "consumer %s: the pool has %s, %s hold %d: running %d workers instead of "
+                "concurrency=%d (give the pool concurrency + %d = %d connections)",
+                self.name,
+                _connections(size),
+                held,
+                reserved,
                 available,
                 wanted,
+                reserved,
+                wanted + reserved,
                 extra=self._log,
             )
             return available
@@ -541,6 +566,10 @@ class Consumer:
     def buffered(self) -> int:
         """Events held in memory (at most about ``max_buffered`` per type, plus a batch)."""
         return self._scheduler.buffered()
+
+
+def _connections(count: int) -> str:
+    return f"{count} connection" if count == 1 else f"{count} connections"
 
 
 def _first_bug(exc: BaseException) -> BaseException:

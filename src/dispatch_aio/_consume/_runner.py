@@ -29,6 +29,7 @@ from typing import Any
 
 import asyncpg
 
+from .._logfields import event_fields, tagged
 from .._signals import Reject, RetryAfter
 from .._storage import classify, commit, is_infrastructure, is_usable, rollback
 from .._storage._consumer_store import ConsumerStore, DeadLetterRow
@@ -368,32 +369,51 @@ class GroupRunner:
         if outcome is Outcome.HANDLED:
             stats.handled += 1
             telemetry.consumed(item.event_type, name, item.row["producer"], "handled")
+            if logger.isEnabledFor(logging.DEBUG):  # once per event: build nothing otherwise
+                fields = event_fields(name, item.event_type, item.event_id, item.attempts)
+                logger.debug(
+                    "handled event %s (%s)%s",
+                    item.event_id,
+                    item.event_type,
+                    tagged(fields),
+                    extra=fields,
+                )
         elif outcome is Outcome.DONE_ELSEWHERE:
             stats.dedup_hits += 1
             telemetry.dedup_hit(item.event_type, name)
         elif outcome is Outcome.REPLAYED:
             stats.replayed += 1
             telemetry.consumed(item.event_type, name, item.row["producer"], "replayed")
+            fields = event_fields(
+                name, item.event_type, item.event_id, item.attempts, item.replay_of
+            )
+            logger.info(
+                "replayed dead letter %s: event %s (%s) handled%s",
+                item.replay_of,
+                item.event_id,
+                item.event_type,
+                tagged(fields),
+                extra=fields,
+            )
         elif outcome is Outcome.DEAD_LETTERED:
             letter: DeadLetterRow = item.dead_letter
             stats.dead_lettered += 1
             reason = "exhausted" if letter.attempts else "invalid"
             telemetry.dead_lettered(item.event_type, name, reason)
             telemetry.consumed(item.event_type, name, item.row["producer"], "dead_lettered")
+            fields = event_fields(
+                name, item.event_type, item.event_id, letter.attempts, letter.dead_letter_id
+            )
             logger.warning(
-                "dead-lettered event %s (%s) after %d attempts: %s: %s",
+                "dead-lettered event %s (%s) as %s after %d attempts: %s: %s%s",
                 item.event_id,
                 item.event_type,
+                letter.dead_letter_id,
                 letter.attempts,
                 letter.error_type,
                 letter.error_message[:500],
-                extra={
-                    **self._log,
-                    "event_id": item.event_id,
-                    "event_type": item.event_type,
-                    "dead_letter_id": letter.dead_letter_id,
-                    "reason": letter.error_type,
-                },
+                tagged(fields),
+                extra={**fields, "reason": letter.error_type},
             )
         self.scheduler.complete(item, outcome)
 
@@ -402,12 +422,7 @@ class GroupRunner:
     ) -> None:
         """The event's own failure: retry it later, or dead-letter it."""
         delays = self.subscriptions[failed.event_type].retry_delays
-        log = {
-            **self._log,
-            "event_type": failed.event_type,
-            "event_id": failed.event_id,
-            "attempt": failed.attempts,
-        }
+        log = event_fields(self.name, failed.event_type, failed.event_id, failed.attempts)
         if failed.replay_of is not None:
             await self._replay_failed(failed, f"{type(exc).__name__}: {exc}", conn)
             return
@@ -421,21 +436,25 @@ class GroupRunner:
             self.stats.retried += 1
             self.telemetry.retried(failed.event_type, self.name)
             logger.warning(
-                "handler failed (%s: %s); retry %d in %.2fs",
+                "handler failed on event %s (%s: %s); retry %d in %.2fs%s",
+                failed.event_id,
                 type(exc).__name__,
                 exc,
                 failed.attempts,
                 delay,
+                tagged(log),
                 extra=log,
             )
             self.scheduler.retry(failed, delay)
             await self._store_attempt(failed, exc, conn)
             return
         logger.error(
-            "handler failed %d times (%s: %s); dead-lettering",
+            "handler failed %d times on event %s (%s: %s); dead-lettering%s",
             failed.attempts,
+            failed.event_id,
             type(exc).__name__,
             exc,
+            tagged(log),
             extra=log,
         )
         self.scheduler.dead_letter(
@@ -469,11 +488,15 @@ class GroupRunner:
     async def _replay_failed(self, item: Item, error: str, conn: asyncpg.Connection | None) -> None:
         """Record a failed replay; left pending (read again later) when it cannot be."""
         self.scheduler.complete(item, Outcome.REPLAY_FAILED)
+        fields = event_fields(
+            self.name, item.event_type, item.event_id, item.attempts, item.replay_of
+        )
         logger.warning(
-            "replay of dead letter %s failed again: %s",
+            "replay of dead letter %s failed again: %s%s",
             item.replay_of,
             error[:500],
-            extra={**self._log, "event_id": item.event_id, "event_type": item.event_type},
+            tagged(fields),
+            extra=fields,
         )
         if conn is None:
             return

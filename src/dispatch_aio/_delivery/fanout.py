@@ -37,6 +37,7 @@ from .._consume import ConsumerConfig
 from .._consumer import Consumer
 from .._envelope import Event
 from .._errors import ConfigurationError, LifecycleError
+from .._pool import open_pool
 from .._registry import Registry
 from .._signals import Reject
 from .._telemetry import Telemetry
@@ -51,6 +52,8 @@ logger = logging.getLogger("dispatch_aio.fanout")
 
 _USER_AGENT = "dispatch-aio-fanout/1"
 _EXCERPT_BYTES = 512
+#: The longest answer read to its end, so that its connection can be used again.
+_DRAIN_BYTES = 64 * 1024
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
@@ -121,12 +124,17 @@ class _Deliverer:
             "POST", self.endpoint.url, content=body, headers=headers
         ) as response:
             excerpt = b""
-            if not 200 <= response.status_code < 300:
-                # A little of the answer for the dead letter; never the whole of it.
-                async for chunk in response.aiter_raw():
-                    excerpt += chunk
-                    if len(excerpt) >= _EXCERPT_BYTES:
-                        break
+            read = 0
+            # Read the answer to its end when it is small: a connection whose answer was
+            # left unread cannot go back to the keep-alive pool, and every POST would
+            # then open a new one. Keep a little of it for a dead letter; a long answer
+            # is cut off (its connection closed) rather than read whole.
+            async for chunk in response.aiter_raw():
+                if len(excerpt) < _EXCERPT_BYTES:
+                    excerpt += chunk[: _EXCERPT_BYTES - len(excerpt)]
+                read += len(chunk)
+                if read > _DRAIN_BYTES:
+                    break
             return (
                 response.status_code,
                 response.headers,
@@ -302,10 +310,13 @@ async def run_fanout(
     """Run the fan-out of ``config`` against the database at ``dsn`` until SIGTERM/SIGINT.
 
     Opens a pool sized for every endpoint's workers and closes it at the end: the body
-    of a ``dispatch-aio fanout CONFIG`` command.
+    of ``dispatch-aio fanout CONFIG``. Raises InvalidDsnError or DatabaseUnavailableError
+    (password masked) when the database cannot be reached, ConsumerFailedError when an
+    endpoint's consumer fails.
     """
     size = sum(endpoint.concurrency + 2 for endpoint in config.endpoints.values())
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size)
+    # open_pool: connection errors in one line, never showing the password.
+    pool = await open_pool(dsn, min_size=1, max_size=size)
     try:
         await Fanout(pool, config, registry=registry, telemetry=telemetry).run()
     finally:

@@ -4,6 +4,5 @@ from __future__ import annotations
 
 from . import main
 
-# Guarded: tools that import every module of the package must not run the command line.
-if __name__ == "__main__":
+if __name__ == "__main__":  # importing the module (pkgutil.walk_packages) runs nothing
     raise SystemExit(main())

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from .._dsn import redact
 from .._errors import DispatchError, InvalidDsnError, InvalidIdentifierError, UsageError
 from .._identifiers import validate_schema_name
-from . import contracts, demo, dlq, migrate, prune, status, worker
+from . import contracts, demo, dlq, fanout, migrate, prune, status, worker
 from .context import EXIT_FAILURE, EXIT_USAGE, CommandError, Context, Handler
 from .parser import CommandParser, Subcommand, add_command, global_options
 
@@ -20,10 +20,11 @@ __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 #: The commands, in the order ``--help`` lists them.
 SUBCOMMANDS: dict[str, Subcommand] = {
     "migrate": Subcommand("create or upgrade the dispatcher tables", migrate.configure),
-    "contracts": Subcommand("check event contracts", contracts.configure),
+    "contracts": Subcommand("make, extend and check event contracts", contracts.configure),
     "dlq": Subcommand("list, show, resolve and replay dead letters", dlq.configure),
     "status": Subcommand("consumer lag, dead letters and horizon holders", status.configure),
     "worker": Subcommand("run a Consumer until SIGTERM", worker.configure),
+    "fanout": Subcommand("deliver events to other services until SIGTERM", fanout.configure),
     "demo": Subcommand("run the demo scenario on an embedded PostgreSQL", demo.configure),
     "prune": Subcommand("delete old events every consumer has passed", prune.configure),
 }

@@ -29,11 +29,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
             "dead_letter_id", metavar="ID", type=arguments.dead_letter_id, help="dlq_<UUIDv7>"
         )
 
-    listing = command("list", "a consumer's dead letters, newest first", run_list)
+    listing = command("list", "dead letters, newest first", run_list)
     listing.add_argument(
-        "--consumer", required=True, type=arguments.text, help="the consumer's name"
+        "--consumer", type=arguments.text, help="only this consumer's (default: every consumer's)"
     )
-    listing.add_argument("--include-resolved", action="store_true", help="list resolved ones too")
+    listing.add_argument(
+        "--include-resolved",
+        action="store_true",
+        help="list closed ones too: replayed (by their consumer) or resolved (by hand)",
+    )
     listing.add_argument(
         "--limit", type=arguments.page_size, default=50, help="page size, 1-500 (default 50)"
     )
@@ -85,11 +89,14 @@ async def run_list(args: argparse.Namespace, ctx: Context) -> int:
         return EXIT_OK
     if not page.items:
         which = "dead letters" if args.include_resolved else "active dead letters"
-        ctx.print(f"no {which} for consumer {args.consumer!r}")
+        whose = "any consumer" if args.consumer is None else f"consumer {args.consumer!r}"
+        ctx.print(f"no {which} for {whose}")
         return EXIT_OK
+    every = args.consumer is None  # then each row says whose it is
     rows = [
         [
             d.dead_letter_id,
+            *([d.consumer] if every else []),
             time(d.created_at),
             d.event_type,
             str(d.attempts),
@@ -98,7 +105,8 @@ async def run_list(args: argparse.Namespace, ctx: Context) -> int:
         ]
         for d in page.items
     ]
-    ctx.print(*table(["ID", "CREATED (UTC)", "EVENT TYPE", "ATTEMPTS", "STATE", "ERROR"], rows))
+    headers = ["ID", *(["CONSUMER"] if every else []), "CREATED (UTC)", "EVENT TYPE"]
+    ctx.print(*table([*headers, "ATTEMPTS", "STATE", "ERROR"], rows))
     if page.next_cursor:
         ctx.print(f"more: add --before {page.next_cursor}")
     return EXIT_OK

@@ -16,14 +16,8 @@ def time(value: datetime) -> str:
 
 
 def state(d: DeadLetter) -> str:
-    """A dead letter's state in one or two words."""
-    if d.resolved_at is not None:
-        return "resolved"
-    if d.replay_status == "pending":
-        return "replay pending"
-    if d.replay_status == "failed":
-        return "replay failed"
-    return "active"
+    """A dead letter's state in one or two words: replayed and resolved told apart."""
+    return d.state.replace("_", " ")
 
 
 def shorten(text: str, width: int) -> str:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from datetime import timedelta
 
 from .._dsn import redact
+from .._status import age as _age
 from . import arguments
 from .context import EXIT_OK, Context
-from .formatting import shorten, table
+from .formatting import shorten, table, time
 
 __all__ = ["configure"]
 
@@ -23,6 +25,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="warn about transactions open longer than this (default: 60)",
     )
+    parser.add_argument(
+        "--idle-after",
+        type=arguments.duration,
+        default=timedelta(hours=24),
+        metavar="AGE",
+        help="mark consumers whose cursors have not moved for this long (default: 24h)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -36,6 +45,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
             schema=ctx.schema,
             consumer=args.consumer,
             horizon_warning_after=args.warn_after,
+            idle_after=args.idle_after.total_seconds(),
         )
     # A holder's query text may carry a password (a dblink connection string, ALTER ROLE).
     report = report.model_copy(
@@ -67,6 +77,13 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         ]
         headers = ["CONSUMER", "EVENT TYPE", "CURSOR (XID/POS)", "LAG", "OLDEST", "DEAD"]
         ctx.print(*table(headers, rows))
+    if report.activity:
+        ctx.print("", "last activity (a cursor's latest move):")
+        activity = [
+            [a.consumer, time(a.last_activity_at), _age(a.idle_seconds), "idle" if a.idle else ""]
+            for a in report.activity
+        ]
+        ctx.print(*table(["CONSUMER", "LAST ACTIVITY (UTC)", "AGO", ""], activity))
     if report.horizon_holders:
         ctx.print("", "transactions holding consumers back (oldest first):")
         holders = [

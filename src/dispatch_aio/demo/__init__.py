@@ -17,8 +17,17 @@ What runs (``dispatch-aio demo``, or ``await run_demo()``):
   short delays, then dead-lettered. The demo then "fixes" the handler and replays the
   dead letters; each is handled again exactly once and its row is resolved.
 
+- **Delivery**, a second service in a process of its own with its own tables (another
+  schema; another database in real life), takes every event through its **inbox**:
+  Revenue's fan-out POSTs each one, signed, over loopback HTTP; the inbox inserts it
+  into Delivery's event table and Delivery's consumer handles it from there. Five forged
+  requests (wrong secret, stale timestamp, altered body, no or broken signature) are
+  sent alongside: each must be refused (401) and write nothing. This part needs the
+  ``[delivery]`` extra (which ``[embedded]`` brings); without it the demo says so.
+
 At the end it prints a summary and checks that the projection matches Revenue's table,
-that the warehouse saw every event once, and that rolled-back events stayed invisible.
+that the warehouse saw every event once, that rolled-back events stayed invisible, and
+that Delivery received and handled every event exactly once.
 
 Both domain tables live in the dispatcher's schema here for brevity; real services keep
 their own databases. With no DSN the demo starts an embedded PostgreSQL (schema

@@ -29,6 +29,9 @@ EXPECTED_SLOT = {
     "released": "open",
 }
 
+#: The second service's projection table, one row per event it handled.
+FEED_TABLE = "lesson_feed"
+
 _PRODUCERS = 4
 _COACHING_WORKERS = 2
 _RETRY_DELAYS = (0.05, 0.1)

@@ -15,10 +15,12 @@ import asyncpg
 from .._consumer import Consumer
 from .._db import CONNECTION_ERRORS
 from .._deadletters import DeadLetters
+from .._delivery.signatures import generate_secret
 from .._dispatcher import Dispatcher
 from .._dsn import redact
 from .._errors import DispatchError, UsageError
 from .._identifiers import quote_ident
+from .._ids import new_id
 from .._migrate import migrate
 from .._registry import Registry
 from .consumers import _coaching_worker, _Observed, _warehouse
@@ -37,8 +39,16 @@ from .domain import (
     WAREHOUSE,
 )
 from .output import _captured_library_logs, _ms, _percentile, _plural, _Progress
+from .remote import (
+    RECEIVER,
+    Remote,
+    abandon,
+    delivery_available,
+    remote_service,
+    start_delivery,
+)
 from .revenue import _Revenue
-from .summary import ConsumerSummary, DeadLetterSummary, DemoSummary
+from .summary import ConsumerSummary, CrossServiceSummary, DeadLetterSummary, DemoSummary
 
 # -- the run -------------------------------------------------------------------------
 
@@ -101,9 +111,17 @@ async def _run(
 ) -> DemoSummary:
     schema = db.schema
     qschema = quote_ident(schema)
-    pool_size = _PRODUCERS + _COACHING_WORKERS * (4 + 2) + (4 + 2) + 2
+    # Revenue's producers, Coaching's workers, the warehouse, the fan-out to Delivery.
+    pool_size = _PRODUCERS + _COACHING_WORKERS * (4 + 2) + (4 + 2) + (4 + 2) + 2
     pool = await _connect(db.dsn, pool_size)
     created_schema = False
+    # The second service starts (a process importing its web stack) while this one migrates.
+    secret = generate_secret()
+    starting = (
+        asyncio.create_task(start_delivery(db.dsn, _remote_schema(schema), secret))
+        if delivery_available()
+        else None
+    )
     try:
         server_version = str(await pool.fetchval("SHOW server_version"))
         where = "embedded PostgreSQL" if db.embedded else redact(db.dsn, db.dsn)
@@ -123,15 +141,27 @@ async def _run(
             server_version=server_version,
             keep=keep,
             records=records,
+            starting=starting,
+            secret=secret,
         )
     finally:
+        if starting is not None:
+            await abandon(starting)
         try:
             if created_schema and not keep:
                 with contextlib.suppress(*CONNECTION_ERRORS, asyncpg.PostgresError):
                     await pool.execute(f"DROP SCHEMA IF EXISTS {qschema} CASCADE")
+                    await pool.execute(
+                        f"DROP SCHEMA IF EXISTS {quote_ident(_remote_schema(schema))} CASCADE"
+                    )
         finally:
             await pool.close()
     return summary
+
+
+def _remote_schema(schema: str) -> str:
+    """The second service's schema: its own tables, as its own database would hold."""
+    return "delivery" if schema == "public" else f"{schema}_delivery"
 
 
 async def _scenario(
@@ -145,6 +175,8 @@ async def _scenario(
     server_version: str,
     keep: bool,
     records: list[logging.LogRecord],
+    starting: asyncio.Task[tuple[asyncio.subprocess.Process, str]] | None,
+    secret: str,
 ) -> DemoSummary:
     schema = db.schema
     qschema = quote_ident(schema)
@@ -177,19 +209,42 @@ async def _scenario(
             progress.status(status())
             await asyncio.sleep(0.5)
 
+    remote: Remote | None = None
+    cross: CrossServiceSummary | None = None
     async with contextlib.AsyncExitStack() as stack:
         for consumer in consumers:
             await stack.enter_async_context(consumer)
+        if starting is not None:
+            remote = await stack.enter_async_context(
+                remote_service(
+                    pool, schema, await starting, _remote_schema(schema), secret, registry
+                )
+            )
+            progress.line(
+                f"Second service {RECEIVER} (its own process, schema {remote.schema}) takes "
+                f"Revenue's events through its inbox at {remote.url} (signed fan-out)"
+            )
+        else:
+            progress.line(
+                "Cross-service delivery skipped: pip install 'dispatch-aio[delivery]' to see it"
+            )
         progress.line(
             f"Consumers running: {COACHING} ({_COACHING_WORKERS} workers), {WAREHOUSE}; "
             f"Revenue publishing from {_PRODUCERS} tasks"
         )
         tick = asyncio.create_task(ticker())
         try:
+            if remote is not None:
+                # Forged requests arrive while the real ones flow.
+                forging = asyncio.create_task(remote.forge(dispatcher, new_id("per")))
             await revenue.run()
+            if remote is not None:
+                await forging
             async with asyncio.timeout(_STALL_TIMEOUT):
                 for consumer in consumers:
                     await consumer.wait_idle()
+                if remote is not None:
+                    await remote.wait_idle(revenue.published)
             progress.status(status(), force=True)
             progress.end_live()
             progress.line(
@@ -221,6 +276,8 @@ async def _scenario(
                     await warehouse.wait_idle()
             progress.status(status(), force=True)
             progress.end_live()
+            if remote is not None:
+                cross = await remote.stop_and_summarise(dict(revenue.by_type))
         except TimeoutError:
             raise DispatchError(
                 f"the demo stalled: consumers were not done after {_STALL_TIMEOUT:.0f}s"
@@ -335,9 +392,15 @@ async def _scenario(
             f"{r.levelname}: {r.getMessage()}"
             for r in records
             if getattr(r, "event_id", None) not in revenue.poisoned
+            and not (cross is not None and r.getMessage().startswith(_FORGERY_REFUSED))
         ),
         duration_s=round(progress.elapsed(), 2),
+        cross_service=cross,
     )
+
+
+#: How the inbox logs a refused request: expected, for the forged ones.
+_FORGERY_REFUSED = "inbox refused a request"
 
 
 def _print_summary(summary: DemoSummary, progress: _Progress) -> None:
@@ -394,6 +457,18 @@ def _print_summary(summary: DemoSummary, progress: _Progress) -> None:
         "  Warehouse: every committed event loaded exactly once, per-type counts match "
         f"[{verdict(summary.warehouse_ok)}]"
     )
+    x = summary.cross_service
+    if x is not None:
+        line(
+            f"  Cross-service: {x.subscriber}'s inbox received {x.received} of {x.expected} "
+            f"events, {x.received_more_than_once} more than once; its consumer handled "
+            f"{x.handled}, {x.handled_more_than_once} more than once "
+            f"[{verdict(x.exactly_once)}]"
+        )
+        line(
+            f"  Forged requests refused: {x.refused} of {x.forged} (bad signatures, 401), "
+            f"{x.forged_written} written [{verdict(x.forgeries_refused)}]"
+        )
     expected = summary.library_warnings - len(summary.unexpected_warnings)
     if expected:
         line(

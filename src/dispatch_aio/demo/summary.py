@@ -56,6 +56,47 @@ class DeadLetterSummary(BaseModel):
     handled_after_fix: int
 
 
+class CrossServiceSummary(BaseModel):
+    """What the second service received through its inbox, and what it refused."""
+
+    model_config = ConfigDict(frozen=True)
+
+    subscriber: str
+    schema_name: str
+    #: Committed events of the types the subscriber takes.
+    expected: int
+    #: Rows in the receiver's event table, and how many event ids appear more than once.
+    received: int
+    received_more_than_once: int
+    #: Events the receiver's own consumer handled, and how many more than once.
+    handled: int
+    handled_more_than_once: int
+    #: Forged requests sent to the inbox, how many got 401, and rows they wrote (0).
+    forged: int
+    refused: int
+    forged_written: int
+    #: How the second service's process ended after SIGTERM (0: drained cleanly).
+    service_exit_code: int = 0
+
+    @property
+    def exactly_once(self) -> bool:
+        """Every event received, and handled by the receiver, exactly once."""
+        return (
+            self.received == self.handled == self.expected
+            and self.received_more_than_once == self.handled_more_than_once == 0
+        )
+
+    @property
+    def forgeries_refused(self) -> bool:
+        """Every forged request refused, none written."""
+        return self.refused == self.forged and self.forged_written == 0
+
+    @property
+    def ok(self) -> bool:
+        """Both checks of the second service, and its clean exit."""
+        return self.exactly_once and self.forgeries_refused and self.service_exit_code == 0
+
+
 class DemoSummary(BaseModel):
     """Every figure the demo prints, and the checks it made."""
 
@@ -93,6 +134,8 @@ class DemoSummary(BaseModel):
     unexpected_warnings: tuple[str, ...]
     #: From the call to the summary, embedded server start included.
     duration_s: float
+    #: The second service fed through its inbox; None when the [delivery] extra is absent.
+    cross_service: CrossServiceSummary | None = None
 
     @property
     def ok(self) -> bool:
@@ -103,4 +146,5 @@ class DemoSummary(BaseModel):
             and self.outbox_ok
             and all(c.complete for c in self.consumers)
             and all(d.handled_after_fix == 1 for d in self.dead_letters)
+            and (self.cross_service is None or self.cross_service.ok)
         )
