@@ -131,3 +131,19 @@ def test_interop_with_the_specifications_published_example() -> None:
     assert ours["webhook-signature"] == headers["webhook-signature"]
     assert ours["webhook-signature"] == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
     assert WebhookSecrets([secret]).verify(headers, body, now=1614265330)
+
+
+def test_another_spelling_of_the_same_signature_bytes_is_refused() -> None:
+    # 32 bytes take 43 base64 characters plus "=": the last character carries two padding
+    # bits, so four spellings decode to the same digest. Only the canonical one counts,
+    # as in the reference package, which compares the strings.
+    secrets = WebhookSecrets([new_secret()])
+    headers = secrets.sign("evt_1", BODY, timestamp=NOW)
+    encoded = headers["webhook-signature"].removeprefix("v1,")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    last = alphabet.index(encoded[42])
+    respelled = encoded[:42] + alphabet[last ^ 1] + encoded[43:]
+    assert base64.b64decode(respelled) == base64.b64decode(encoded)
+    headers["webhook-signature"] = "v1," + respelled
+    with pytest.raises(SignatureVerificationError):
+        secrets.verify(headers, BODY, now=NOW)

@@ -174,7 +174,9 @@ def _offered_digests(header: str) -> list[bytes]:
             digest = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             raise SignatureVerificationError("malformed webhook-signature") from None
-        if len(digest) == _DIGEST_SIZE:
+        # Canonical encodings only, as the reference compares the strings: another
+        # spelling of the same bytes (non-zero padding bits) is refused.
+        if len(digest) == _DIGEST_SIZE and base64.b64encode(digest).decode() == encoded:
             digests.append(digest)
     if not digests:
         raise SignatureVerificationError("no v1 signature")
