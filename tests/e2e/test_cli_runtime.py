@@ -79,7 +79,9 @@ async def test_worker_runs_a_consumer_until_sigterm(
 
     listener = await asyncpg.connect(dispatch_dsn)
     await listener.add_listener("effects", on_effect)
-    env = {**os.environ, "DATABASE_URL": dispatch_dsn, "PYTHONPATH": str(tmp_path)}
+    # The worker module first, then whatever the run itself imports dispatch_aio from.
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "DATABASE_URL": dispatch_dsn, "PYTHONPATH": path}
     command = [sys.executable, "-m", "dispatch_aio.cli", "worker", "shop_worker:make"]
     process = await anyio.open_process(command, env=env, cwd=tmp_path)
     try:
