@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from .cli import main
 
-if __name__ == "__main__":  # importing the module (pkgutil.walk_packages) runs nothing
+# Guarded: tools that import every module of the package must not run the command line.
+if __name__ == "__main__":
     raise SystemExit(main())

@@ -206,7 +206,9 @@ async def test_the_documented_pgbouncer_setup_delivers_and_replays(
                 return row.replay_status == "succeeded"
 
             await eventually(replayed, within=15, what="the replay through pgbouncer")
-        assert sorted(handled) == sorted([*published, poisoned])
+        # A handler may run again when its group rolls back (the poisoned event shares
+        # groups); exactly-once is what commits: one marker per event, below.
+        assert set(handled) == {*published, poisoned}
     finally:
         await asyncio.wait_for(pool.close(), 10)
     # The direct connection sees the same: every event has exactly one marker.

@@ -190,3 +190,12 @@ def test_on_ready_is_called_once_per_subject_becoming_ready() -> None:
     s.read(row(2, "a"), make)
     s.read(row(3, "b"), make)
     assert len(calls) == 2
+
+
+def test_on_retry_is_called_when_a_retry_is_scheduled() -> None:
+    calls: list[int] = []
+    s = Scheduler({TYPE: (0, 0)}, on_retry=lambda: calls.append(1))
+    s.read(row(1), make)
+    [item] = s.take_group()
+    s.retry(item, 1.0)
+    assert calls == [1]

@@ -4,12 +4,14 @@ Shape of a running consumer (one anyio task group, in a runner task of its own):
 
 - the **listener** (``_listener``) holds a LISTEN connection and wakes the fetch loop
   for subscribed types (and for replays of this consumer's dead letters);
-- the **fetch loop** asks the **fetcher** (``_fetcher``) to read a batch below the
-  transaction horizon and hand it to the **scheduler** (``_scheduler``, pure), and
-  stores the cursors the scheduler has moved; it pauses while the buffer is full;
-- **workers** (``concurrency`` of them) take groups from the scheduler and run them with
-  the **group runner** (``_runner``): handlers in one transaction, one commit;
-- the **retry clock** unparks subjects when their retry is due.
+- the **read loop** (``_reader``) asks the **fetcher** (``_fetcher``) to read a batch
+  below the transaction horizon and hand it to the **scheduler** (``_scheduler``,
+  pure), and stores the cursors the scheduler has moved; it pauses while the buffer is
+  full;
+- **workers** (``_workers``, ``concurrency`` of them) take groups from the scheduler and
+  run them with the **group runner** (``_runner``): handlers in one transaction, one
+  commit;
+- the **retry clock** (``_workers``) unparks subjects when their retry is due.
 
 Failures are classified at the driver boundary (``_storage``): infrastructure failures
 reconnect with a capped exponential backoff and jitter and run the work again (no
@@ -28,9 +30,7 @@ import asyncio
 import enum
 import inspect
 import logging
-import math
 import signal
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -42,22 +42,21 @@ from .._errors import ConsumerFailedError, HorizonError, LifecycleError, UsageEr
 from .._migrate import check_schema
 from .._registry import Registry
 from .._sql import channel_for, replay_channel_for
-from .._status import horizon_holders
-from .._storage import Backoff, FailureKind, classify, release
+from .._storage import FailureKind, classify, release
 from .._storage._consumer_store import ConsumerStore
 from .._telemetry import Telemetry
 from .._typed import payload_model_of
 from ._config import ConsumerConfig, HandlerOptions
 from ._fetcher import Fetcher
 from ._listener import Listener
+from ._reader import ReadLoop
 from ._runner import ConsumerStats, GroupRunner, Handler, Subscription
 from ._scheduler import Scheduler
+from ._workers import Workers
 
 __all__ = ["Consumer", "ConsumerState", "ConsumerStats"]
 
 logger = logging.getLogger("dispatch_aio.consumer")
-
-_IDLE_RELEASE = 1.0  # seconds a worker keeps its connection with nothing to do
 
 
 class ConsumerState(enum.Enum):
@@ -227,10 +226,10 @@ class Consumer:
         if self._state is ConsumerState.RUNNING:
             self._state = ConsumerState.DRAINING
             self._stop_requested.set()
-            self._wake.set()
-            self._capacity.set()
+            self._reader.wake.set()
+            self._reader.capacity.set()
             for _ in range(self._workers):
-                self._work.release()
+                self._crew.work.release()
 
     def abort(self) -> None:
         """Stop now: cancel handlers in flight (their transactions roll back)."""
@@ -302,25 +301,10 @@ class Consumer:
     async def _prepare(self) -> None:
         config = self.config
         self._store = ConsumerStore(config.db_schema, self.name, self.event_types)
-        self._wake = asyncio.Event()
-        self._capacity = asyncio.Event()
         self._started = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._abort_requested = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._retry_wake = asyncio.Event()
-        self._groups_running = 0
-        self._groups_idle = asyncio.Event()
-        self._groups_idle.set()
-        self._replays_due = True
-        self._waiting_above_horizon = False
-        self._fetch_seq = 0
-        self._idle_seq = -1
         self._workers = self._worker_count()
-        # Each ready subject releases one waiting worker.
-        self._work = asyncio.Semaphore(0)
-        self._backoff = Backoff(0.1, 5.0)
-        self._replays_read_at = 0.0
         self._channel = channel_for(config.db_schema)
         self._replay_channel = replay_channel_for(config.db_schema)
         async with self.pool.acquire(timeout=config.acquire_timeout) as conn:
@@ -331,13 +315,15 @@ class Consumer:
         max_buffered = config.max_buffered or max(
             4 * config.batch_size, self._workers * config.max_group
         )
-        self._refill_below = max(config.batch_size, max_buffered // 2)
+        work = asyncio.Semaphore(0)  # each ready subject releases one waiting worker
+        retry_wake = asyncio.Event()
         self._scheduler = Scheduler(
             stored,
             workers=self._workers,
             max_group=config.max_group,
             max_buffered=max_buffered,
-            on_ready=self._work.release,
+            on_ready=work.release,
+            on_retry=retry_wake.set,
         )
         self._fetcher = Fetcher(
             self._store,
@@ -351,6 +337,18 @@ class Consumer:
                 if s.payload_model is not None
             },
         )
+        self._reader = ReadLoop(
+            pool=self.pool,
+            config=config,
+            store=self._store,
+            fetcher=self._fetcher,
+            scheduler=self._scheduler,
+            stats=self.stats,
+            stop_requested=self._stop_requested,
+            listening=self._listening,
+            refill_below=max(config.batch_size, max_buffered // 2),
+            log_extra=self._log,
+        )
         self._group_runner = GroupRunner(
             name=self.name,
             config=config,
@@ -359,6 +357,18 @@ class Consumer:
             store=self._store,
             stats=self.stats,
             telemetry=self.telemetry,
+        )
+        self._crew = Workers(
+            pool=self.pool,
+            config=config,
+            scheduler=self._scheduler,
+            runner=self._group_runner,
+            reader=self._reader,
+            stats=self.stats,
+            stop_requested=self._stop_requested,
+            work=work,
+            retry_wake=retry_wake,
+            log_extra=self._log,
         )
 
     def _dedup_hit(self, event_type: str) -> None:
@@ -423,7 +433,7 @@ class Consumer:
                         disconnect=self._disconnect_listener if self._listens_on_pool() else None,
                     )
                     await tg.start(self.listener.run)
-                tg.start_soon(self._retry_clock)
+                tg.start_soon(self._crew.retry_clock)
                 await self._supervise()
                 tg.cancel_scope.cancel()
         except BaseException as exc:
@@ -445,9 +455,9 @@ class Consumer:
     async def _supervise(self) -> None:
         """Run fetch loop and workers; on stop, drain then cancel what is left."""
         async with anyio.create_task_group() as workers:
-            workers.start_soon(self._fetch_loop)
+            workers.start_soon(self._reader.run)
             for _ in range(self._workers):
-                workers.start_soon(self._worker)
+                workers.start_soon(self._crew.worker)
             self._started.set()
             logger.info("consumer started for %s", ", ".join(self.event_types), extra=self._log)
             await self._stop_requested.wait()
@@ -459,14 +469,14 @@ class Consumer:
             workers.cancel_scope.cancel()
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.commit_timeout):
             try:
-                await self._flush_cursors()
+                await self._reader.flush_cursors()
             except Exception as exc:
                 if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
                     raise
                 # A low-water mark: losing this store costs a re-read, never an event.
 
     async def _wait_groups_idle(self, scope: anyio.CancelScope) -> None:
-        await self._groups_idle.wait()
+        await self._crew.groups_idle.wait()
         scope.cancel()
 
     async def _connect_listener(self) -> asyncpg.Connection:
@@ -478,237 +488,22 @@ class Consumer:
         conn: asyncpg.Connection = await self.pool.acquire(timeout=self.config.acquire_timeout)
         return conn
 
+    def _listening(self) -> bool:
+        return self.listener is not None and self.listener.connected
+
     async def _disconnect_listener(self, conn: asyncpg.Connection) -> None:
         await release(self.pool, conn, self.config.commit_timeout)
 
     def _on_notify(self, channel: str, payload: str) -> None:
         if channel == self._replay_channel:
             if payload == self.name:
-                self._replays_due = True
-                self._wake.set()
+                self._reader.request_replays()
         elif payload in self._subscriptions:
-            self._wake.set()
+            self._reader.wake.set()
 
     def _on_listen_connected(self) -> None:
         # Notifications sent while disconnected are lost: read everything once more.
-        self._replays_due = True
-        self._wake.set()
-
-    # -- fetching ------------------------------------------------------------------
-
-    async def _fetch_loop(self) -> None:
-        config = self.config
-        scheduler = self._scheduler
-        backoff = 0.0
-        failures = Backoff(0.1, max(0.1, min(config.poll_interval, 5.0)))
-        conn: asyncpg.Connection | None = None
-        held_since: float | None = None
-        try:
-            while not self._stop_requested.is_set():
-                if len(scheduler.inflight) >= self._refill_below:
-                    # Enough buffered: read again once the workers have used half of it,
-                    # in one large read rather than many small ones.
-                    self._capacity.clear()
-                    await self._capacity.wait()
-                    continue
-                try:
-                    if conn is None:
-                        conn = await self.pool.acquire(timeout=config.acquire_timeout)
-                    await self._flush_cursors(conn)
-                    full = await self._fetch_once(conn)
-                    failures.reset()
-                except Exception as exc:
-                    if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
-                        raise
-                    delay = failures.next()
-                    self.stats.reconnects += 1
-                    logger.warning(
-                        "fetch failed (%s: %s); again in %.1fs",
-                        type(exc).__name__,
-                        exc,
-                        delay,
-                        extra=self._log,
-                    )
-                    broken, conn = conn, None
-                    await release(self.pool, broken, config.commit_timeout)
-                    await self._sleep_or_wake(delay)
-                    continue
-                if full:
-                    backoff = 0.0
-                    continue
-                if self._waiting_above_horizon:
-                    # Committed events wait behind an older open transaction: look again soon.
-                    now = time.monotonic()
-                    if held_since is None:
-                        held_since = now
-                    elif now - held_since >= config.horizon_warning_after:
-                        held_since = now  # warn again after another interval
-                        await self._warn_horizon(conn)
-                    backoff = min(max(backoff * 2, 0.002), 0.1)
-                    await self._sleep_or_wake(backoff)
-                    continue
-                held_since = None
-                backoff = 0.0
-                if scheduler.idle:
-                    self._idle_seq = self._fetch_seq
-                    self._idle.set()
-                await self._sleep_or_wake(config.poll_interval)
-        finally:
-            await release(self.pool, conn, config.commit_timeout)
-
-    def _listening(self) -> bool:
-        return self.listener is not None and self.listener.connected
-
-    async def _warn_horizon(self, conn: asyncpg.Connection | None) -> None:
-        """Log the open transactions that have kept committed events from this consumer."""
-        if conn is None:
-            return
-        try:
-            holders = await horizon_holders(conn, schema=self.config.db_schema)
-        except Exception as exc:
-            if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
-                raise
-            return
-        for holder in holders[:5]:
-            who = f"pid {holder.pid}" if holder.pid is not None else f"prepared {holder.gid!r}"
-            logger.warning(
-                "committed events wait behind transaction %s (%s, database %s, open %.0fs)",
-                holder.xid,
-                who,
-                holder.database,
-                holder.age_seconds,
-                extra={**self._log, "pid": holder.pid, "age_seconds": holder.age_seconds},
-            )
-
-    async def _sleep_or_wake(self, seconds: float) -> None:
-        with anyio.move_on_after(seconds):
-            await self._wake.wait()
-        self._wake.clear()
-
-    async def _fetch_once(self, conn: asyncpg.Connection) -> bool:
-        """One read; returns True when the batch was full (more is probably waiting)."""
-        self._idle.clear()
-        self._wake.clear()
-        self._fetch_seq += 1
-        result = await self._fetcher.read(conn)
-        self.stats.fetches += 1
-        self._waiting_above_horizon = result.waiting_above_horizon
-        now = time.monotonic()
-        if not self._listening() and now - self._replays_read_at >= self.config.poll_interval:
-            # Without notifications a replay request is only seen by looking (poll-only
-            # mode, PgBouncer, or while the listener reconnects).
-            self._replays_due = True
-        if self._replays_due:
-            self._replays_read_at = now
-            self._replays_due = False
-            try:
-                await self._fetcher.read_replays(conn)
-            except BaseException:
-                self._replays_due = True
-                raise
-        return result.full
-
-    async def _flush_cursors(self, conn: asyncpg.Connection | None = None) -> None:
-        """Store cursors that moved. A low-water mark: losing one only costs a re-read."""
-        moved = self._scheduler.moved_cursors()
-        if not moved:
-            return
-        if conn is None:
-            async with self.pool.acquire(timeout=self.config.acquire_timeout) as own:
-                await self._store.advance_cursors(own, moved)
-        else:
-            await self._store.advance_cursors(conn, moved)
-        self._scheduler.flushed(moved)
-
-    # -- workers -------------------------------------------------------------------
-
-    async def _worker(self) -> None:
-        """Run groups; keep a pool connection while work keeps coming, give it back when idle."""
-        scheduler = self._scheduler
-        work = self._work
-        config = self.config
-        conn: asyncpg.Connection | None = None
-        try:
-            while True:
-                if work.locked():
-                    if conn is None:
-                        await work.acquire()
-                    else:
-                        try:
-                            await asyncio.wait_for(work.acquire(), _IDLE_RELEASE)
-                        except TimeoutError:
-                            # Idle for a while: give the connection back to the pool.
-                            idle, conn = conn, None
-                            await release(self.pool, idle, config.commit_timeout)
-                            continue
-                else:
-                    await work.acquire()  # free: no suspension
-                if self._stop_requested.is_set():
-                    return
-                group = scheduler.take_group()
-                if not group:
-                    continue
-                self._groups_running += 1
-                self._groups_idle.clear()
-                failed = False
-                try:
-                    if conn is None:
-                        conn = await self._acquire_for(group)
-                    if conn is not None:
-                        if not await self._group_runner.run(group, conn):
-                            broken, conn = conn, None
-                            failed = True
-                            await release(self.pool, broken, config.commit_timeout)
-                        else:
-                            self._backoff.reset()
-                    else:
-                        failed = True
-                finally:
-                    self._groups_running -= 1
-                    self._after_group(group)
-                    if self._groups_running == 0:
-                        self._groups_idle.set()
-                if failed:
-                    await anyio.sleep(self._backoff.next())
-        finally:
-            await release(self.pool, conn, config.commit_timeout)
-
-    async def _acquire_for(self, group: list[Any]) -> asyncpg.Connection | None:
-        """A pool connection, or None (the group requeued) when the pool cannot give one."""
-        try:
-            conn: asyncpg.Connection = await self.pool.acquire(timeout=self.config.acquire_timeout)
-            return conn
-        except Exception as exc:
-            if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
-                raise
-            self._scheduler.requeue(group)
-            self.stats.reconnects += 1
-            logger.warning(
-                "no database connection for %d events (%s: %s); they will run again",
-                len(group),
-                type(exc).__name__,
-                exc,
-                extra=self._log,
-            )
-            return None
-
-    def _after_group(self, group: list[Any]) -> None:
-        """Release the group's subjects and put their next events up for a worker."""
-        self._scheduler.release(group)
-        if len(self._scheduler.inflight) < self._refill_below:
-            self._capacity.set()
-        self._wake.set()
-        self._retry_wake.set()
-
-    # -- retries -------------------------------------------------------------------
-
-    async def _retry_clock(self) -> None:
-        scheduler = self._scheduler
-        while True:
-            self._retry_wake.clear()
-            timeout = scheduler.due()
-            with anyio.move_on_after(timeout if timeout is not None else math.inf):
-                await self._retry_wake.wait()
+        self._reader.request_replays()
 
     # -- observation ---------------------------------------------------------------
 
@@ -720,11 +515,12 @@ class Consumer:
         """
         if self._state is ConsumerState.NEW:
             raise LifecycleError("the consumer has not started")
-        started = self._fetch_seq
-        self._replays_due = True  # a replay may have been asked for just before
+        reader = self._reader
+        started = reader.fetch_seq
+        reader.replays_due = True  # a replay may have been asked for just before
         while True:
-            self._wake.set()
-            waiter = asyncio.ensure_future(self._idle.wait())
+            reader.wake.set()
+            waiter = asyncio.ensure_future(reader.idle.wait())
             try:
                 done, _ = await asyncio.wait(
                     {waiter, self._runner}, return_when=asyncio.FIRST_COMPLETED
@@ -734,9 +530,9 @@ class Consumer:
             if self._runner in done:
                 self._raise_failure()
                 raise LifecycleError("the consumer stopped before it was idle")
-            if self._idle_seq > started:
+            if reader.idle_seq > started:
                 return
-            self._idle.clear()
+            reader.idle.clear()
 
     def backlog(self) -> int:
         """Events read but not yet given an outcome (in this process)."""

@@ -107,7 +107,8 @@ class Scheduler:
     """Per-subject queues, ready queue, low-water marks, retry heap; see the module doc.
 
     ``on_ready`` is called each time a subject joins the ready queue (the consumer wakes
-    a worker there). ``clock`` gives monotonic seconds (the retry heap's time).
+    a worker there), ``on_retry`` each time a retry is scheduled (the retry clock looks
+    again). ``clock`` gives monotonic seconds (the retry heap's time).
     """
 
     def __init__(
@@ -119,12 +120,14 @@ class Scheduler:
         max_buffered: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
         on_ready: Callable[[], None] | None = None,
+        on_retry: Callable[[], None] | None = None,
     ) -> None:
         self.workers = max(1, workers)
         self.max_group = max_group
         self.max_buffered = max_buffered
         self.clock = clock
         self._on_ready = on_ready
+        self._on_retry = on_retry
         self.cursors = {t: _TypeCursor(read=c, committed=c, flushed=c) for t, c in cursors.items()}
         self.subjects: dict[str, _Subject] = {}
         self.ready: collections.deque[str] = collections.deque()
@@ -248,6 +251,8 @@ class Scheduler:
         subject.parked = True
         self._retry_seq += 1
         heapq.heappush(self._retry_heap, (self.clock() + delay, self._retry_seq, item.subject))
+        if self._on_retry is not None:
+            self._on_retry()
 
     def dead_letter(self, item: Item, row: Any) -> None:
         """Put ``item`` back to be dead-lettered (with ``row``) by the next group."""

@@ -4,4 +4,6 @@ from __future__ import annotations
 
 from . import main
 
-raise SystemExit(main())
+# Guarded: tools that import every module of the package must not run the command line.
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""The read loop: when to read, on which connection, and what to do when reading fails.
+
+It asks the fetcher (``_fetcher``) for a batch whenever it is woken (a notification, a
+finished group, ``wait_idle``) or the poll interval has passed, stores the cursors the
+scheduler moved, pauses while the buffer is full, reads pending replays when asked (or
+every poll interval while no LISTEN connection is up), and reconnects with a capped
+exponential backoff and jitter when the database fails. Anything else is a bug and
+propagates (the consumer fails).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import asyncpg
+
+from .._status import horizon_holders
+from .._storage import Backoff, FailureKind, classify, release
+from .._storage._consumer_store import ConsumerStore
+from ._config import ConsumerConfig
+from ._fetcher import Fetcher
+from ._runner import ConsumerStats
+from ._scheduler import Scheduler
+
+__all__ = ["ReadLoop"]
+
+logger = logging.getLogger("dispatch_aio.consumer")
+
+
+class ReadLoop:
+    """Reads for one consumer until ``stop_requested`` is set."""
+
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        config: ConsumerConfig,
+        store: ConsumerStore,
+        fetcher: Fetcher,
+        scheduler: Scheduler,
+        stats: ConsumerStats,
+        stop_requested: asyncio.Event,
+        listening: Callable[[], bool],
+        refill_below: int,
+        log_extra: dict[str, Any],
+    ) -> None:
+        self.pool = pool
+        self.config = config
+        self._store = store
+        self._fetcher = fetcher
+        self._scheduler = scheduler
+        self._stats = stats
+        self._stop_requested = stop_requested
+        self._listening = listening
+        self.refill_below = refill_below
+        self._log = log_extra
+        #: Set to read again at once.
+        self.wake = asyncio.Event()
+        #: Set when the workers have used up enough of the buffer to read again.
+        self.capacity = asyncio.Event()
+        #: Set by a read that found nothing while nothing was in flight.
+        self.idle = asyncio.Event()
+        #: Reads begun so far, and the one that last found the consumer idle.
+        self.fetch_seq = 0
+        self.idle_seq = -1
+        #: Read the pending replays with the next read.
+        self.replays_due = True
+        self._replays_read_at = 0.0
+        self._waiting_above_horizon = False
+
+    def request_replays(self) -> None:
+        """Read pending replays with the next read, at once."""
+        self.replays_due = True
+        self.wake.set()
+
+    async def run(self) -> None:
+        """Read until stopped; holds one pool connection while it reads."""
+        config = self.config
+        scheduler = self._scheduler
+        backoff = 0.0
+        failures = Backoff(0.1, max(0.1, min(config.poll_interval, 5.0)))
+        conn: asyncpg.Connection | None = None
+        held_since: float | None = None
+        try:
+            while not self._stop_requested.is_set():
+                if len(scheduler.inflight) >= self.refill_below:
+                    # Enough buffered: read again once the workers have used half of it,
+                    # in one large read rather than many small ones.
+                    self.capacity.clear()
+                    await self.capacity.wait()
+                    continue
+                try:
+                    if conn is None:
+                        conn = await self.pool.acquire(timeout=config.acquire_timeout)
+                    await self.flush_cursors(conn)
+                    full = await self._read(conn)
+                    failures.reset()
+                except Exception as exc:
+                    if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
+                        raise
+                    delay = failures.next()
+                    self._stats.reconnects += 1
+                    logger.warning(
+                        "fetch failed (%s: %s); again in %.1fs",
+                        type(exc).__name__,
+                        exc,
+                        delay,
+                        extra=self._log,
+                    )
+                    broken, conn = conn, None
+                    await release(self.pool, broken, config.commit_timeout)
+                    await self._sleep_or_wake(delay)
+                    continue
+                if full:
+                    backoff = 0.0
+                    continue
+                if self._waiting_above_horizon:
+                    # Committed events wait behind an older open transaction: look again soon.
+                    now = time.monotonic()
+                    if held_since is None:
+                        held_since = now
+                    elif now - held_since >= config.horizon_warning_after:
+                        held_since = now  # warn again after another interval
+                        await self._warn_horizon(conn)
+                    backoff = min(max(backoff * 2, 0.002), 0.1)
+                    await self._sleep_or_wake(backoff)
+                    continue
+                held_since = None
+                backoff = 0.0
+                if scheduler.idle:
+                    self.idle_seq = self.fetch_seq
+                    self.idle.set()
+                await self._sleep_or_wake(config.poll_interval)
+        finally:
+            await release(self.pool, conn, config.commit_timeout)
+
+    async def _warn_horizon(self, conn: asyncpg.Connection | None) -> None:
+        """Log the open transactions that have kept committed events from this consumer."""
+        if conn is None:
+            return
+        try:
+            holders = await horizon_holders(conn, schema=self.config.db_schema)
+        except Exception as exc:
+            if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
+                raise
+            return
+        for holder in holders[:5]:
+            who = f"pid {holder.pid}" if holder.pid is not None else f"prepared {holder.gid!r}"
+            logger.warning(
+                "committed events wait behind transaction %s (%s, database %s, open %.0fs)",
+                holder.xid,
+                who,
+                holder.database,
+                holder.age_seconds,
+                extra={**self._log, "pid": holder.pid, "age_seconds": holder.age_seconds},
+            )
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        with anyio.move_on_after(seconds):
+            await self.wake.wait()
+        self.wake.clear()
+
+    async def _read(self, conn: asyncpg.Connection) -> bool:
+        """One read; returns True when the batch was full (more is probably waiting)."""
+        self.idle.clear()
+        self.wake.clear()
+        self.fetch_seq += 1
+        result = await self._fetcher.read(conn)
+        self._stats.fetches += 1
+        self._waiting_above_horizon = result.waiting_above_horizon
+        now = time.monotonic()
+        if not self._listening() and now - self._replays_read_at >= self.config.poll_interval:
+            # Without notifications a replay request is only seen by looking (poll-only
+            # mode, PgBouncer, or while the listener reconnects).
+            self.replays_due = True
+        if self.replays_due:
+            self._replays_read_at = now
+            self.replays_due = False
+            try:
+                await self._fetcher.read_replays(conn)
+            except BaseException:
+                self.replays_due = True
+                raise
+        return result.full
+
+    async def flush_cursors(self, conn: asyncpg.Connection | None = None) -> None:
+        """Store cursors that moved. A low-water mark: losing one only costs a re-read."""
+        moved = self._scheduler.moved_cursors()
+        if not moved:
+            return
+        if conn is None:
+            async with self.pool.acquire(timeout=self.config.acquire_timeout) as own:
+                await self._store.advance_cursors(own, moved)
+        else:
+            await self._store.advance_cursors(conn, moved)
+        self._scheduler.flushed(moved)

@@ -1,0 +1,152 @@
+"""The workers: take groups from the scheduler, run them on a pool connection, give the
+connection back when idle; and the retry clock that unparks subjects when due.
+
+A worker keeps its connection while work keeps coming (one second idle gives it back).
+A group whose connection failed (infrastructure) was put back by the runner; the worker
+then gives the connection up and waits a capped exponential backoff with jitter before
+its next group, so that a restarting server is not hammered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import Any
+
+import anyio
+import asyncpg
+
+from .._storage import Backoff, FailureKind, classify, release
+from ._config import ConsumerConfig
+from ._reader import ReadLoop
+from ._runner import ConsumerStats, GroupRunner
+from ._scheduler import Item, Scheduler
+
+__all__ = ["Workers"]
+
+logger = logging.getLogger("dispatch_aio.consumer")
+
+_IDLE_RELEASE = 1.0  # seconds a worker keeps its connection with nothing to do
+
+
+class Workers:
+    """The worker tasks' loop and the retry clock of one consumer."""
+
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        config: ConsumerConfig,
+        scheduler: Scheduler,
+        runner: GroupRunner,
+        reader: ReadLoop,
+        stats: ConsumerStats,
+        stop_requested: asyncio.Event,
+        work: asyncio.Semaphore,
+        retry_wake: asyncio.Event,
+        log_extra: dict[str, Any],
+    ) -> None:
+        self.pool = pool
+        self.config = config
+        self._scheduler = scheduler
+        self._runner = runner
+        self._reader = reader
+        self._stats = stats
+        self._stop_requested = stop_requested
+        #: Released once per subject that becomes ready (and per worker at stop).
+        self.work = work
+        self._retry_wake = retry_wake
+        self._log = log_extra
+        self._backoff = Backoff(0.1, 5.0)
+        self._groups_running = 0
+        #: Set while no group runs (the drain waits for it).
+        self.groups_idle = asyncio.Event()
+        self.groups_idle.set()
+
+    async def worker(self) -> None:
+        """Run groups until stopped; never raises for the database, only for a bug."""
+        scheduler = self._scheduler
+        work = self.work
+        config = self.config
+        conn: asyncpg.Connection | None = None
+        try:
+            while True:
+                if work.locked():
+                    if conn is None:
+                        await work.acquire()
+                    else:
+                        try:
+                            await asyncio.wait_for(work.acquire(), _IDLE_RELEASE)
+                        except TimeoutError:
+                            # Idle for a while: give the connection back to the pool.
+                            idle, conn = conn, None
+                            await release(self.pool, idle, config.commit_timeout)
+                            continue
+                else:
+                    await work.acquire()  # free: no suspension
+                if self._stop_requested.is_set():
+                    return
+                group = scheduler.take_group()
+                if not group:
+                    continue
+                self._groups_running += 1
+                self.groups_idle.clear()
+                failed = False
+                try:
+                    if conn is None:
+                        conn = await self._acquire_for(group)
+                    if conn is not None:
+                        if not await self._runner.run(group, conn):
+                            broken, conn = conn, None
+                            failed = True
+                            await release(self.pool, broken, config.commit_timeout)
+                        else:
+                            self._backoff.reset()
+                    else:
+                        failed = True
+                finally:
+                    self._groups_running -= 1
+                    self._after_group(group)
+                    if self._groups_running == 0:
+                        self.groups_idle.set()
+                if failed:
+                    await anyio.sleep(self._backoff.next())
+        finally:
+            await release(self.pool, conn, config.commit_timeout)
+
+    async def _acquire_for(self, group: list[Item]) -> asyncpg.Connection | None:
+        """A pool connection, or None (the group requeued) when the pool cannot give one."""
+        try:
+            conn: asyncpg.Connection = await self.pool.acquire(timeout=self.config.acquire_timeout)
+            return conn
+        except Exception as exc:
+            if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
+                raise
+            self._scheduler.requeue(group)
+            self._stats.reconnects += 1
+            logger.warning(
+                "no database connection for %d events (%s: %s); they will run again",
+                len(group),
+                type(exc).__name__,
+                exc,
+                extra=self._log,
+            )
+            return None
+
+    def _after_group(self, group: list[Item]) -> None:
+        """Release the group's subjects and put their next events up for a worker."""
+        self._scheduler.release(group)
+        reader = self._reader
+        if len(self._scheduler.inflight) < reader.refill_below:
+            reader.capacity.set()
+        reader.wake.set()
+
+    async def retry_clock(self) -> None:
+        """Unpark subjects whose retry is due, until cancelled."""
+        scheduler = self._scheduler
+        while True:
+            self._retry_wake.clear()
+            timeout = scheduler.due()
+            with anyio.move_on_after(timeout if timeout is not None else math.inf):
+                await self._retry_wake.wait()
