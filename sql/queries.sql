@@ -98,83 +98,6 @@ SELECT event_type, last_xid::text::bigint AS last_xid, last_position
 FROM {{schema}}.dispatcher_cursor
 WHERE consumer = $1 AND event_type = ANY($2::text[])
 
--- name: consumer_fetch
--- One round trip per batch. Candidates: the next events past each type's cursor whose
--- transaction is older than every transaction still running (so none can appear behind
--- the cursor later), in (xid, position) order. Pulled: events of a candidate's subject
--- that committed before it (smaller position) but sort after it (larger xid); they are
--- handled first to keep per-subject commit order. Only candidates the insert trigger
--- flagged out_of_order can have such events, so the others cost no look-up. `handled` says this consumer already
--- has an outcome for the event. occurred_at comes as microseconds since 1970 (NULL when
--- infinite): a value Python cannot represent must not fail the whole read. The last row (kind 2) reports whether committed events
--- wait above the horizon, i.e. a read again soon will find more.
-WITH horizon AS MATERIALIZED (
-    SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin
-),
-candidates AS MATERIALIZED (
-    SELECT e.*
-    FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS c(event_type, last_xid, last_position)
-    CROSS JOIN LATERAL (
-        SELECT e.position, e.xid, e.event_id, e.event_type, e.schema_version, e.tenant_id,
-               e.producer, e.subject, e.actor, e.occurred_at, e.correlation_id,
-               e.causation_id, e.traceparent, e.payload, e.out_of_order
-        FROM {{schema}}.dispatcher_event e
-        WHERE e.event_type = c.event_type
-          AND (e.xid, e.position) > (c.last_xid::text::xid8, c.last_position)
-          AND e.xid < (SELECT xmin FROM horizon)
-        ORDER BY e.xid, e.position
-        LIMIT $4
-    ) e
-    ORDER BY e.xid, e.position
-    LIMIT $4
-),
-pulled AS (
-    SELECT DISTINCT ON (p.position) p.*
-    FROM (SELECT * FROM candidates WHERE out_of_order) c
-    CROSS JOIN LATERAL (
-        SELECT p.position, p.xid, p.event_id, p.event_type, p.schema_version, p.tenant_id,
-               p.producer, p.subject, p.actor, p.occurred_at, p.correlation_id,
-               p.causation_id, p.traceparent, p.payload
-        FROM {{schema}}.dispatcher_event p
-        WHERE p.subject = c.subject AND p.xid > c.xid AND p.position < c.position
-          AND p.event_type = ANY($1::text[])
-    ) p
-    WHERE NOT EXISTS (SELECT 1 FROM candidates c2 WHERE c2.position = p.position)
-)
-SELECT 0 AS kind, c.position, c.xid::text::bigint AS xid, c.event_id, c.event_type,
-       c.schema_version, c.tenant_id, c.producer, c.subject, c.actor,
-       CASE WHEN isfinite(c.occurred_at)
-            THEN (extract(epoch FROM c.occurred_at) * 1000000)::bigint END AS occurred_us,
-       c.correlation_id, c.causation_id, c.traceparent, c.payload::text AS payload,
-       d.event_id IS NOT NULL AS handled,
-       CASE WHEN d.event_id IS NULL THEN (
-           SELECT a.attempts FROM {{schema}}.dispatcher_attempt a
-           WHERE a.consumer = $5 AND a.event_id = c.event_id) END AS attempts
-FROM candidates c
-LEFT JOIN {{schema}}.dispatcher_dedup d ON d.consumer = $5 AND d.event_id = c.event_id
-UNION ALL
-SELECT 1, p.position, p.xid::text::bigint, p.event_id, p.event_type, p.schema_version,
-       p.tenant_id, p.producer, p.subject, p.actor,
-       CASE WHEN isfinite(p.occurred_at)
-            THEN (extract(epoch FROM p.occurred_at) * 1000000)::bigint END,
-       p.correlation_id,
-       p.causation_id, p.traceparent, p.payload::text, d.event_id IS NOT NULL,
-       CASE WHEN d.event_id IS NULL THEN (
-           SELECT a.attempts FROM {{schema}}.dispatcher_attempt a
-           WHERE a.consumer = $5 AND a.event_id = p.event_id) END
-FROM pulled p
-LEFT JOIN {{schema}}.dispatcher_dedup d ON d.consumer = $5 AND d.event_id = p.event_id
-UNION ALL
-SELECT 2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       EXISTS (
-           -- The newest event of each type, read backwards from the index: O(types).
-           SELECT 1 FROM unnest($1::text[]) AS t(event_type)
-           WHERE (SELECT w.xid FROM {{schema}}.dispatcher_event w
-                  WHERE w.event_type = t.event_type
-                  ORDER BY w.xid DESC LIMIT 1) >= (SELECT xmin FROM horizon)
-       ),
-       NULL
-
 -- name: consumer_fetch_replays
 SELECT dl.dead_letter_id, e.position, e.xid::text::bigint AS xid, e.event_id, e.event_type,
        e.schema_version, e.tenant_id, e.producer, e.subject, e.actor,
@@ -476,8 +399,9 @@ ORDER BY g.partition
 -- position) order over all its types: kind 0, rows of watched ids; then, only when kind 0
 -- was not full, kind 1, rows above the frontier. Kind 2: rows pulled forward for
 -- out_of_order candidates (ADR 0002). Kind 3, last: the statement's own snapshot, which
--- says exactly which ids it could not see. `handled`: consumer $9 has an outcome for it.
-WITH snap AS MATERIALIZED (
+-- says exactly which ids it could not see. `handled`: consumer $9 has an outcome for it;
+-- `attempts`: its failed attempts so far; occurred_at as microseconds (as consumer_fetch).
+WITH horizon AS MATERIALIZED (
     SELECT pg_current_snapshot() AS s
 ),
 streams AS MATERIALIZED (
@@ -565,18 +489,23 @@ pulled AS (
     ORDER BY p.position, c.stream
 )
 SELECT r.kind, r.stream, r.position, r.xid::text::bigint AS xid, r.event_id, r.event_type,
-       r.schema_version, r.tenant_id, r.producer, r.subject, r.actor, r.occurred_at,
+       r.schema_version, r.tenant_id, r.producer, r.subject, r.actor,
+       CASE WHEN isfinite(r.occurred_at)
+            THEN (extract(epoch FROM r.occurred_at) * 1000000)::bigint END AS occurred_us,
        r.correlation_id, r.causation_id, r.traceparent, r.payload::text AS payload,
        r.partition, d.event_id IS NOT NULL AS handled,
+       CASE WHEN d.event_id IS NULL THEN (
+           SELECT a.attempts FROM {{schema}}.dispatcher_attempt a
+           WHERE a.consumer = $9 AND a.event_id = r.event_id) END AS attempts,
        NULL::bigint AS snapshot_xmin, NULL::bigint AS snapshot_xmax, NULL::bigint[] AS xip
 FROM (SELECT * FROM candidates UNION ALL SELECT * FROM pulled) r
 LEFT JOIN {{schema}}.dispatcher_dedup d ON d.consumer = $9 AND d.event_id = r.event_id
 UNION ALL
 SELECT 3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       NULL, NULL, NULL, NULL,
+       NULL, NULL, NULL, NULL, NULL,
        pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint,
        ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(s) AS x ORDER BY 1)
-FROM snap
+FROM horizon
 
 -- Dead letters
 -- Every dead-letter query takes the tenant as a parameter: NULL reads and writes every

@@ -72,7 +72,8 @@ def test_complete_moves_the_low_water_mark_over_the_finished_prefix_only() -> No
     by_position = {g[0].position: g[0] for g in groups}
     s.complete(by_position[2], Outcome.HANDLED)
     s.complete(by_position[3], Outcome.HANDLED)
-    assert s.moved_cursors() == {}  # 1 has no outcome yet
+    # Just below 1, which has no outcome yet (ADR 0006: (xid, position - 1)).
+    assert s.moved_cursors() == {TYPE: (1, 0)}
     s.complete(by_position[1], Outcome.HANDLED)
     assert s.moved_cursors() == {TYPE: (3, 3)}
     s.flushed(s.moved_cursors())
@@ -199,3 +200,24 @@ def test_on_retry_is_called_when_a_retry_is_scheduled() -> None:
     [item] = s.take_group()
     s.retry(item, 1.0)
     assert calls == [1]
+
+
+def test_the_cursor_never_passes_the_reader_s_bound() -> None:
+    # The reader passed an id still in progress (5): its rows may still commit below
+    # what was read, so the stored cursor stays below it whatever finishes above.
+    s = scheduler(workers=4, max_group=10)
+    s.read(row(10, "a", xid=9), make)
+    s.set_bound((5, 0))
+    [item] = s.take_group()
+    s.complete(item, Outcome.HANDLED)
+    assert s.moved_cursors() == {TYPE: (5, 0)}
+    s.set_bound((12, 0))
+    s.advance()
+    assert s.moved_cursors() == {TYPE: (9, 10)}  # the last row read: the same, in effect
+
+
+def test_rows_below_a_type_s_own_start_are_skipped() -> None:
+    s = Scheduler({TYPE: (7, 7)})
+    assert s.read(row(3, xid=3), make) is False
+    assert s.take_group() == []
+    assert s.idle

@@ -53,6 +53,7 @@ from ._reader import ReadLoop
 from ._runner import ConsumerStats, GroupRunner, Handler, Subscription
 from ._scheduler import Scheduler
 from ._workers import Workers
+from .streams_store import StreamsStore
 
 __all__ = ["Consumer", "ConsumerState", "ConsumerStats"]
 
@@ -329,6 +330,10 @@ class Consumer:
             self._store,
             self._scheduler,
             self.registry,
+            streams=StreamsStore(config.db_schema, self.name, self.event_types),
+            # One stream over every type starts at the lowest stored cursor; rows of a type
+            # below its own cursor are skipped by the scheduler.
+            start=min(stored.values()),
             batch_size=config.batch_size,
             on_dedup_hit=self._dedup_hit,
             payload_models={

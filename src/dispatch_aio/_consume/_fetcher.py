@@ -1,9 +1,12 @@
-"""The fetcher: one read below the transaction horizon, handed to the scheduler.
+"""The fetcher: one snapshot-aware read (ADR 0006), handed to the scheduler.
 
 Its whole interface to the rest of the consumer is :meth:`Fetcher.read` and
 :meth:`Fetcher.read_replays` (on a connection the caller holds) and the scheduler's
-``read_positions`` / ``read`` / ``pull`` / ``add`` verbs: how events are read (below the
-xid horizon today; above it, or per leased partition, later) can change here alone.
+``at_cap`` / ``read`` / ``pull`` / ``add`` / ``set_bound`` verbs. Committed events are
+handed out as soon as they are read, whatever transactions are still open; a
+:class:`~.horizon.Stream` remembers the ids in progress that the read passed, reads
+their rows when they end, and gives the scheduler the bound its stored cursors must
+stay below.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from .._storage._consumer_store import ConsumerStore
 from .._typed import PayloadModel, with_model_payload
 from ._codec import build_event, dead_letter_row
 from ._scheduler import Item, Scheduler
+from .horizon import Key, Stream
+from .streams_store import StreamsStore
 
 __all__ = ["Fetcher", "ReadResult"]
 
@@ -31,8 +36,9 @@ class ReadResult:
 
     #: The batch was full: more is probably waiting; read again at once.
     full: bool
-    #: Committed events wait above the horizon (behind an older open transaction).
-    waiting_above_horizon: bool
+    #: Transactions the read passed are still open: the stored cursor waits below them
+    #: (their events are read when they end; nothing else waits for them).
+    cursor_held: bool
     #: Events that already had this consumer's outcome (another process finished them).
     dedup_hits: int
 
@@ -46,11 +52,16 @@ class Fetcher:
         scheduler: Scheduler,
         registry: Registry,
         *,
+        streams: StreamsStore,
+        start: Key,
         batch_size: int,
         on_dedup_hit: Callable[[str], None] | None = None,
         payload_models: Mapping[str, PayloadModel] | None = None,
     ) -> None:
         self._store = store
+        self._streams = streams
+        #: One stream over every partition (a single process reads with no filter).
+        self.stream = Stream(frontier=start)
         self._scheduler = scheduler
         self._registry = registry
         self._batch_size = batch_size
@@ -61,29 +72,34 @@ class Fetcher:
     async def read(self, conn: asyncpg.Connection) -> ReadResult:
         """Read the next batch on ``conn`` (one round trip, outside any transaction)."""
         scheduler = self._scheduler
-        positions = scheduler.read_positions()
-        if not positions:
-            # Every type holds its cap of events behind a head without an outcome.
-            return ReadResult(False, False, 0)
+        stream = self.stream
+        if scheduler.at_cap():
+            # A type holds its cap of events behind a head without an outcome.
+            return ReadResult(False, bool(stream.watched), 0)
         # A full batch means a backlog: read ahead in bigger steps (up to the buffer).
         limit = self._limit
-        result = await self._store.fetch(conn, positions, limit)
+        result = await self._streams.fetch(conn, [(stream.plan(), None)], limit)
+        got = result.streams[0]
         make = self._make_item
         pull = scheduler.pull
-        for row in result.pulled:
+        for row in got.pulled:
             pull(row, make)
         hits = 0
         read = scheduler.read
-        for row in result.candidates:
-            if read(row, make):
-                hits += 1
-                if self._on_dedup_hit is not None:
-                    self._on_dedup_hit(row["event_type"])
+        on_hit = self._on_dedup_hit
+        for rows in (got.watched_rows, got.range_rows or ()):
+            for row in rows:
+                if read(row, make):
+                    hits += 1
+                    if on_hit is not None:
+                        on_hit(row["event_type"])
+        stream.advance(result.snapshot, got.watched_keys, got.range_keys, limit)
+        scheduler.set_bound(stream.low_water())
         scheduler.advance()
-        full = len(result.candidates) >= limit
+        full = not stream.caught_up
         room = max(self._batch_size, scheduler.max_buffered - len(scheduler.inflight))
         self._limit = room if full else self._batch_size
-        return ReadResult(full, result.waiting_above_horizon, hits)
+        return ReadResult(full, bool(stream.watched), hits)
 
     async def read_replays(self, conn: asyncpg.Connection) -> None:
         """Queue the dead letters waiting to be replayed, each on a lane of its own."""

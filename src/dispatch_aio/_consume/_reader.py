@@ -71,7 +71,7 @@ class ReadLoop:
         #: Read the pending replays with the next read.
         self.replays_due = True
         self._replays_read_at = 0.0
-        self._waiting_above_horizon = False
+        self._cursor_held = False
 
     def request_replays(self) -> None:
         """Read pending replays with the next read, at once."""
@@ -82,7 +82,6 @@ class ReadLoop:
         """Read until stopped; holds one pool connection while it reads."""
         config = self.config
         scheduler = self._scheduler
-        backoff = 0.0
         failures = Backoff(0.1, max(0.1, min(config.poll_interval, 5.0)))
         conn: asyncpg.Connection | None = None
         held_since: float | None = None
@@ -117,21 +116,18 @@ class ReadLoop:
                     await self._sleep_or_wake(delay)
                     continue
                 if full:
-                    backoff = 0.0
                     continue
-                if self._waiting_above_horizon:
-                    # Committed events wait behind an older open transaction: look again soon.
+                if self._cursor_held:
+                    # Open transactions keep the stored cursor (not delivery) back: their
+                    # events are read when they end (a notification, or the next poll).
                     now = time.monotonic()
                     if held_since is None:
                         held_since = now
                     elif now - held_since >= config.horizon_warning_after:
                         held_since = now  # warn again after another interval
                         await self._warn_horizon(conn)
-                    backoff = min(max(backoff * 2, 0.002), 0.1)
-                    await self._sleep_or_wake(backoff)
-                    continue
-                held_since = None
-                backoff = 0.0
+                else:
+                    held_since = None
                 if scheduler.idle:
                     self.idle_seq = self.fetch_seq
                     self.idle.set()
@@ -152,7 +148,8 @@ class ReadLoop:
         for holder in holders[:5]:
             who = f"pid {holder.pid}" if holder.pid is not None else f"prepared {holder.gid!r}"
             logger.warning(
-                "committed events wait behind transaction %s (%s, database %s, open %.0fs)",
+                "the stored cursor must wait behind transaction %s (%s, database %s, open %.0fs);"
+                " a restart re-reads what was handled since",
                 holder.xid,
                 who,
                 holder.database,
@@ -172,7 +169,7 @@ class ReadLoop:
         self.fetch_seq += 1
         result = await self._fetcher.read(conn)
         self._stats.fetches += 1
-        self._waiting_above_horizon = result.waiting_above_horizon
+        self._cursor_held = result.cursor_held
         now = time.monotonic()
         if not self._listening() and now - self._replays_read_at >= self.config.poll_interval:
             # Without notifications a replay request is only seen by looking (poll-only

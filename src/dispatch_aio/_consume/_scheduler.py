@@ -5,8 +5,10 @@ What it holds:
 - **per-subject queues**: events of one subject, in position (commit) order; only the
   head of a subject runs, and a subject runs in one group at a time (``busy``);
 - the **ready queue**: subjects whose head can run now;
-- **per-type low-water marks**: for each event type, the events read in cursor order;
-  the prefix that has an outcome moves the committed cursor (what is stored);
+- **per-type low-water marks** (ADR 0006): for each event type, a heap of the events
+  read without an outcome; the committed cursor (what is stored) is the smaller of the
+  reader's bound (:meth:`~Scheduler.set_bound`: below every id still in progress) and
+  just below the first unfinished event, and never moves backwards;
 - the **retry heap**: subjects parked until their head's retry is due, on an injectable
   clock;
 - the **in-flight** set (read, no outcome yet) and the **recently done** set (so that a
@@ -80,23 +82,17 @@ class _Subject:
     queued: bool = False
 
 
-class _Done:
-    """A cursor entry for an event that already had an outcome when read."""
-
-    __slots__ = ("done", "position", "xid")
-
-    def __init__(self, xid: int, position: int) -> None:
-        self.xid = xid
-        self.position = position
-        self.done = True
-
-
 @dataclass(slots=True)
 class _TypeCursor:
+    #: The largest key read (the bound when the reader sets none).
     read: tuple[int, int]
     committed: tuple[int, int]
     flushed: tuple[int, int]
-    entries: collections.deque[Item | _Done] = field(default_factory=collections.deque)
+    #: Stored when the consumer started: rows at or below it had their outcome then.
+    start: tuple[int, int]
+    #: (xid, position, item) of events read here; finished ones leave it from the top
+    #: (lazily), so a stuck head keeps those behind it: that is what the cap bounds.
+    pending: list[tuple[int, int, Item]] = field(default_factory=list)
 
 
 def _by_position(item: Item) -> int:
@@ -128,7 +124,11 @@ class Scheduler:
         self.clock = clock
         self._on_ready = on_ready
         self._on_retry = on_retry
-        self.cursors = {t: _TypeCursor(read=c, committed=c, flushed=c) for t, c in cursors.items()}
+        self.cursors = {
+            t: _TypeCursor(read=c, committed=c, flushed=c, start=c) for t, c in cursors.items()
+        }
+        #: The reader's low-water mark over every type (below every id in progress).
+        self.bound: tuple[int, int] | None = None
         self.subjects: dict[str, _Subject] = {}
         self.ready: collections.deque[str] = collections.deque()
         self.inflight: dict[int, Item] = {}
@@ -140,44 +140,60 @@ class Scheduler:
     # -- what the fetcher hands over ---------------------------------------------------
 
     def read_positions(self) -> dict[str, tuple[int, int]]:
-        """Where to read next, per type; types holding ``max_buffered`` events are left out.
+        """The largest key read per type; types holding ``max_buffered`` events are left out.
 
         A stuck head keeps every later event of its type in memory until it has an
         outcome: stopping the read there bounds that memory, whatever waits behind it.
         """
         cap = self.max_buffered
-        return {t: c.read for t, c in self.cursors.items() if len(c.entries) < cap}
+        return {t: c.read for t, c in self.cursors.items() if len(c.pending) < cap}
+
+    def at_cap(self) -> bool:
+        """Some type holds ``max_buffered`` events behind a head without an outcome.
+
+        One read serves every type (ADR 0006), so reading pauses for all of them.
+        """
+        cap = self.max_buffered
+        return any(len(c.pending) >= cap for c in self.cursors.values())
+
+    def set_bound(self, bound: tuple[int, int]) -> None:
+        """The reader's low-water mark: no id in progress, no unread row, at or below it."""
+        self.bound = bound
 
     def read(self, row: Any, make: Callable[[Any], Item]) -> bool:
-        """Take an event read in cursor order; True when it was already done (dedup hit).
+        """Take an event read; True when it was already done (dedup hit).
 
         ``row`` has ``event_type``, ``xid``, ``position`` and ``handled``; ``make(row)``
         builds the item (decoding is only paid for events that will run).
         """
         xid, position = row["xid"], row["position"]
         cursor = self.cursors[row["event_type"]]
-        cursor.read = (xid, position)
-        if row["handled"]:
-            cursor.entries.append(_Done(xid, position))
-            return True
-        existing = self.inflight.get(position)
-        if existing is not None:
-            cursor.entries.append(existing)
+        key = (xid, position)
+        if key > cursor.read:
+            cursor.read = key
+        if key <= cursor.start:
+            # One read serves every type from the lowest stored cursor: this type's own
+            # cursor had passed this row (its outcome was recorded) before we started.
             return False
-        if position in self._recent:
-            cursor.entries.append(_Done(xid, position))
+        if row["handled"]:
+            return True
+        if position in self.inflight or position in self._recent:
             return False
         item = make(row)
-        cursor.entries.append(item)
+        heapq.heappush(cursor.pending, (xid, position, item))
         self.add(item)
         return False
 
     def pull(self, row: Any, make: Callable[[Any], Item]) -> None:
-        """Take an event read ahead of its type's cursor (to keep its subject's order)."""
+        """Take an event read ahead of its turn (to keep its subject's order)."""
         position = row["position"]
         if row["handled"] or position in self.inflight or position in self._recent:
             return
-        self.add(make(row))
+        item = make(row)
+        cursor = self.cursors.get(item.event_type)
+        if cursor is not None:
+            heapq.heappush(cursor.pending, (item.xid, position, item))
+        self.add(item)
 
     def add(self, item: Item, *, track: bool = True) -> None:
         """Queue an event behind the earlier ones of its subject."""
@@ -334,7 +350,7 @@ class Scheduler:
     def buffered(self) -> int:
         """Events held in memory: in flight, plus finished ones held by a cursor entry."""
         return max(
-            len(self.inflight), max((len(c.entries) for c in self.cursors.values()), default=0)
+            len(self.inflight), max((len(c.pending) for c in self.cursors.values()), default=0)
         )
 
     def oldest_held(self) -> Item | None:
@@ -342,10 +358,9 @@ class Scheduler:
         best: Item | None = None
         held = 0
         for cursor in self.cursors.values():
-            if cursor.entries and len(cursor.entries) > held:
-                head = cursor.entries[0]
-                if isinstance(head, Item):
-                    best, held = head, len(cursor.entries)
+            self._advance(cursor)
+            if cursor.pending and len(cursor.pending) > held:
+                best, held = cursor.pending[0][2], len(cursor.pending)
         return best
 
     # -- internals ---------------------------------------------------------------------
@@ -357,11 +372,16 @@ class Scheduler:
             if self._on_ready is not None:
                 self._on_ready()
 
-    @staticmethod
-    def _advance(cursor: _TypeCursor) -> None:
-        entries = cursor.entries
-        last = None
-        while entries and entries[0].done:
-            last = entries.popleft()
-        if last is not None:
-            cursor.committed = (last.xid, last.position)
+    def _advance(self, cursor: _TypeCursor) -> None:
+        pending = cursor.pending
+        while pending and pending[0][2].done:
+            heapq.heappop(pending)
+        # Not above the last row of the type read: every row of the type between it and
+        # the bound was read, so both say the same, and a real row's key is what status,
+        # retention and the horizon check at start expect (the bound's may be xmax).
+        mark = cursor.read if self.bound is None else min(self.bound, cursor.read)
+        if pending:
+            xid, position, _ = pending[0]
+            mark = min(mark, (xid, position - 1))
+        if mark > cursor.committed:
+            cursor.committed = mark

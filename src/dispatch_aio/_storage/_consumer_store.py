@@ -10,7 +10,7 @@ import asyncpg
 
 from .._sql import queries
 
-__all__ = ["ConsumerStore", "DeadLetterRow", "FetchResult"]
+__all__ = ["ConsumerStore", "DeadLetterRow"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,15 +28,6 @@ class DeadLetterRow:
     error_message: str
     error_traceback: str | None
     attempts: int
-
-
-@dataclass(slots=True)
-class FetchResult:
-    """One read: candidate rows in cursor order, rows pulled forward, the horizon flag."""
-
-    candidates: list[asyncpg.Record]
-    pulled: list[asyncpg.Record]
-    waiting_above_horizon: bool
 
 
 class ConsumerStore:
@@ -59,41 +50,6 @@ class ConsumerStore:
         """Stored cursors by event type as (xid, position)."""
         rows = await conn.fetch(self.q.consumer_read_cursors, self.consumer, self.event_types)
         return {r["event_type"]: (r["last_xid"], r["last_position"]) for r in rows}
-
-    async def fetch(
-        self,
-        conn: asyncpg.Connection,
-        cursors: dict[str, tuple[int, int]],
-        limit: int,
-    ) -> FetchResult:
-        """Read the next batch (one round trip; runs outside any transaction)."""
-        types = list(cursors)
-        rows = await conn.fetch(
-            self.q.consumer_fetch,
-            types,
-            [cursors[t][0] for t in types],
-            [cursors[t][1] for t in types],
-            limit,
-            self.consumer,
-        )
-        candidates: list[asyncpg.Record] = []
-        pulled: list[asyncpg.Record] = []
-        waiting = False
-        for row in rows:
-            kind = row[0]
-            if kind == 0:
-                candidates.append(row)
-            elif kind == 1:
-                pulled.append(row)
-            else:
-                waiting = bool(row["handled"])
-        # The outer UNION ALL / LEFT JOIN does not keep the CTE's order (a hash join
-        # scrambles it), and the caller relies on cursor order: it moves the read cursor
-        # to the last row and completes cursor entries as a prefix. Out of order, the
-        # stored cursor could pass an event that has no outcome yet.
-        candidates.sort(key=lambda r: (r["xid"], r["position"]))
-        pulled.sort(key=lambda r: r["position"])
-        return FetchResult(candidates, pulled, waiting)
 
     async def fetch_replays(self, conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
         """Dead letters of this consumer waiting to be replayed, with their events."""
