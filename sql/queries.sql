@@ -677,6 +677,46 @@ LEFT JOIN LATERAL (
 WHERE $1::text IS NULL OR c.consumer = $1
 ORDER BY c.consumer, c.event_type
 
+-- name: consumer_forget
+-- Removes a retired consumer's cursors (per type and per partition), dedup markers,
+-- attempts, leases and expired member rows, in one statement: nothing is removed while
+-- a live member of it exists (the member table is the liveness record). Returns what
+-- was removed, and how many live members refused it.
+WITH live AS MATERIALIZED (
+    SELECT count(*) AS n FROM {{schema}}.dispatcher_member
+    WHERE consumer = $1 AND expires_at > now()
+),
+cursors AS (
+    DELETE FROM {{schema}}.dispatcher_cursor
+    WHERE consumer = $1 AND (SELECT n FROM live) = 0 RETURNING 1
+),
+partition_cursors AS (
+    DELETE FROM {{schema}}.dispatcher_partition_cursor
+    WHERE consumer = $1 AND (SELECT n FROM live) = 0 RETURNING 1
+),
+markers AS (
+    DELETE FROM {{schema}}.dispatcher_dedup
+    WHERE consumer = $1 AND (SELECT n FROM live) = 0 RETURNING 1
+),
+attempts AS (
+    DELETE FROM {{schema}}.dispatcher_attempt
+    WHERE consumer = $1 AND (SELECT n FROM live) = 0 RETURNING 1
+),
+leases AS (
+    DELETE FROM {{schema}}.dispatcher_lease
+    WHERE consumer = $1 AND (SELECT n FROM live) = 0 RETURNING 1
+),
+members AS (
+    DELETE FROM {{schema}}.dispatcher_member
+    WHERE consumer = $1 AND (SELECT n FROM live) = 0 RETURNING 1
+)
+SELECT (SELECT n FROM live) AS live,
+       (SELECT count(*) FROM cursors) + (SELECT count(*) FROM partition_cursors) AS cursors,
+       (SELECT count(*) FROM markers) AS markers,
+       (SELECT count(*) FROM attempts) AS attempts,
+       (SELECT count(*) FROM leases) AS leases,
+       (SELECT count(*) FROM members) AS members
+
 -- name: status_horizon_holders
 -- Open transactions that hold an xid, in any database: each keeps every consumer from
 -- reading events committed after it began. Prepared transactions count too.
