@@ -55,6 +55,7 @@ from ._reader import ReadLoop
 from ._runner import ConsumerStats, GroupRunner, Handler, Subscription
 from ._scheduler import Scheduler
 from ._workers import Workers
+from .assignment import PARTITION_COUNT
 from .leases_store import LeaseStore
 from .streams_store import StreamsStore
 
@@ -318,6 +319,7 @@ class Consumer:
             disconnect=self._disconnect_member,
             busy=lambda: self._scheduler.busy_partitions(),
             on_change=self._partitions_changed,
+            on_lost=self._partitions_lost,
             log_extra=self._log,
         )
         self._started = asyncio.Event()
@@ -429,14 +431,23 @@ class Consumer:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(conn.close(), self.config.commit_timeout)
 
-    async def _partitions_changed(
-        self, conn: asyncpg.Connection, gained: set[int], lost: set[int]
-    ) -> None:
-        """Leases changed hands: read what is held (minus what is handed over) from now."""
-        reader, fetcher, scheduler = self._reader, self._fetcher, self._scheduler
-        dropped = scheduler.drop(lost)
+    def _partitions_lost(self, lost: set[int]) -> None:
+        """Leases lost or released: stop reading and storing cursors for them, and drop
+        their queued events. Synchronous: no cursor of theirs is stored after this."""
+        reader = self._reader
+        current = reader.cursor_partitions
+        reader.cursor_partitions = frozenset(
+            (set(range(PARTITION_COUNT)) if current is None else set(current)) - lost
+        )
+        self._fetcher.restart(self._members.readable(), None)
+        dropped = self._scheduler.drop(lost)
         if dropped:
             logger.info("%d queued events of lost partitions dropped", dropped, extra=self._log)
+
+    async def _partitions_changed(self, conn: asyncpg.Connection, gained: set[int]) -> None:
+        """Leases gained, or some to hand over: read what is held (minus what is handed
+        over) from now on; gained partitions from their stored cursors."""
+        reader, fetcher, scheduler = self._reader, self._fetcher, self._scheduler
         # Cursors moved so far hold for the partitions the stream covered until now.
         with contextlib.suppress(Exception):
             await reader.flush_cursors(conn)

@@ -54,7 +54,8 @@ class Members:
         connect: Callable[[], Awaitable[asyncpg.Connection]],
         disconnect: Callable[[asyncpg.Connection | None], Awaitable[None]],
         busy: Callable[[], set[int]],
-        on_change: Callable[[asyncpg.Connection, set[int], set[int]], Awaitable[None]],
+        on_change: Callable[[asyncpg.Connection, set[int]], Awaitable[None]],
+        on_lost: Callable[[set[int]], None],
         log_extra: dict[str, Any],
     ) -> None:
         self.store = store
@@ -63,6 +64,7 @@ class Members:
         self._disconnect = disconnect
         self._busy = busy
         self._on_change = on_change
+        self._on_lost = on_lost
         self._log = log_extra
         #: partition -> epoch held here.
         self.owned: dict[int, int] = {}
@@ -106,15 +108,14 @@ class Members:
         if await store.heartbeat(conn) is None:
             # Our row expired and was removed: every lease is lost; join again.
             lost = set(self.owned)
-            self.owned.clear()
-            self.handing_over.clear()
             if lost:
                 logger.warning(
                     "this process was expired from its group: partitions %s lost",
                     _ranges(lost),
                     extra=self._log,
                 )
-                await self._on_change(conn, set(), lost)
+            self._lose(lost)
+            self.handing_over.clear()
             await store.join(conn)
         view = await store.view(conn)
         member = store.member_id
@@ -140,38 +141,42 @@ class Members:
             next_expiry=view.next_expiry(member),
             heartbeat=self.heartbeat,
         )
+        self._lose(set(steps.lost))
         gained: set[int] = set()
-        lost = set(steps.lost)
-        for p in steps.lost:
-            self.owned.pop(p, None)
-            self.handing_over.discard(p)
         for p in steps.adopt:
             self.owned[p] = epochs[p]
             gained.add(p)
         handing = set(steps.hand_over) - self.handing_over
         # No longer to be handed over (its target left): read again, from its cursor.
-        kept = self.handing_over - set(steps.hand_over) - lost
+        kept = self.handing_over - set(steps.hand_over)
         gained |= {p for p in kept if p in self.owned}
-        self.handing_over = set(steps.hand_over)
-        if handing or lost:
-            # Stop reading what goes to others (and what was lost) before releasing it.
-            await self._on_change(conn, set(), lost)
-            lost = set()
+        self.handing_over = set(steps.hand_over) & set(self.owned)
+        if handing:
+            # Stop reading what goes to others (their cursors stored first), then release
+            # each once its events in flight have outcomes.
+            await self._on_change(conn, set())
         if steps.release:
             released = set(await store.release(conn, steps.release))
-            for p in released:
-                self.owned.pop(p, None)
-                self.handing_over.discard(p)
-            lost |= released
+            self._lose(released)
         if steps.acquire:
             # Waits for the previous owner's fenced commits, but never long enough to
             # miss our own heartbeat.
             got = await store.acquire(conn, steps.acquire, lock_timeout=self.heartbeat / 2)
             self.owned.update(got)
             gained |= set(got)
-        if gained or lost:
-            await self._on_change(conn, gained, lost)
+        if gained:
+            await self._on_change(conn, gained)
         return steps.next_check
+
+    def _lose(self, lost: set[int]) -> None:
+        """Partitions are not ours any more: forget them at once, with no await between,
+        so that no cursor of theirs is stored past an event this process let go of."""
+        if not lost:
+            return
+        for p in lost:
+            self.owned.pop(p, None)
+            self.handing_over.discard(p)
+        self._on_lost(lost)
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Step until ``stopping`` is set; database failures are retried on the next step.
