@@ -161,7 +161,12 @@ class Members:
         if steps.acquire:
             # Waits for the previous owner's fenced commits, but never long enough to
             # miss our own heartbeat.
-            got = await store.acquire(conn, steps.acquire, lock_timeout=self.heartbeat / 2)
+            try:
+                got = await store.acquire(conn, steps.acquire, lock_timeout=self.heartbeat / 2)
+            except asyncpg.LockNotAvailableError:
+                # A paused owner's outcome transaction still holds its fence: the server
+                # cuts it off soon (idle_in_transaction_session_timeout); try again then.
+                got = {}
             self.owned.update(got)
             gained |= set(got)
         if gained:
@@ -179,7 +184,8 @@ class Members:
         self._on_lost(lost)
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Step until ``stopping`` is set; database failures are retried on the next step.
+        """Step until cancelled (after ``stopping``, only heartbeat); database failures are
+        retried on the next step.
 
         Holds a connection of its own: with the workers holding the rest of the pool, a
         heartbeat must never wait for one (it would lose every lease).
@@ -187,15 +193,19 @@ class Members:
         delay = 0.0
         conn: asyncpg.Connection | None = None
         try:
-            while not stopping.is_set():
+            while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), delay)
                 self.wake.clear()
-                if stopping.is_set():
-                    return
                 try:
                     if conn is None:
                         conn = await self._connect()
+                    if stopping.is_set():
+                        # Draining: keep the leases alive until they are handed back
+                        # (the task is cancelled then), take and give nothing.
+                        await self.store.heartbeat(conn)
+                        delay = self.heartbeat
+                        continue
                     delay = await self.step(conn)
                 except Exception as exc:
                     if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
