@@ -30,7 +30,6 @@ import asyncio
 import enum
 import inspect
 import logging
-import signal
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -58,6 +57,7 @@ from ._listener import Listener
 from ._reader import ReadLoop
 from ._runner import ConsumerStats, GroupRunner, Handler, Subscription
 from ._scheduler import Scheduler
+from ._signals import drain_on_signals
 from ._workers import Workers
 from .streams_store import StreamsStore
 
@@ -283,25 +283,18 @@ class Consumer:
 
     async def run(self) -> None:
         """Run as a worker process: until SIGTERM or SIGINT (a second one aborts)."""
-        loop = asyncio.get_running_loop()
-        signals = (signal.SIGTERM, signal.SIGINT)
 
-        def on_signal() -> None:
-            if self._state is ConsumerState.RUNNING:
-                logger.info("signal received: draining", extra=self._log)
-                self.stop()
-            else:
-                logger.warning("second signal: aborting", extra=self._log)
-                self.abort()
+        def drain() -> None:
+            logger.info("signal received: draining", extra=self._log)
+            self.stop()
 
-        for sig in signals:
-            loop.add_signal_handler(sig, on_signal)
-        try:
+        def abort() -> None:
+            logger.warning("second signal: aborting", extra=self._log)
+            self.abort()
+
+        with drain_on_signals(drain, abort):
             async with self:
                 await self.wait()
-        finally:
-            for sig in signals:
-                loop.remove_signal_handler(sig)
 
     # -- start-up ------------------------------------------------------------------
 

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -34,6 +33,7 @@ import asyncpg
 import httpx
 
 from .._consume import ConsumerConfig
+from .._consume._signals import drain_on_signals
 from .._consumer import Consumer
 from .._envelope import Event
 from .._errors import ConfigurationError, LifecycleError
@@ -276,28 +276,18 @@ class Fanout:
 
     async def run(self) -> None:
         """Run as a worker process: until SIGTERM or SIGINT (a second one aborts)."""
-        loop = asyncio.get_running_loop()
-        signals = (signal.SIGTERM, signal.SIGINT)
-        stopping = False
 
-        def on_signal() -> None:
-            nonlocal stopping
-            if not stopping:
-                stopping = True
-                logger.info("signal received: draining the fan-out")
-                self.stop()
-            else:
-                for consumer in self.consumers.values():
-                    consumer.abort()
+        def drain() -> None:
+            logger.info("signal received: draining the fan-out")
+            self.stop()
 
-        for sig in signals:
-            loop.add_signal_handler(sig, on_signal)
-        try:
+        def abort() -> None:
+            for consumer in self.consumers.values():
+                consumer.abort()
+
+        with drain_on_signals(drain, abort):
             async with self:
                 await self.wait()
-        finally:
-            for sig in signals:
-                loop.remove_signal_handler(sig)
 
 
 async def run_fanout(
