@@ -3,12 +3,19 @@
 ``blackhole()`` keeps every socket open but drops the bytes flowing either way, as a
 network partition or a dead peer behind NAT does: the client sees a half-open
 connection, not a closed one. ``restore()`` forwards again (also for new connections).
+
+``forge_termination()`` sends every client a server's FATAL "terminating connection"
+error, silences that link, and closes it only ``close_after`` seconds later: the close
+that a real server sends right after the error is held back. In that window asyncpg's
+protocol is left mid-state and its next call raises ``InternalClientError`` ("cannot
+switch to state ...") rather than ``InterfaceError``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 from pathlib import Path
 
 __all__ = ["TcpProxy"]
@@ -35,6 +42,9 @@ class TcpProxy:
         self.blackholed = False
         self.accepted = 0
         self.dropped_bytes = 0
+        # Links silenced by forge_termination(): (client writer, server writer) pairs.
+        self._links: dict[asyncio.StreamWriter, asyncio.StreamWriter] = {}
+        self._silenced: set[asyncio.StreamWriter] = set()
 
     @property
     def port(self) -> int:
@@ -53,6 +63,29 @@ class TcpProxy:
     def restore(self) -> None:
         """Forward again."""
         self.blackholed = False
+
+    def forge_termination(self, close_after: float = 1.0) -> int:
+        """Send each open link's client a FATAL 57P01 error, silence it, close it later.
+
+        Returns how many links were hit. New connections are forwarded normally.
+        """
+        message = _error_response(
+            severity="FATAL",
+            code="57P01",
+            text="terminating connection due to administrator command",
+        )
+        hit = 0
+        for client_w, server_w in list(self._links.items()):
+            if client_w in self._silenced or client_w.is_closing():
+                continue
+            self._silenced.add(client_w)
+            self._silenced.add(server_w)
+            client_w.write(message)
+            loop = asyncio.get_running_loop()
+            loop.call_later(close_after, client_w.close)
+            loop.call_later(close_after, server_w.close)
+            hit += 1
+        return hit
 
     async def aclose(self) -> None:
         if self._server is not None:
@@ -90,6 +123,7 @@ class TcpProxy:
             self._tasks.discard(task)  # type: ignore[arg-type]
             return
         self._writers.add(server_w)
+        self._links[client_w] = server_w
         try:
             pipes = [
                 asyncio.ensure_future(self._pipe(client_r, server_w)),
@@ -103,7 +137,9 @@ class TcpProxy:
                     pipe.cancel()
                 await asyncio.gather(*pipes, return_exceptions=True)
         finally:
+            self._links.pop(client_w, None)
             for writer in (client_w, server_w):
+                self._silenced.discard(writer)
                 self._writers.discard(writer)
                 writer.close()
                 with contextlib.suppress(Exception):
@@ -116,8 +152,18 @@ class TcpProxy:
                 data = await reader.read(65536)
                 if not data:
                     return
-                if self.blackholed:
+                if self.blackholed or writer in self._silenced:
                     self.dropped_bytes += len(data)
                     continue
                 writer.write(data)
                 await writer.drain()
+
+
+def _error_response(*, severity: str, code: str, text: str) -> bytes:
+    """A protocol v3 ErrorResponse message as a server sends it."""
+    fields = b"".join(
+        tag + value.encode() + b"\0"
+        for tag, value in ((b"S", severity), (b"V", severity), (b"C", code), (b"M", text))
+    )
+    body = fields + b"\0"
+    return b"E" + struct.pack("!i", len(body) + 4) + body

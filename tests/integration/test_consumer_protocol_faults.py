@@ -1,0 +1,151 @@
+"""A connection that dies mid-protocol raises asyncpg's ``InternalClientError``.
+
+When the server ends a session (``pg_terminate_backend``, an admin shutdown, a crash)
+it sends a FATAL error and then closes the socket. If the client reads the error
+before it sees the close and starts its next call in between, asyncpg's protocol is
+left in an error-consuming state and the call raises ``InternalClientError: cannot
+switch to state ...; another operation is in progress`` instead of ``InterfaceError``.
+In production that window is short and the failure rare; the proxy here holds the
+window open so that every connection of the consumer (pool workers, fetcher and the
+LISTEN connection's heartbeat) meets it at once, and the consumer must treat it as the
+infrastructure failure it is: throw the connection away, reconnect, count no attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+
+from dispatch_aio import Consumer, ConsumerState, Dispatcher, Event
+from dispatch_aio.pytest_plugin import TestPostgres
+
+from .helpers import eventually, locked_payload, uid
+from .tcp_proxy import TcpProxy
+from .test_consumer_faults import _upstream
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_the_forged_termination_makes_asyncpg_raise_internal_client_error(
+    dispatch_postgres: TestPostgres, dispatch_dsn: str
+) -> None:
+    """The fault the next test injects is the one the consumer must classify."""
+    parts = urlsplit(dispatch_dsn)
+    async with TcpProxy(**_upstream(dispatch_postgres)) as proxy:  # type: ignore[arg-type]
+        conn = await asyncpg.connect(
+            host="127.0.0.1",
+            port=proxy.port,
+            user=parts.username or "postgres",
+            database=parts.path.lstrip("/"),
+            ssl=False,
+        )
+        try:
+            assert await conn.fetchval("SELECT 1") == 1
+            assert proxy.forge_termination(close_after=30) == 1
+            # Let the client read the forged error; its socket stays open.
+            await asyncio.sleep(0.05)
+            with pytest.raises(asyncpg.exceptions.InternalClientError, match="cannot switch"):
+                await conn.fetchval("SELECT 1", timeout=5)
+        finally:
+            conn.terminate()
+
+
+async def test_consumer_recovers_when_every_connection_raises_internal_client_error(
+    dispatch_postgres: TestPostgres,
+    dispatch_pool: asyncpg.Pool,
+    dispatcher: Dispatcher,
+    dispatch_dsn: str,
+) -> None:
+    parts = urlsplit(dispatch_dsn)
+    effects: collections.Counter[str] = collections.Counter()
+    published: list[str] = []
+
+    async def publish(n: int) -> None:
+        for _ in range(n):
+            envelope = await dispatcher.publish(
+                "credit.locked", locked_payload(), subject=uid("per"), actor="system:tests"
+            )
+            published.append(envelope.event_id)
+
+    await dispatch_pool.execute(
+        "CREATE TABLE IF NOT EXISTS protocol_fault_effects (event_id text PRIMARY KEY)"
+    )
+    async with TcpProxy(**_upstream(dispatch_postgres)) as proxy:  # type: ignore[arg-type]
+        connect_args = {
+            "host": "127.0.0.1",
+            "port": proxy.port,
+            "user": parts.username or "postgres",
+            "database": parts.path.lstrip("/"),
+            "ssl": False,
+        }
+
+        async def listen_connect() -> asyncpg.Connection:
+            return await asyncpg.connect(**connect_args)  # type: ignore[arg-type]
+
+        async with asyncpg.create_pool(min_size=4, max_size=4, **connect_args) as pool:  # type: ignore[arg-type]
+            consumer = Consumer(
+                pool,
+                name="protocol-faults",
+                concurrency=2,
+                poll_interval=0.5,
+                heartbeat_interval=0.2,
+                heartbeat_timeout=1.0,
+                listen_reconnect_delays=(0.1,),
+                listen_connect=listen_connect,
+                retry_delays=(30.0,),
+            )
+
+            @consumer.on("credit.locked")
+            async def on_locked(event: Event, conn: asyncpg.Connection) -> None:
+                await conn.execute(
+                    "INSERT INTO protocol_fault_effects (event_id) VALUES ($1)", event.event_id
+                )
+                effects[event.event_id] += 1
+
+            async with consumer:
+                listener = consumer.listener
+                assert listener is not None
+                await publish(10)
+                await eventually(
+                    lambda: set(published) <= set(effects), within=10, what="the first events"
+                )
+                hit = proxy.forge_termination(close_after=1.0)
+                # Four pool connections and the LISTEN connection, all idle now.
+                assert hit >= 5
+                await publish(20)
+                await eventually(
+                    lambda: set(published) <= set(effects),
+                    within=20,
+                    what="delivery after every connection went bad",
+                )
+                await eventually(
+                    lambda: listener.reconnects >= 1 and listener.connected,
+                    within=10,
+                    what="a new LISTEN connection after the heartbeat failed",
+                )
+                assert consumer.state is ConsumerState.RUNNING
+                await publish(5)
+                await eventually(
+                    lambda: set(published) <= set(effects), within=10, what="delivery again"
+                )
+                await asyncio.wait_for(consumer.wait_idle(), timeout=10)
+            assert consumer.state is ConsumerState.CLOSED
+        # Fresh links were opened to replace the poisoned ones.
+        assert proxy.accepted > hit + 1
+
+    assert len(published) == 35
+    # Handler effects that committed: each event exactly once, none of them retried
+    # as the event's own failure (no attempt row, no dead letter).
+    committed = await dispatch_pool.fetch("SELECT event_id FROM protocol_fault_effects")
+    assert sorted(r["event_id"] for r in committed) == sorted(published)
+    attempts = await dispatch_pool.fetchval(
+        "SELECT count(*) FROM dispatcher_attempt WHERE consumer = 'protocol-faults'"
+    )
+    dead = await dispatch_pool.fetchval(
+        "SELECT count(*) FROM dispatcher_dead_letter WHERE consumer = 'protocol-faults'"
+    )
+    assert (attempts, dead) == (0, 0)
