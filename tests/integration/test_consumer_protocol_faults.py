@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -149,3 +151,75 @@ async def test_consumer_recovers_when_every_connection_raises_internal_client_er
         "SELECT count(*) FROM dispatcher_dead_letter WHERE consumer = 'protocol-faults'"
     )
     assert (attempts, dead) == (0, 0)
+
+
+async def test_a_read_lost_in_a_half_open_connection_is_abandoned_and_retried(
+    dispatch_postgres: TestPostgres,
+    dispatch_pool: asyncpg.Pool,
+    dispatcher: Dispatcher,
+    dispatch_dsn: str,
+) -> None:
+    """A fetch whose request vanished (a network partition, a dead NAT entry) gets no
+    answer, ever: the read is bounded by ``commit_timeout``, the connection thrown away."""
+    delivered: set[str] = set()
+
+    async def publish() -> str:
+        envelope = await dispatcher.publish(
+            "credit.locked", locked_payload(), subject=uid("per"), actor="system:tests"
+        )
+        return envelope.event_id
+
+    async def listen_connect() -> asyncpg.Connection:
+        # Notifications arrive directly: only the pool's connections cross the proxy.
+        return await asyncpg.connect(dispatch_dsn)
+
+    async with (
+        TcpProxy(**_upstream(dispatch_postgres)) as proxy,  # type: ignore[arg-type]
+        _pool_through(proxy, dispatch_dsn) as pool,
+    ):
+        consumer = Consumer(
+            pool,
+            name="half-open-fetch",
+            concurrency=1,
+            poll_interval=60,
+            commit_timeout=1.0,
+            listen_connect=listen_connect,
+        )
+
+        @consumer.on("credit.locked")
+        async def on_locked(event: Event) -> None:
+            delivered.add(event.event_id)
+
+        async with consumer:
+            first = await publish()
+            await eventually(lambda: first in delivered, within=10, what="a first event")
+            proxy.blackhole()
+            # Its notification wakes the reader, whose fetch goes into the black hole.
+            lost = await publish()
+            await eventually(
+                lambda: proxy.dropped_bytes > 0, within=10, what="the fetch to be sent"
+            )
+            proxy.restore()
+            after = await publish()
+            await eventually(
+                lambda: {lost, after} <= delivered,
+                within=15,
+                what="delivery once the lost read is given up",
+            )
+            assert consumer.state is ConsumerState.RUNNING
+    assert delivered == {first, lost, after}
+
+
+@contextlib.asynccontextmanager
+async def _pool_through(proxy: TcpProxy, dsn: str, size: int = 3) -> AsyncIterator[asyncpg.Pool]:
+    parts = urlsplit(dsn)
+    async with asyncpg.create_pool(
+        min_size=size,
+        max_size=size,
+        host="127.0.0.1",
+        port=proxy.port,
+        user=parts.username or "postgres",
+        database=parts.path.lstrip("/"),
+        ssl=False,
+    ) as pool:
+        yield pool

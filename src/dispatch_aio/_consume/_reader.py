@@ -20,7 +20,7 @@ import anyio
 import asyncpg
 
 from .._status import horizon_holders
-from .._storage import Backoff, FailureKind, classify, release
+from .._storage import Backoff, FailureKind, classify, release, terminate
 from .._storage._consumer_store import ConsumerStore
 from ._config import ConsumerConfig
 from ._fetcher import Fetcher
@@ -96,8 +96,11 @@ class ReadLoop:
                 try:
                     if conn is None:
                         conn = await self.pool.acquire(timeout=config.acquire_timeout)
-                    await self.flush_cursors(conn)
-                    full = await self._read(conn)
+                    # A read whose request or answer vanished (a partition, a dead NAT
+                    # entry) would wait for TCP to give up, minutes; bound it instead.
+                    with anyio.fail_after(config.commit_timeout):
+                        await self.flush_cursors(conn)
+                        full = await self._read(conn)
                     failures.reset()
                 except Exception as exc:
                     if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
@@ -112,6 +115,8 @@ class ReadLoop:
                         extra=self._log,
                     )
                     broken, conn = conn, None
+                    if isinstance(exc, TimeoutError):
+                        terminate(broken)  # presumed dead: its answer may never come
                     await release(self.pool, broken, config.commit_timeout)
                     await self._sleep_or_wake(delay)
                     continue

@@ -137,7 +137,8 @@ class GroupRunner:
                 subscription = self.subscriptions[item.event_type]
                 if subscription.wants_conn and transaction is None:
                     transaction = conn.transaction()
-                    await transaction.start()
+                    async with asyncio.timeout(self._limit):
+                        await transaction.start()
                 try:
                     await self._call(subscription, item, conn)
                 except Exception as exc:
@@ -159,10 +160,17 @@ class GroupRunner:
                 + any(i.replay_of is not None for i in group)
                 + any(i.replay_of is None for i in group)
             )
-            if transaction is None and statements > 1:
-                transaction = conn.transaction()
-                await transaction.start()
-            if not await self._record(conn, group, in_transaction=transaction is not None):
+            # The library's own statements are bounded like its commit: on a connection
+            # whose peer vanished (a partition, a dead NAT entry) they would otherwise
+            # wait for TCP to give up. TimeoutError is infrastructure: the group reruns.
+            async with asyncio.timeout(self._limit):
+                if transaction is None and statements > 1:
+                    transaction = conn.transaction()
+                    await transaction.start()
+                recorded = await self._record(
+                    conn, group, in_transaction=transaction is not None
+                )
+            if not recorded:
                 return await rollback(transaction, conn, self._limit)
             if transaction is not None:
                 await commit(transaction, conn, self._limit)
