@@ -118,6 +118,10 @@ class Principal:
             raise UsageError(f"Principal.tenant_id {problem}")
 
 
+def _optional_postgres_text(value: str | None) -> str | None:
+    return None if value is None else _postgres_text(value)
+
+
 def _postgres_text(value: str) -> str:
     problem = text_problem(value)
     if problem:
@@ -320,15 +324,19 @@ def dlq_router(
         "",
         response_model=DeadLetterPage,
         responses=_responses(),
-        summary="List a consumer's dead letters, newest first",
+        summary="List dead letters, newest first: one consumer's, or every consumer's",
     )
     async def list_dead_letters(
         principal: Annotated[Principal, Depends(require_principal)],
         consumer: Annotated[
-            str,
-            Query(min_length=1, max_length=200, description="The consumer's name."),
-            AfterValidator(_postgres_text),
-        ],
+            str | None,
+            Query(
+                min_length=1,
+                max_length=200,
+                description="The consumer's name; leave it out for every consumer's.",
+            ),
+            AfterValidator(_optional_postgres_text),
+        ] = None,
         include_resolved: Annotated[
             bool, Query(description="Include resolved dead letters.")
         ] = False,

@@ -320,8 +320,8 @@ async def test_malformed_bodies_answer_422(
 
 async def test_bad_list_queries_answer_422(client: httpx.AsyncClient) -> None:
     cases: list[tuple[dict[str, str], str]] = [
-        ({}, "consumer"),
         ({"consumer": ""}, "consumer"),
+        ({"consumer": " "}, "consumer"),
         ({"consumer": "a\x00b"}, "consumer"),
         ({"consumer": "coaching", "limit": "0"}, "limit"),
         ({"consumer": "coaching", "limit": "501"}, "limit"),
@@ -360,6 +360,21 @@ async def test_list_pages_with_the_cursor(
         DEFAULT_PREFIX, params={"consumer": "coaching", "include_resolved": "true"}, headers=READER
     )
     assert len(everything.json()["items"]) == 6
+
+
+async def test_leaving_out_the_consumer_lists_every_consumers_letters(
+    client: httpx.AsyncClient, dispatch_pool: asyncpg.Pool
+) -> None:
+    mine = {await seed(dispatch_pool) for _ in range(2)}
+    mine.add(await seed(dispatch_pool, consumer="billing"))
+    other_tenant = await seed(dispatch_pool, consumer="billing", tenant_id=OTHER_TENANT)
+    response = await client.get(DEFAULT_PREFIX, params={"limit": "500"}, headers=READER)
+    assert response.status_code == 200, response.text
+    listed = {item["dead_letter_id"] for item in response.json()["items"]}
+    assert mine <= listed
+    assert other_tenant not in listed  # the principal's tenant still bounds the list
+    consumers = {item["consumer"] for item in response.json()["items"]}
+    assert {"coaching", "billing"} <= consumers
 
 
 async def test_resolve_then_409_and_replay_states(

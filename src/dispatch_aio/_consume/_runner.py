@@ -167,9 +167,7 @@ class GroupRunner:
                 if transaction is None and statements > 1:
                     transaction = conn.transaction()
                     await transaction.start()
-                recorded = await self._record(
-                    conn, group, in_transaction=transaction is not None
-                )
+                recorded = await self._record(conn, group, in_transaction=transaction is not None)
             if not recorded:
                 return await rollback(transaction, conn, self._limit)
             if transaction is not None:
