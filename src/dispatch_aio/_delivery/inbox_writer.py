@@ -82,20 +82,29 @@ class InboxWriter:
         return await asyncio.shield(waiting.future)
 
     async def _flush(self) -> None:
-        """Write batches until the queue is empty; resolve every request taken."""
+        """Write batches until the queue is empty; resolve every request taken.
+
+        One pool connection serves the whole run: under load, batches follow each other
+        without a pool release (and its reset round trip) between them.
+        """
         batch: list[_Waiting] = []
+        conn: asyncpg.Connection | None = None
         try:
             while self._queue:
                 batch = self._take()
-                await self._write(batch)
+                conn = await self._write(batch, conn)
         finally:
-            self._flushing = None
             # Only when this task itself is cancelled (the event loop is closing) can a
-            # request still be waiting here: it must not wait forever.
-            for waiting in [*batch, *self._queue]:
+            # request still be waiting here: it must not wait forever. Done before the
+            # release below lets other tasks run: a request queued meanwhile starts a
+            # flush of its own and must not be touched by this one.
+            self._flushing = None
+            left = [*batch, *self._queue]
+            self._queue.clear()
+            for waiting in left:
                 if not waiting.future.done():
                     waiting.future.cancel()
-            self._queue.clear()
+            await self._release(conn)
 
     def _take(self) -> list[_Waiting]:
         batch: list[_Waiting] = []
@@ -109,34 +118,51 @@ class InboxWriter:
             size += cost
         return batch
 
-    async def _write(self, batch: list[_Waiting]) -> None:
+    async def _write(
+        self, batch: list[_Waiting], conn: asyncpg.Connection | None
+    ) -> asyncpg.Connection | None:
+        """Insert ``batch`` and resolve its requests; return the connection if still good."""
         try:
             with translate_errors(self.schema):
-                async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
-                    if len(batch) == 1:
-                        position = await conn.fetchval(self._insert_one, *batch[0].row)
-                        written = {batch[0].row[0]} if position is not None else set()
-                    else:
-                        columns = list(zip(*(waiting.row for waiting in batch), strict=True))
-                        records = await conn.fetch(self._insert_many, *columns)
-                        written = {record[0] for record in records}
+                if conn is None:
+                    conn = await self.pool.acquire(timeout=self.acquire_timeout)
+                assert conn is not None
+                if len(batch) == 1:
+                    position = await conn.fetchval(self._insert_one, *batch[0].row)
+                    written = {batch[0].row[0]} if position is not None else set()
+                else:
+                    columns = list(zip(*(waiting.row for waiting in batch), strict=True))
+                    records = await conn.fetch(self._insert_many, *columns)
+                    written = {record[0] for record in records}
         except DatabaseError as exc:
-            if len(batch) > 1 and type(exc) is DatabaseError:
-                # A row of its own spoiled the statement (the database answered): each
-                # row alone, so that only that row's request fails.
+            if conn is not None and type(exc) is DatabaseError:
+                # The database answered: the statement failed, the connection is fine.
+                if len(batch) == 1:
+                    _fail(batch, exc)
+                    return conn
+                # A row of its own spoiled the statement: each row alone, so that only
+                # that row's request fails.
                 for waiting in batch:
-                    await self._write([waiting])
-                return
+                    conn = await self._write([waiting], conn)
+                return conn
             _fail(batch, exc)
-            return
+            await self._release(conn)
+            return None
         except Exception as exc:
             _fail(batch, exc)
-            return
+            await self._release(conn)
+            return None
         for waiting in batch:
             event_id = waiting.row[0]
             # The same event_id twice in one batch: the first request wrote it.
             waiting.future.set_result(event_id in written)
             written.discard(event_id)
+        return conn
+
+    async def _release(self, conn: asyncpg.Connection | None) -> None:
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await self.pool.release(conn)
 
 
 def _fail(batch: list[_Waiting], exc: Exception) -> None:
