@@ -109,3 +109,19 @@ async def test_a_connection_whose_answer_was_not_read_is_not_used_again() -> Non
         assert answer.status_code == 200
         assert len(answer.content) == 1_000_000
     assert len(set(app.clients)) == 2, app.clients
+
+
+async def test_a_url_without_a_port_connects_to_the_schemes_default_port() -> None:
+    asked: list[tuple[str, int]] = []
+
+    async def resolve(host: str, port: int) -> list[str]:
+        asked.append((host, port))
+        raise OSError("no such host here")
+
+    for url, port in (("http://subscriber.example/in", 80), ("https://subscriber.example/in", 443)):
+        endpoint = Endpoint(url=url, secrets=[SECRET])
+        transport = GuardedTransport(endpoint, resolve=resolve)
+        async with httpx.AsyncClient(transport=transport) as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.post(url, content=b"{}")
+        assert asked[-1] == ("subscriber.example", port)

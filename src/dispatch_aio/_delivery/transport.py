@@ -173,6 +173,18 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         assert isinstance(request.stream, httpx.AsyncByteStream)
         if self._closed:
             raise httpx.ConnectError("the transport is closed")
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
         timeouts = request.extensions.get("timeout", {})
         try:
             with anyio.fail_after(timeouts.get("pool")):
@@ -183,25 +195,14 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         try:
             connection = await self._take_idle()
             if connection is None:
-                url = request.url
                 connection = httpcore.AsyncHTTPConnection(
-                    origin=httpcore.Origin(url.raw_scheme, url.raw_host, url.port or 0),
+                    # The URL's origin: scheme, host, and the port (the scheme's default
+                    # when the URL names none).
+                    origin=core_request.url.origin,
                     ssl_context=self._ssl_context,
                     keepalive_expiry=self._keepalive_expiry,
                     network_backend=self._backend,
                 )
-            core_request = httpcore.Request(
-                method=request.method,
-                url=httpcore.URL(
-                    scheme=request.url.raw_scheme,
-                    host=request.url.raw_host,
-                    port=request.url.port,
-                    target=request.url.raw_path,
-                ),
-                headers=request.headers.raw,
-                content=request.stream,
-                extensions=request.extensions,
-            )
             response = await connection.handle_async_request(core_request)
         except BaseException as exc:
             if connection is not None:
