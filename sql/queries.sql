@@ -69,6 +69,29 @@ INSERT INTO {{schema}}.dispatcher_event (
 ON CONFLICT ON CONSTRAINT dispatcher_event_event_id_key DO NOTHING
 RETURNING position
 
+-- name: inbox_insert_events
+-- Events received together, inserted in one statement and so committed together (one
+-- WAL flush and one notification for all). Rows go in by the subject's advisory-lock
+-- key, so two such statements never wait on each other's locks in opposite orders; a
+-- redelivered event_id writes nothing, and only the event_ids written come back.
+INSERT INTO {{schema}}.dispatcher_event (
+    event_id, event_type, schema_version, tenant_id, producer, subject, actor,
+    occurred_at, correlation_id, causation_id, traceparent, payload, xid, position
+)
+SELECT e.event_id, e.event_type, e.schema_version, e.tenant_id, e.producer, e.subject,
+       e.actor, e.occurred_at, e.correlation_id, e.causation_id, e.traceparent, e.payload,
+       '0'::xid8, 0
+FROM unnest(
+    $1::text[], $2::text[], $3::integer[], $4::text[], $5::text[], $6::text[], $7::text[],
+    $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::jsonb[]
+) WITH ORDINALITY AS e(
+    event_id, event_type, schema_version, tenant_id, producer, subject, actor,
+    occurred_at, correlation_id, causation_id, traceparent, payload, ord
+)
+ORDER BY hashtext(e.subject), e.ord
+ON CONFLICT ON CONSTRAINT dispatcher_event_event_id_key DO NOTHING
+RETURNING event_id
+
 -- Consumer
 
 -- name: consumer_horizon_check

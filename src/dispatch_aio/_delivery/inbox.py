@@ -10,10 +10,12 @@ the contract:
 2. the body: UTF-8 JSON, one object, no duplicate keys, no NaN (400);
 3. the envelope and payload against the local registry, and ``webhook-id`` equal to
    ``event_id`` (422, naming the JSON path);
-4. one statement, so one transaction: insert into ``dispatcher_event`` keeping the
-   event's original event_id, producer, tenant, subject, occurred_at and traceparent.
-   A redelivered event_id meets the unique key and writes nothing (200 all the same);
-   local consumers then receive the event with all their guarantees.
+4. insert into ``dispatcher_event`` keeping the event's original event_id, producer,
+   tenant, subject, occurred_at and traceparent, and answer 200 only once that row is
+   committed. Requests that arrive together share one insert statement and so one
+   commit (``inbox_writer``: group commit); a row that fails alone fails only its own
+   request. A redelivered event_id meets the unique key and writes nothing (200 all
+   the same); local consumers then receive the event with all their guarantees.
 
 A database that does not answer gives 503 (the sender retries). With an at-least-once
 sender, the idempotent insert makes the insertion exactly-once.
@@ -30,7 +32,6 @@ from typing import Any
 import asyncpg
 from pydantic import ValidationError
 
-from .._db import translate_errors
 from .._dispatcher import DEFAULT_MAX_PAYLOAD_BYTES, _has_nul
 from .._envelope import Envelope
 from .._errors import (
@@ -44,8 +45,8 @@ from .._errors import (
 )
 from .._identifiers import validate_schema_name
 from .._registry import Registry
-from .._sql import queries
 from .._telemetry import Telemetry
+from .inbox_writer import InboxRow, InboxWriter
 from .signatures import WebhookSecrets
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "Inbox", "InboxResponse"]
@@ -105,9 +106,11 @@ class Inbox:
     """Verifies, validates and inserts events sent by another service's fan-out.
 
     ``secrets``: the ``whsec_`` secrets this inbox accepts (newest first), or a
-    :class:`WebhookSecrets`. The registry defaults to the bundled contracts. Each
-    accepted event is inserted in a transaction of its own on a pool connection; the
-    caller's cancellation rolls it back (the sender, getting no answer, retries).
+    :class:`WebhookSecrets`. The registry defaults to the bundled contracts. Accepted
+    events that arrive together are inserted in one transaction on a pool connection
+    (group commit), each answered once that transaction has committed. A caller
+    cancelled while it waits may still have its row committed: the sender, getting no
+    answer, sends it again and the redelivery answers 200 with no second row.
     """
 
     def __init__(
@@ -130,7 +133,7 @@ class Inbox:
         self.max_body_bytes = max_body_bytes
         self.acquire_timeout = acquire_timeout
         self.telemetry = telemetry if telemetry is not None else Telemetry.default()
-        self._insert = queries(self.schema).inbox_insert_event
+        self._writer = InboxWriter(pool, schema=self.schema, acquire_timeout=acquire_timeout)
 
     def too_large(self) -> InboxResponse:
         """The answer to a body over ``max_body_bytes`` (sent before it is read whole)."""
@@ -220,7 +223,7 @@ class Inbox:
 
     async def _store(self, built: tuple[Envelope, str]) -> InboxResponse:
         envelope, payload = built
-        row = (
+        row: InboxRow = (
             envelope.event_id,
             envelope.event_type,
             envelope.schema_version,
@@ -235,9 +238,7 @@ class Inbox:
             payload,
         )
         try:
-            with translate_errors(self.schema):
-                async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
-                    position = await conn.fetchval(self._insert, *row)
+            written = await self._writer.insert(row)
         except (DatabaseUnavailableError, TimeoutError) as exc:
             logger.warning("inbox cannot reach its database: %s", exc)
             return InboxResponse(
@@ -246,7 +247,7 @@ class Inbox:
         except DatabaseError as exc:
             logger.error("inbox could not store %s: %s", envelope.event_id, exc)
             return InboxResponse(500, "error", {"error": "could not store the event"})
-        outcome = "accepted" if position is not None else "duplicate"
+        outcome = "accepted" if written else "duplicate"
         return InboxResponse(200, outcome, {"status": outcome, "event_id": envelope.event_id})
 
 

@@ -1,0 +1,127 @@
+"""The fan-out's connection pool: a bound on connections, reuse, and no reuse of a
+connection whose answer was cut off."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from dispatch_aio._delivery.config import Endpoint
+from dispatch_aio._delivery.transport import GuardedTransport
+
+from .delivery_helpers import SECRET, serve_in_process
+
+pytestmark = pytest.mark.anyio
+
+Receive = Any
+Send = Any
+
+
+class HeldApp:
+    """Holds every request until ``release`` is set; records concurrency and client ports."""
+
+    def __init__(self, body: bytes = b"{}") -> None:
+        self.release = asyncio.Event()
+        self.body = body
+        self.running = 0
+        self.most = 0
+        self.arrived = asyncio.Condition()
+        self.count = 0
+        self.clients: list[int] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        self.clients.append(scope["client"][1])
+        self.running += 1
+        self.most = max(self.most, self.running)
+        async with self.arrived:
+            self.count += 1
+            self.arrived.notify_all()
+        try:
+            await self.release.wait()
+        finally:
+            self.running -= 1
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+def client_for(port: int, **limits: Any) -> httpx.AsyncClient:
+    endpoint = Endpoint(
+        url=f"http://127.0.0.1:{port}/inbox",
+        secrets=[SECRET],
+        allow_private_network=True,
+        **limits,
+    )
+    return httpx.AsyncClient(
+        transport=GuardedTransport(endpoint),
+        timeout=httpx.Timeout(5.0, pool=limits.get("connect_timeout", 5.0)),
+    )
+
+
+async def test_requests_beyond_max_connections_wait_and_connections_are_reused() -> None:
+    app = HeldApp()
+    async with serve_in_process(app) as port, client_for(port, max_connections=2) as client:
+        url = f"http://127.0.0.1:{port}/inbox"
+        posts = [asyncio.create_task(client.post(url, content=b"{}")) for _ in range(6)]
+        async with app.arrived:
+            await app.arrived.wait_for(lambda: app.count >= 2)
+        app.release.set()
+        answers = await asyncio.gather(*posts)
+    assert [a.status_code for a in answers] == [200] * 6
+    assert app.most == 2
+    # Six requests over two connections: each was used again once free.
+    assert len(set(app.clients)) == 2, app.clients
+
+
+async def test_a_request_waits_no_longer_than_the_pool_timeout() -> None:
+    app = HeldApp()
+    async with (
+        serve_in_process(app) as port,
+        client_for(port, max_connections=1, connect_timeout=0.2) as client,
+    ):
+        url = f"http://127.0.0.1:{port}/inbox"
+        held = asyncio.create_task(client.post(url, content=b"{}"))
+        async with app.arrived:
+            await app.arrived.wait_for(lambda: app.count >= 1)
+        with pytest.raises(httpx.PoolTimeout):
+            await client.post(url, content=b"{}")
+        app.release.set()
+        assert (await held).status_code == 200
+        # The slot of the timed-out request was never taken: the next one goes through.
+        assert (await client.post(url, content=b"{}")).status_code == 200
+
+
+async def test_a_connection_whose_answer_was_not_read_is_not_used_again() -> None:
+    app = HeldApp(body=b"x" * 1_000_000)
+    app.release.set()
+    async with serve_in_process(app) as port, client_for(port, max_connections=1) as client:
+        url = f"http://127.0.0.1:{port}/inbox"
+        async with client.stream("POST", url, content=b"{}") as response:
+            async for _ in response.aiter_raw():
+                break  # cut off: the rest of the answer is still on the wire
+        answer = await client.post(url, content=b"{}")
+        assert answer.status_code == 200
+        assert len(answer.content) == 1_000_000
+    assert len(set(app.clients)) == 2, app.clients
+
+
+async def test_a_url_without_a_port_connects_to_the_schemes_default_port() -> None:
+    asked: list[tuple[str, int]] = []
+
+    async def resolve(host: str, port: int) -> list[str]:
+        asked.append((host, port))
+        raise OSError("no such host here")
+
+    for url, port in (("http://subscriber.example/in", 80), ("https://subscriber.example/in", 443)):
+        endpoint = Endpoint(url=url, secrets=[SECRET])
+        transport = GuardedTransport(endpoint, resolve=resolve)
+        async with httpx.AsyncClient(transport=transport) as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.post(url, content=b"{}")
+        assert asked[-1] == ("subscriber.example", port)
