@@ -83,7 +83,7 @@ class Endpoint(BaseModel):
     total_timeout: float = Field(default=30.0, gt=0)
     max_connections: int = Field(default=32, ge=1, le=1024)
     max_keepalive_connections: int = Field(default=16, ge=0, le=1024)
-    keepalive_expiry: float = Field(default=30.0, ge=0)
+    keepalive_expiry: float = Field(default=4.0, ge=0)
     concurrency: int = Field(default=16, ge=1, le=512)
     max_group: int = Field(default=16, ge=1, le=1000)
     retry_delays: tuple[float, ...] = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0)
