@@ -100,7 +100,10 @@ def _is_rfc3339_datetime(value: str) -> bool:
     match = _RFC3339_RE.fullmatch(value)
     if match is None:
         return False
-    year, month, day = int(match["year"]), int(match["month"]), int(match["day"])
+    day = int(match["day"])
+    if 1 <= day <= 28:  # every month has them: the usual case needs no calendar
+        return match["year"] != "0000"
+    year, month = int(match["year"]), int(match["month"])
     return year != 0 and 1 <= day <= calendar.monthrange(year, month)[1]
 
 
