@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import os
@@ -310,7 +311,10 @@ class Dispatcher:
         """A pool connection within ``acquire_timeout``; a starved pool raises, never hangs."""
         pool = self._require_pool()
         try:
-            conn = await pool.acquire(timeout=self.acquire_timeout)
+            # asyncio.timeout, not acquire(timeout=...): that wraps the wait in a task of
+            # its own (asyncio.wait_for), a cost on every publish without conn.
+            async with asyncio.timeout(self.acquire_timeout):
+                conn = await pool.acquire()
         except TimeoutError as exc:
             # The timeout also covers opening a new connection: only a pool with every
             # slot open and none idle is starved; otherwise the server did not answer.

@@ -249,3 +249,38 @@ def free_form(tmp_path: Path) -> Dispatcher:
     }
     registry_file.write_text(json.dumps(data))
     return Dispatcher(None, producer="tests", tenant_id="tnt_a", registry=Registry.load(root))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"a": 1, "b": [1.5, -0.0, 1e300, None, True], "c": {"d": 'é\u2028"\\/\n'}},
+        {"n": 2**80, "s": "x" * 300, "e": {}, "l": [[], {}]},
+    ],
+)
+def test_the_encoded_payload_is_compact_json(free_form: Dispatcher, payload: Any) -> None:
+    _, encoded = free_form.build("custom.free_form", payload, subject=new_id("per"), actor=ACTOR)
+    assert encoded == json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+class _HidesItsValues(dict[str, Any]):
+    """A mapping whose values() hides what items() gives: here, itself."""
+
+    def values(self) -> Any:
+        return []
+
+
+@pytest.mark.parametrize(
+    "value", [float("nan"), float("inf"), object(), {1j: 1}], ids=["nan", "inf", "object", "key"]
+)
+def test_what_json_cannot_hold_is_an_invalid_payload(free_form: Dispatcher, value: Any) -> None:
+    with pytest.raises(InvalidPayloadError) as caught:
+        free_form.build("custom.free_form", {"v": value}, subject=new_id("per"), actor=ACTOR)
+    assert caught.value.path == "$.payload"
+
+
+def test_a_cycle_hidden_from_the_depth_walk_is_an_invalid_payload(free_form: Dispatcher) -> None:
+    cyclic = _HidesItsValues()
+    cyclic["self"] = cyclic
+    with pytest.raises(InvalidPayloadError):
+        free_form.build("custom.free_form", {"v": cyclic}, subject=new_id("per"), actor=ACTOR)

@@ -49,7 +49,31 @@ MAX_PAYLOAD_DEPTH = 64
 OCCURRED_AT_MIN = datetime.min.replace(tzinfo=UTC) + timedelta(microseconds=1)
 OCCURRED_AT_MAX = datetime.max.replace(tzinfo=UTC) - timedelta(microseconds=1)
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+def _payload_encoder() -> Callable[[Any], str]:
+    """JSON text of a payload: compact, non-ASCII kept as is, NaN and infinity refused.
+
+    json's C encoder is made once here, not on every call as ``JSONEncoder.encode``
+    does (a third of the time of a small payload). It runs without the check for
+    circular references: a payload has passed the depth limit, so it holds no cycle;
+    a Mapping that hides a cycle from that walk ends in RecursionError, which publish
+    reports as an invalid payload.
+    """
+    standard = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # an interpreter without json's C accelerator
+        return standard.encode
+    chunks = make(
+        None, standard.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+
+    def encode(value: Any) -> str:
+        return "".join(chunks(value, 0))
+
+    return encode
+
+
+_dumps = _payload_encoder()
 
 _Validator = Callable[[Any], Any]
 
@@ -226,7 +250,7 @@ class EnvelopeBuilder:
             # ASCII text is as many bytes as characters; other text is encoded, which
             # also refuses a lone surrogate (UnicodeEncodeError).
             size = len(encoded) if encoded.isascii() else len(encoded.encode())
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidPayloadError(event_type, version, "$.payload", str(exc)) from exc
         if "\\u0000" in encoded and has_nul(payload):
             raise InvalidPayloadError(
