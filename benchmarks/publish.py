@@ -8,7 +8,7 @@ measures, in the same run and against the same server:
 (b) ``publish`` in the caller's transaction  vs the same transaction with a raw INSERT;
     both also UPDATE one ``credit_reservation`` row and commit          (goal: <= 1.3x time)
 (c) ``publish_many`` of 100                  vs raw ``copy_records_to_table`` of the same
-    100 rows (goal: >= 0.5x rows/s), and vs the same multi-row INSERT sent raw
+    100 rows (goal: >= 0.7x rows/s), and vs the same multi-row INSERT sent raw
 
 with 1 and 4 concurrent connections, under three NOTIFY set-ups: the statement-level
 trigger (the default: one notification per event type and transaction), a per-row
@@ -297,7 +297,7 @@ async def set_notify_mode(pool: asyncpg.Pool, mode: str) -> None:
         await conn.execute("CHECKPOINT")
 
 
-async def measure(dsn: str, seconds: float, modes: list[str]) -> Results:
+async def measure(dsn: str, seconds: float, modes: list[str], only: list[str]) -> Results:
     registry = Registry.load()
     work = Workload(registry)
     results = Results()
@@ -320,6 +320,8 @@ async def measure(dsn: str, seconds: float, modes: list[str]) -> Results:
         for mode in modes:
             await set_notify_mode(pool, mode)
             for scenario, ops in scenarios.items():
+                if only and scenario[0] not in only:
+                    continue
                 for workers in CONCURRENCY:
                     tallies = await compare(pool, ops, workers, seconds)
                     names = list(ops)
@@ -455,8 +457,8 @@ def report(
             passed = row.time_ratio <= 1.3
             goal = f"publish in caller tx takes <= 1.3x the raw tx's time: {row.time_ratio:.2f}x"
         elif row.scenario.startswith("c") and row.base == "raw COPY":
-            passed = row.rate_ratio >= 0.5
-            goal = f"publish_many(100) reaches >= 0.5x raw COPY rows/s: {row.rate_ratio:.2f}x"
+            passed = row.rate_ratio >= 0.7
+            goal = f"publish_many(100) reaches >= 0.7x raw COPY rows/s: {row.rate_ratio:.2f}x"
 
         else:
             continue
@@ -507,11 +509,17 @@ def main() -> int:
         choices=["statement", "per-row", "none"],
         help="NOTIFY set-ups to measure (default: all three)",
     )
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=["a", "b", "c"],
+        help="scenarios to measure, by letter (default: all three)",
+    )
     args = parser.parse_args()
     modes = args.notify or ["statement", "per-row", "none"]
     with EmbeddedPostgres(fsync=True) as server:
         ceiling = pgbench_tps(server, args.pgbench_seconds)
-        results = asyncio.run(measure(server.dsn(), args.seconds, modes))
+        results = asyncio.run(measure(server.dsn(), args.seconds, modes, args.scenario or []))
     cpu = cpu_per_event(Registry.load())
     return 0 if report(results, ceiling, cpu, args.seconds) else 1
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from operator import itemgetter
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from ._envelope import Envelope, Event, format_timestamp
 
@@ -25,6 +28,7 @@ __all__ = [
     "event_from_row",
     "occurred_at",
     "publish_parameters",
+    "trusted_envelope",
 ]
 
 #: Fields stored and read as they are, in the column order of the insert queries
@@ -51,6 +55,32 @@ _AFTER_OCCURRED = PLAIN_FIELDS[7:]
 PUBLISH_COLUMNS = (*_BEFORE_OCCURRED, "occurred_at", *_AFTER_OCCURRED, "payload")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EVENT_FIELDS = frozenset(Event.model_fields)
+_ENVELOPE_FIELDS = tuple(Envelope.model_fields)
+_ENVELOPE_TYPES = {"schema_version": int, "occurred_at": datetime, "payload": dict}
+
+
+def _fields_set_by_types() -> dict[tuple[type, ...], frozenset[str]]:
+    """The exact value types of a trusted envelope's fields, for each optional field present.
+
+    Keyed by the types in field order (NoneType for an absent optional field), so that
+    one tuple comparison checks every type and picks the set of given fields.
+    """
+    found: dict[tuple[type, ...], frozenset[str]] = {}
+    for mask in range(2 ** len(OPTIONAL_FIELDS)):
+        given = {name for bit, name in enumerate(OPTIONAL_FIELDS) if mask >> bit & 1}
+        types = tuple(
+            type(None)
+            if name in OPTIONAL_FIELDS and name not in given
+            else _ENVELOPE_TYPES.get(name, str)
+            for name in _ENVELOPE_FIELDS
+        )
+        found[types] = frozenset(n for n in _ENVELOPE_FIELDS if n not in OPTIONAL_FIELDS) | given
+    return found
+
+
+_FIELDS_SET_BY_TYPES = _fields_set_by_types()
+_PUBLISHED_VALUES = itemgetter(*_BEFORE_OCCURRED, "occurred_at", *_AFTER_OCCURRED)
+_ModelT = TypeVar("_ModelT", bound=BaseModel)
 
 
 class UndecodableEventError(ValueError):
@@ -59,12 +89,35 @@ class UndecodableEventError(ValueError):
 
 def publish_parameters(envelope: Envelope, encoded_payload: str) -> tuple[Any, ...]:
     """The insert queries' parameters for ``envelope`` (payload already encoded)."""
-    return (
-        *(getattr(envelope, name) for name in _BEFORE_OCCURRED),
-        envelope.occurred_at,
-        *(getattr(envelope, name) for name in _AFTER_OCCURRED),
-        encoded_payload,
-    )
+    return (*_PUBLISHED_VALUES(envelope.__dict__), encoded_payload)
+
+
+def trusted_envelope(values: dict[str, Any]) -> Envelope | None:
+    """An Envelope holding ``values``, without validation; None if a type is not exact.
+
+    ``values`` has every field of Envelope in its order (None for an absent optional
+    one) and becomes the envelope's own: the caller must not change it afterwards. For
+    values already checked against the envelope schema: publish builds one per event,
+    and pydantic's validation would only repeat the checks. A value whose type is a
+    subclass (of str, say) gets None back: pydantic's validation converts it.
+    """
+    if tuple(values) != _ENVELOPE_FIELDS:
+        return None
+    types = tuple(map(type, values.values()))
+    fields_set = _FIELDS_SET_BY_TYPES.get(types)
+    if fields_set is None:
+        return None
+    return _construct(Envelope, values, set(fields_set))
+
+
+def _construct(cls: type[_ModelT], values: dict[str, Any], fields_set: set[str]) -> _ModelT:
+    """What ``model_construct`` does minus its per-field default handling."""
+    model = cls.__new__(cls)
+    object.__setattr__(model, "__dict__", values)
+    object.__setattr__(model, "__pydantic_fields_set__", fields_set)
+    object.__setattr__(model, "__pydantic_extra__", None)
+    object.__setattr__(model, "__pydantic_private__", None)
+    return model
 
 
 def occurred_at(micros: int | None) -> datetime:
@@ -90,12 +143,7 @@ def event_from_row(row: Any, payload: dict[str, Any]) -> Event:
     values["payload"] = payload
     values["position"] = row["position"]
     values["attempt"] = 1
-    event = Event.__new__(Event)
-    object.__setattr__(event, "__dict__", values)
-    object.__setattr__(event, "__pydantic_fields_set__", set(_EVENT_FIELDS))
-    object.__setattr__(event, "__pydantic_extra__", None)
-    object.__setattr__(event, "__pydantic_private__", None)
-    return event
+    return _construct(Event, values, set(_EVENT_FIELDS))
 
 
 def dead_letter_envelope(row: Any) -> str:

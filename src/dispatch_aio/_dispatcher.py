@@ -2,36 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import json
 import math
 import os
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, TypedDict
 
 import asyncpg
-import fastjsonschema
 from pydantic import BaseModel
 
-from ._codec import PUBLISH_COLUMNS, publish_parameters
+from ._codec import PUBLISH_COLUMNS
+from ._contracts.building import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    MAX_PAYLOAD_DEPTH,
+    OCCURRED_AT_MAX,
+    OCCURRED_AT_MIN,
+    EnvelopeBuilder,
+    has_nul,
+)
 from ._db import translate_errors
-from ._envelope import Envelope, format_timestamp
+from ._envelope import Envelope
 from ._errors import (
     ConfigurationError,
     DatabaseUnavailableError,
-    InvalidArgumentError,
-    InvalidEnvelopeError,
-    InvalidPayloadError,
     InvalidSettingError,
     NotInTransactionError,
-    PayloadTooLargeError,
     PoolExhaustedError,
     UsageError,
 )
 from ._identifiers import validate_schema_name
-from ._ids import new_id
 from ._registry import Registry
 from ._sql import queries
 from ._telemetry import Telemetry
@@ -46,22 +48,9 @@ __all__ = [
     "EventSpec",
 ]
 
-#: Default limit of an encoded payload: large blobs do not belong in an event log.
-DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
-#: The deepest nesting of objects and arrays a payload may have. Far beyond any real
-#: event; it keeps validation, encoding and jsonb below Python's recursion limit.
-MAX_PAYLOAD_DEPTH = 64
-#: The accepted range of occurred_at, in UTC. The driver stores datetime.min and
-#: datetime.max as -infinity and infinity, which read back as naive datetimes: refused.
-OCCURRED_AT_MIN = datetime.min.replace(tzinfo=UTC) + timedelta(microseconds=1)
-OCCURRED_AT_MAX = datetime.max.replace(tzinfo=UTC) - timedelta(microseconds=1)
 #: Seconds publish waits for a pool connection before it raises PoolExhaustedError.
 DEFAULT_ACQUIRE_TIMEOUT = 10.0
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-
-#: Envelope fields whose values come from the caller of publish (occurred_at aside).
-_CALLER_FIELDS = ("subject", "actor", "correlation_id", "causation_id", "traceparent")
 _SPEC_KEYS = frozenset(
     {
         "event_type",
@@ -92,65 +81,8 @@ class EventSpec(_EventSpecRequired, total=False):
     occurred_at: datetime
 
 
-class _EnvelopeCheck:
-    """Validates built envelopes against the registry's envelope schema, cheaply.
-
-    What publish makes itself (event_id, tenant_id, producer, schema_version, a generated
-    occurred_at) has the same shape on every event, so the whole envelope is validated
-    once per (event type, version). The fields a caller passes are validated on every
-    event, by a validator compiled from the same schema with ``required`` narrowed to
-    them; an occurred_at given by the caller sends the envelope through the whole check.
-    Any failure is reported by the registry's full validation: its typed error and path.
-    """
-
-    def __init__(self, registry: Registry) -> None:
-        self._registry = registry
-        self._checked: set[tuple[str, int]] = set()
-        # Compiled by the registry from the schema it read at load: never from disk here.
-        required = registry.envelope_required_fields()
-        self._caller_fields = registry.envelope_fields_validator(
-            tuple(name for name in required if name in _CALLER_FIELDS)
-        )
-        self._identity = registry.envelope_fields_validator(("producer", "tenant_id"))
-
-    def check_identity(self, producer: str, tenant_id: str) -> None:
-        """Refuse, at construction, a producer or tenant that no envelope could carry."""
-        try:
-            self._identity({"producer": producer, "tenant_id": tenant_id})
-        except fastjsonschema.JsonSchemaValueException as exc:
-            field = "producer" if "producer" in (exc.name or "") else "tenant_id"
-            value = producer if field == "producer" else tenant_id
-            raise ConfigurationError(
-                f"{field} {value!r} does not fit the envelope contract: {exc.message}"
-            ) from None
-
-    def __call__(self, data: dict[str, Any], *, occurred_at_given: bool) -> None:
-        key = (data["event_type"], data["schema_version"])
-        if occurred_at_given or key not in self._checked:
-            self._full(data)
-            self._checked.add(key)
-            return
-        try:
-            self._caller_fields({name: data[name] for name in _CALLER_FIELDS if name in data})
-        except fastjsonschema.JsonSchemaValueException as exc:
-            self._full(data)  # raises the typed error with its path
-            raise InvalidEnvelopeError(key[0], key[1], "$", exc.message) from None
-
-    def _full(self, data: dict[str, Any]) -> None:
-        self._registry.validate_envelope(
-            {**data, "occurred_at": format_timestamp(data["occurred_at"])}
-        )
-
-
-def _has_nul(value: Any) -> bool:
-    """True when a string or key anywhere in ``value`` holds U+0000 (jsonb refuses it)."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, Mapping):
-        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
-    if isinstance(value, list | tuple):
-        return any(_has_nul(item) for item in value)
-    return False
+# The name the inbox imports: one definition of what jsonb refuses.
+_has_nul = has_nul
 
 
 class Dispatcher:
@@ -216,8 +148,7 @@ class Dispatcher:
         self.tenant_id = tenant_id
         self.schema = validate_schema_name(schema)
         self.registry = registry if registry is not None else Registry.load()
-        self._check_envelope = _EnvelopeCheck(self.registry)
-        self._check_envelope.check_identity(producer, tenant_id)
+        self._builder = EnvelopeBuilder(self.registry, producer, tenant_id, max_payload_bytes)
         self.max_payload_bytes = max_payload_bytes
         self.telemetry = telemetry if telemetry is not None else Telemetry.default()
         self._queries = queries(self.schema)
@@ -242,70 +173,18 @@ class Dispatcher:
         A pydantic model as ``payload`` is dumped in JSON mode by alias, then validated
         against the registered JSON Schema like a dict.
         """
-        registry = self.registry
-        if not isinstance(event_type, str):
-            raise InvalidArgumentError(
-                f"event_type must be a str such as 'credit.locked', got {type(event_type).__name__}"
-            )
-        if schema_version is not None and (
-            isinstance(schema_version, bool) or not isinstance(schema_version, int)
-        ):
-            raise InvalidArgumentError(
-                f"schema_version must be an int or None, got {type(schema_version).__name__}"
-            )
-        version = registry.current_version(event_type) if schema_version is None else schema_version
-        occurred_at_given = occurred_at is not None
-        if occurred_at is None:
-            occurred_at = datetime.now(UTC)
-        else:
-            occurred_at = _as_utc(event_type, version, occurred_at)
-        if isinstance(payload, BaseModel):
-            payload = payload.model_dump(mode="json", by_alias=True)
-        elif not isinstance(payload, Mapping):
-            raise InvalidPayloadError(event_type, version, "$.payload", "must be an object")
-        payload = dict(payload)
-        if (depth := _depth_beyond(payload, MAX_PAYLOAD_DEPTH)) is not None:
-            raise InvalidPayloadError(
-                event_type,
-                version,
-                "$.payload",
-                f"nested deeper than {MAX_PAYLOAD_DEPTH} levels (at {depth}): flatten it",
-            )
-        registry.validate_payload(event_type, version, payload)
-        data: dict[str, Any] = {
-            "event_id": new_id("evt"),
-            "event_type": event_type,
-            "schema_version": version,
-            "occurred_at": occurred_at,
-            "tenant_id": self.tenant_id,
-            "producer": self.producer,
-            "subject": subject,
-            "actor": actor,
-            "payload": payload,
-        }
-        if correlation_id is not None:
-            data["correlation_id"] = correlation_id
-        if causation_id is not None:
-            data["causation_id"] = causation_id
-        if traceparent is not None:
-            data["traceparent"] = traceparent
-        self._check_envelope(data, occurred_at_given=occurred_at_given)
-        try:
-            encoded = _dumps(payload)
-            size = len(encoded.encode())
-        except (TypeError, ValueError) as exc:  # UnicodeEncodeError: a lone surrogate
-            raise InvalidPayloadError(event_type, version, "$.payload", str(exc)) from exc
-        if "\\u0000" in encoded and _has_nul(payload):
-            raise InvalidPayloadError(
-                event_type, version, "$.payload", "PostgreSQL jsonb cannot store U+0000 in text"
-            )
-        if size > self.max_payload_bytes:
-            raise PayloadTooLargeError(event_type, size, self.max_payload_bytes)
-        return Envelope.model_validate(data), encoded
-
-    @staticmethod
-    def _row(envelope: Envelope, encoded: str) -> tuple[Any, ...]:
-        return publish_parameters(envelope, encoded)
+        envelope, row = self._builder.build(
+            event_type,
+            payload,
+            subject,
+            actor,
+            schema_version,
+            correlation_id,
+            causation_id,
+            occurred_at,
+            traceparent,
+        )
+        return envelope, row[-1]
 
     # -- publishing ----------------------------------------------------------------
 
@@ -331,18 +210,17 @@ class Dispatcher:
         dict or a pydantic model.
         """
         with self.telemetry.publish_span(event_type, self.producer) as traceparent:
-            envelope, encoded = self.build(
+            envelope, row = self._builder.build(
                 event_type,
                 payload,
-                subject=subject,
-                actor=actor,
-                schema_version=schema_version,
-                correlation_id=correlation_id,
-                causation_id=causation_id,
-                occurred_at=occurred_at,
-                traceparent=traceparent,
+                subject,
+                actor,
+                schema_version,
+                correlation_id,
+                causation_id,
+                occurred_at,
+                traceparent,
             )
-            row = self._row(envelope, encoded)
             with translate_errors(self.schema):
                 if conn is not None:
                     self._require_transaction(conn)
@@ -366,7 +244,7 @@ class Dispatcher:
             return []
         with self.telemetry.publish_span("(many)", self.producer) as traceparent:
             built = [self._build_spec(spec, traceparent) for spec in events]
-            rows = [self._row(envelope, encoded) for envelope, encoded in built]
+            rows = [row for _, row in built]
             with translate_errors(self.schema):
                 if conn is not None:
                     self._require_transaction(conn)
@@ -388,27 +266,30 @@ class Dispatcher:
             "dispatcher_event", records=rows, columns=PUBLISH_COLUMNS, schema_name=self.schema
         )
 
-    def _build_spec(self, spec: EventSpec, traceparent: str | None) -> tuple[Envelope, str]:
-        if not isinstance(spec, Mapping):
+    def _build_spec(
+        self, spec: EventSpec, traceparent: str | None
+    ) -> tuple[Envelope, tuple[Any, ...]]:
+        if type(spec) is not dict and not isinstance(spec, Mapping):
             raise UsageError("each event given to publish_many must be a dict")
-        unknown = spec.keys() - _SPEC_KEYS
-        if unknown:
-            raise UsageError(f"unknown keys in an event given to publish_many: {sorted(unknown)}")
+        if not _SPEC_KEYS.issuperset(spec):
+            unknown = sorted(key for key in spec if key not in _SPEC_KEYS)
+            raise UsageError(f"unknown keys in an event given to publish_many: {unknown}")
         try:
             event_type, payload = spec["event_type"], spec["payload"]
             subject, actor = spec["subject"], spec["actor"]
         except KeyError as exc:
             raise UsageError(f"an event given to publish_many lacks {exc.args[0]!r}") from None
-        return self.build(
+        get = spec.get
+        return self._builder.build(
             event_type,
             payload,
-            subject=subject,
-            actor=actor,
-            schema_version=spec.get("schema_version"),
-            correlation_id=spec.get("correlation_id"),
-            causation_id=spec.get("causation_id"),
-            occurred_at=spec.get("occurred_at"),
-            traceparent=traceparent,
+            subject,
+            actor,
+            get("schema_version"),
+            get("correlation_id"),
+            get("causation_id"),
+            get("occurred_at"),
+            traceparent,
         )
 
     @staticmethod
@@ -430,7 +311,10 @@ class Dispatcher:
         """A pool connection within ``acquire_timeout``; a starved pool raises, never hangs."""
         pool = self._require_pool()
         try:
-            conn = await pool.acquire(timeout=self.acquire_timeout)
+            # asyncio.timeout, not acquire(timeout=...): that wraps the wait in a task of
+            # its own (asyncio.wait_for), a cost on every publish without conn.
+            async with asyncio.timeout(self.acquire_timeout):
+                conn = await pool.acquire()
         except TimeoutError as exc:
             # The timeout also covers opening a new connection: only a pool with every
             # slot open and none idle is starved; otherwise the server did not answer.
@@ -448,44 +332,3 @@ class Dispatcher:
             yield conn
         finally:
             await pool.release(conn)
-
-
-def _as_utc(event_type: str, version: int, value: Any) -> datetime:
-    """A caller's occurred_at in UTC; InvalidEnvelopeError unless it is an aware datetime
-    between OCCURRED_AT_MIN and OCCURRED_AT_MAX."""
-    if not isinstance(value, datetime):
-        reason = f"must be a timezone-aware datetime, not {type(value).__name__}"
-        raise InvalidEnvelopeError(event_type, version, "$.occurred_at", reason)
-    try:
-        # A tzinfo is the caller's code: its utcoffset may be out of range, or raise.
-        offset = value.utcoffset()
-        utc = value.astimezone(UTC) if offset is not None else None
-    except OverflowError:
-        reason = "out of range once converted to UTC"
-    except Exception as exc:
-        reason = f"its tzinfo gives no usable UTC offset ({type(exc).__name__}: {exc})"
-    else:
-        if utc is None:
-            reason = "naive datetime: give a timezone-aware one"
-        elif not OCCURRED_AT_MIN <= utc <= OCCURRED_AT_MAX:
-            reason = (
-                f"outside the accepted range {OCCURRED_AT_MIN.isoformat()} to "
-                f"{OCCURRED_AT_MAX.isoformat()}"
-            )
-        else:
-            return utc
-    raise InvalidEnvelopeError(event_type, version, "$.occurred_at", reason)
-
-
-def _depth_beyond(value: Any, limit: int) -> int | None:
-    """The first nesting depth above ``limit`` found in ``value``, or None; no recursion."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return depth
-        if isinstance(item, Mapping):
-            stack.extend((child, depth + 1) for child in item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend((child, depth + 1) for child in item)
-    return None

@@ -100,11 +100,31 @@ def _is_rfc3339_datetime(value: str) -> bool:
     match = _RFC3339_RE.fullmatch(value)
     if match is None:
         return False
-    year, month, day = int(match["year"]), int(match["month"]), int(match["day"])
+    day = int(match["day"])
+    if 1 <= day <= 28:  # every month has them: the usual case needs no calendar
+        return match["year"] != "0000"
+    year, month = int(match["year"]), int(match["month"])
     return year != 0 and 1 <= day <= calendar.monthrange(year, month)[1]
 
 
 _FORMATS: Final[dict[str, Callable[[str], bool]]] = {"date-time": _is_rfc3339_datetime}
+
+#: Top-level envelope schema keywords under which each field can be checked on its own.
+_PLAIN_ENVELOPE_KEYWORDS: Final = frozenset(
+    {
+        "$schema",
+        "$id",
+        "$comment",
+        "title",
+        "description",
+        "examples",
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+        "definitions",
+    }
+)
 
 #: Formats fastjsonschema checks (its own regexes, or ours above). Any other ``format``
 #: would be an annotation nobody enforces, so the registry refuses it.
@@ -197,6 +217,7 @@ class Registry:
         "_entries",
         "_envelope_schema",
         "_envelope_validator",
+        "_field_validators",
         "_narrowed",
         "_root",
         "_schemas",
@@ -221,6 +242,7 @@ class Registry:
         self._envelope_schema = copy.deepcopy(envelope_schema or {})
         self._envelope_schema.pop("examples", None)
         self._narrowed: dict[tuple[str, ...], _Validator] = {}
+        self._field_validators: dict[str, _Validator | None] = {}
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> Registry:
@@ -370,6 +392,35 @@ class Registry:
             schema = copy.deepcopy(self._envelope_schema)
             schema["required"] = list(required)
             validator = self._narrowed[required] = _compile(schema)
+        return validator
+
+    def envelope_field_validator(self, name: str) -> _Validator | None:
+        """A validator of one envelope field's value, or None where there cannot be one.
+
+        Checking each field alone equals checking the envelope only when the schema
+        relates no fields to each other: its top level holds nothing but ``type``,
+        ``properties``, ``required``, ``additionalProperties`` and annotations, and
+        ``name`` is one of its properties. Otherwise None: validate whole envelopes.
+        Compiled from the schema read at :meth:`load`, once per registry and field.
+        """
+        if name in self._field_validators:
+            return self._field_validators[name]
+        schema = self._envelope_schema
+        properties = schema.get("properties")
+        validator = None
+        if (
+            schema.keys() <= _PLAIN_ENVELOPE_KEYWORDS
+            and isinstance(properties, dict)
+            and isinstance(properties.get(name), dict | bool)
+        ):
+            field = properties[name]
+            if isinstance(field, bool):
+                field = {} if field else {"not": {}}
+            # Local references resolve against the definitions of the whole schema, under
+            # its $id: without one, fastjsonschema would try to fetch them.
+            scope: dict[str, Any] = {k: schema[k] for k in ("$id", "definitions") if k in schema}
+            validator = _compile({**scope, **field})
+        self._field_validators[name] = validator
         return validator
 
     # -- internals ---------------------------------------------------------------------
