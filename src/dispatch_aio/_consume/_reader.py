@@ -72,6 +72,8 @@ class ReadLoop:
         self.replays_due = True
         self._replays_read_at = 0.0
         self._cursor_held = False
+        #: The pool connection the reads run on (None while there is none).
+        self.connection: asyncpg.Connection | None = None
 
     def request_replays(self) -> None:
         """Read pending replays with the next read, at once."""
@@ -96,6 +98,7 @@ class ReadLoop:
                 try:
                     if conn is None:
                         conn = await self.pool.acquire(timeout=config.acquire_timeout)
+                        self.connection = conn
                     await self.flush_cursors(conn)
                     full = await self._read(conn)
                     failures.reset()
@@ -112,6 +115,7 @@ class ReadLoop:
                         extra=self._log,
                     )
                     broken, conn = conn, None
+                    self.connection = None
                     await release(self.pool, broken, config.commit_timeout)
                     await self._sleep_or_wake(delay)
                     continue
@@ -133,6 +137,7 @@ class ReadLoop:
                     self.idle.set()
                 await self._sleep_or_wake(config.poll_interval)
         finally:
+            self.connection = None
             await release(self.pool, conn, config.commit_timeout)
 
     async def _warn_horizon(self, conn: asyncpg.Connection | None) -> None:
