@@ -15,10 +15,14 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from .._sql import queries
+from .._storage import rollback
 from .assignment import PARTITION_COUNT
 from .horizon import Key, ReadPlan, Snapshot
 
 __all__ = ["StreamRead", "StreamsRead", "StreamsStore", "partition_mask"]
+
+#: Seconds a failed read's rollback may take before its connection is terminated.
+_ROLLBACK_LIMIT = 5.0
 
 
 def partition_mask(partitions: Iterable[int] | None) -> bytes | None:
@@ -89,7 +93,9 @@ class StreamsStore:
         # A read-only transaction of its own (no transaction id, so it holds nobody back)
         # only to scope the plan setting: SET LOCAL, so the pool connection keeps nothing,
         # also behind a transaction-pooling PgBouncer.
-        async with conn.transaction(isolation="read_committed", readonly=True):
+        transaction = conn.transaction(isolation="read_committed", readonly=True)
+        try:
+            await transaction.start()
             await conn.execute(self.q.consumer_fetch_streams_plan)
             rows = await conn.fetch(
                 self.q.consumer_fetch_streams,
@@ -103,6 +109,13 @@ class StreamsStore:
                 limit,
                 self.consumer,
             )
+            await transaction.commit()
+        except BaseException:
+            # Shielded and bounded: under a cancel scope every later await is cancelled
+            # too, so an unshielded rollback never runs and the pool gets the connection
+            # back inside the transaction. One that cannot roll back is terminated.
+            await rollback(transaction, conn, _ROLLBACK_LIMIT)
+            raise
         reads = [StreamRead() for _ in plans]
         snapshot: Snapshot | None = None
         for row in rows:
