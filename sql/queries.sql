@@ -414,6 +414,14 @@ LEFT JOIN {{schema}}.dispatcher_member m ON m.consumer = $1 AND m.member_id = l.
 LEFT JOIN lag ON lag.partition = g.partition
 ORDER BY g.partition
 
+-- name: consumer_fetch_streams_plan
+-- Run in the read's own transaction, just before consumer_fetch_streams: reuse one plan
+-- for it. Left to choose, PostgreSQL plans that statement anew for every execution
+-- (about 2.5 ms of planning against 0.8 ms of execution for a batch of 50), which is most
+-- of the consumer's cost per read in a steady trickle. Its plan does not depend on the
+-- parameters' values: index ranges on (event_type, xid, position) either way.
+SET LOCAL plan_cache_mode = force_generic_plan
+
 -- name: consumer_fetch_streams
 -- The read of ADR 0006, one round trip, one snapshot. A stream is the subscribed types
 -- ($1) over a set of partitions ($4: a 32-byte mask, bit p = partition p; NULL: all), with
@@ -516,13 +524,15 @@ SELECT r.kind, r.stream, r.position, r.xid::text::bigint AS xid, r.event_id, r.e
        CASE WHEN isfinite(r.occurred_at)
             THEN (extract(epoch FROM r.occurred_at) * 1000000)::bigint END AS occurred_us,
        r.correlation_id, r.causation_id, r.traceparent, r.payload::text AS payload,
-       r.partition, d.event_id IS NOT NULL AS handled,
-       CASE WHEN d.event_id IS NULL THEN (
-           SELECT a.attempts FROM {{schema}}.dispatcher_attempt a
-           WHERE a.consumer = $9 AND a.event_id = r.event_id) END AS attempts,
+       r.partition,
+       -- Probes by primary key, one per row read: the cost follows the batch, never the
+       -- size of the consumer's markers (a join may hash or loop over all of them).
+       EXISTS (SELECT 1 FROM {{schema}}.dispatcher_dedup d
+               WHERE d.consumer = $9 AND d.event_id = r.event_id) AS handled,
+       (SELECT a.attempts FROM {{schema}}.dispatcher_attempt a
+        WHERE a.consumer = $9 AND a.event_id = r.event_id) AS attempts,
        NULL::bigint AS snapshot_xmin, NULL::bigint AS snapshot_xmax, NULL::bigint[] AS xip
 FROM (SELECT * FROM candidates UNION ALL SELECT * FROM pulled) r
-LEFT JOIN {{schema}}.dispatcher_dedup d ON d.consumer = $9 AND d.event_id = r.event_id
 UNION ALL
 SELECT 3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        NULL, NULL, NULL, NULL, NULL,

@@ -222,11 +222,13 @@ async def test_worker_process_survives_five_crash_restarts(
 # -- pg_terminate_backend of each connection the consumer holds ----------------------
 
 
-async def _pids_running(pool: asyncpg.Pool, like: str) -> list[int]:
+async def _pids_running(pool: asyncpg.Pool, like: str, *, active: bool = False) -> list[int]:
+    """Backends whose last statement is like ``like`` (``active``: still running it)."""
     rows = await pool.fetch(
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-        "AND pid <> pg_backend_pid() AND query LIKE $1",
+        "AND pid <> pg_backend_pid() AND query LIKE $1 AND (NOT $2 OR state = 'active')",
         like,
+        active,
     )
     return [r["pid"] for r in rows]
 
@@ -314,10 +316,11 @@ async def test_terminating_the_fetcher_connection_keeps_delivering(
     async with consumer:
         await _publish(dispatcher)
         await asyncio.wait_for(consumer.wait_idle(), 10)
-        fetchers = await _pids_running(effects_pool, "%WITH horizon AS MATERIALIZED%")
-        assert fetchers
-        for pid in fetchers:
-            await _terminate(effects_pool, pid)
+        # The read ends with its transaction's COMMIT, a statement the workers send too:
+        # find the reading backend by the connection the read loop holds.
+        reading = consumer._reader.connection
+        assert reading is not None
+        await _terminate(effects_pool, reading.get_server_pid())
         await _publish(dispatcher, 3)
         await asyncio.wait_for(consumer.wait_idle(), 10)
         assert consumer.state is ConsumerState.RUNNING
@@ -409,7 +412,8 @@ async def test_terminating_a_worker_connection_during_the_outcome_commit(
         await _publish(dispatcher)
 
         async def committing() -> list[int]:
-            return await _pids_running(effects_pool, "COMMIT%")
+            # Active only: the read loop's idle connection last sent a COMMIT too.
+            return await _pids_running(effects_pool, "COMMIT%", active=True)
 
         await eventually(committing, within=10, what="a commit to stall")
         for pid in await committing():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 
+import anyio
 import asyncpg
 import pytest
 
@@ -12,7 +13,7 @@ from dispatch_aio import Dispatcher
 from dispatch_aio._consume.horizon import Key, Stream
 from dispatch_aio._consume.streams_store import StreamsStore, partition_mask
 
-from .helpers import locked_payload, uid
+from .helpers import eventually, locked_payload, uid
 
 pytestmark = pytest.mark.anyio
 
@@ -95,6 +96,45 @@ async def test_delivery_goes_on_while_an_unrelated_write_transaction_stays_open(
         await reader.read_all(conn)
         assert reader.stream.watched == set()
         assert reader.stream.low_water() > (open_xid, 0)
+
+
+async def test_the_read_leaves_its_plan_setting_and_no_transaction_behind(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    published = await publish(dispatcher, 5)
+    async with dispatch_pool.acquire() as conn:
+        default = await conn.fetchval("SHOW plan_cache_mode")
+        assert sorted(await Reader().read_all(conn)) == sorted(published)
+        assert not conn.is_in_transaction()
+        assert await conn.fetchval("SHOW plan_cache_mode") == default
+
+
+async def test_a_read_cancelled_by_its_scope_leaves_no_transaction_open(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    # The consumer stops its read loop with a cancel scope: every await inside it is
+    # cancelled, the read's own rollback included, unless that rollback is shielded.
+    await publish(dispatcher, 3)
+    reader = Reader()
+    async with dispatch_pool.acquire() as conn, dispatch_pool.acquire() as locker:
+        # The read waits for the lock, so it is cancelled mid-statement.
+        tx = locker.transaction()
+        await tx.start()
+        await locker.execute("LOCK TABLE dispatcher_event IN ACCESS EXCLUSIVE MODE")
+        waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid = $1"
+        pid = conn.get_server_pid()
+
+        async def blocked() -> bool:
+            return bool(await locker.fetchval(waiting, pid))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader.read, conn)
+            await eventually(blocked, within=10, what="the read to wait for the lock")
+            tg.cancel_scope.cancel()
+        await tx.rollback()
+        assert conn.is_closed() or not conn.is_in_transaction()
+        if not conn.is_closed():
+            assert await conn.fetchval("SELECT 1") == 1
 
 
 async def test_an_early_xid_producer_is_read_once_when_it_commits(

@@ -70,7 +70,7 @@ class Fetcher:
         self._payload_models = dict(payload_models or {})
 
     async def read(self, conn: asyncpg.Connection) -> ReadResult:
-        """Read the next batch on ``conn`` (one round trip, outside any transaction)."""
+        """Read the next batch on ``conn`` (one statement, in a read-only transaction)."""
         scheduler = self._scheduler
         stream = self.stream
         if scheduler.at_cap():

@@ -2,9 +2,10 @@
 
 It asks the fetcher (``_fetcher``) for a batch whenever it is woken (a notification, a
 finished group, ``wait_idle``) or the poll interval has passed, stores the cursors the
-scheduler moved, pauses while the buffer is full, reads pending replays when asked (or
-every poll interval while no LISTEN connection is up), and reconnects with a capped
-exponential backoff and jitter when the database fails. Anything else is a bug and
+scheduler moved (after the read, at most every ``_FLUSH_EVERY``), pauses while the buffer
+is full, reads pending replays when asked (or every poll interval while no LISTEN
+connection is up), and reconnects with a capped exponential backoff and jitter when the
+database fails. Anything else is a bug and
 propagates (the consumer fails).
 """
 
@@ -30,6 +31,12 @@ from ._scheduler import Scheduler
 __all__ = ["ReadLoop"]
 
 logger = logging.getLogger("dispatch_aio.consumer")
+
+#: Seconds between two cursor writes while events keep coming. The stored cursor is a
+#: low-water mark (a restart re-reads what it has not passed, and the markers skip what
+#: was done): storing it once per event only adds a disk flush per event, and a read that
+#: waits behind one.
+_FLUSH_EVERY = 0.1
 
 
 class ReadLoop:
@@ -72,6 +79,9 @@ class ReadLoop:
         self.replays_due = True
         self._replays_read_at = 0.0
         self._cursor_held = False
+        self._flushed_at = 0.0
+        #: The pool connection the reads run on (None while there is none).
+        self.connection: asyncpg.Connection | None = None
 
     def request_replays(self) -> None:
         """Read pending replays with the next read, at once."""
@@ -96,11 +106,15 @@ class ReadLoop:
                 try:
                     if conn is None:
                         conn = await self.pool.acquire(timeout=config.acquire_timeout)
+                        self.connection = conn
                     # A read whose request or answer vanished (a partition, a dead NAT
                     # entry) would wait for TCP to give up, minutes; bound it instead.
                     with anyio.fail_after(config.commit_timeout):
-                        await self.flush_cursors(conn)
                         full = await self._read(conn)
+                        if self._flush_due():
+                            # After the read, not before: a cursor write waits for its
+                            # commit to reach the disk, and delivery must not wait behind it.
+                            await self.flush_cursors(conn)
                     failures.reset()
                 except Exception as exc:
                     if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
@@ -115,6 +129,7 @@ class ReadLoop:
                         extra=self._log,
                     )
                     broken, conn = conn, None
+                    self.connection = None
                     if isinstance(exc, TimeoutError):
                         terminate(broken)  # presumed dead: its answer may never come
                     await release(self.pool, broken, config.commit_timeout)
@@ -136,8 +151,9 @@ class ReadLoop:
                 if scheduler.idle:
                     self.idle_seq = self.fetch_seq
                     self.idle.set()
-                await self._sleep_or_wake(config.poll_interval)
+                await self._sleep_or_wake(self._sleep_for(config.poll_interval))
         finally:
+            self.connection = None
             await release(self.pool, conn, config.commit_timeout)
 
     async def _warn_horizon(self, conn: asyncpg.Connection | None) -> None:
@@ -161,6 +177,19 @@ class ReadLoop:
                 holder.age_seconds,
                 extra={**self._log, "pid": holder.pid, "age_seconds": holder.age_seconds},
             )
+
+    def _flush_due(self) -> bool:
+        """Whether moved cursors should be stored now: at most every ``_FLUSH_EVERY``."""
+        if not self._scheduler.moved_cursors():
+            return False
+        return time.monotonic() - self._flushed_at >= _FLUSH_EVERY
+
+    def _sleep_for(self, poll_interval: float) -> float:
+        """How long to wait for a wake-up: the poll interval, or less to store a cursor."""
+        if not self._scheduler.moved_cursors():
+            return poll_interval
+        due = self._flushed_at + _FLUSH_EVERY - time.monotonic()
+        return min(poll_interval, max(due, 0.0))
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         with anyio.move_on_after(seconds):
@@ -201,3 +230,4 @@ class ReadLoop:
         else:
             await self._store.advance_cursors(conn, moved)
         self._scheduler.flushed(moved)
+        self._flushed_at = time.monotonic()

@@ -1,9 +1,10 @@
-"""The snapshot-aware read of ADR 0006 (``consumer_fetch_streams``): one round trip.
+"""The snapshot-aware read of ADR 0006 (``consumer_fetch_streams``): one statement.
 
 Takes the plans of the consumer's streams (:mod:`.horizon`) and returns, per stream,
 the rows of watched ids (kind 0) and above the frontier (kind 1), the rows pulled
-forward for subject order (kind 2), and the statement's own snapshot. Runs outside any
-transaction, so that the reading connection holds no transaction id itself.
+forward for subject order (kind 2), and the statement's own snapshot. Runs in a
+read-only transaction of its own, which never takes a transaction id: the reading
+connection holds nobody back.
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from .._sql import queries
+from .._storage import rollback
 from .assignment import PARTITION_COUNT
 from .horizon import Key, ReadPlan, Snapshot
 
 __all__ = ["StreamRead", "StreamsRead", "StreamsStore", "partition_mask"]
+
+#: Seconds a failed read's rollback may take before its connection is terminated.
+_ROLLBACK_LIMIT = 5.0
 
 
 def partition_mask(partitions: Iterable[int] | None) -> bytes | None:
@@ -85,18 +90,32 @@ class StreamsStore:
                 watched_stream.append(ordinal)
                 watched_xid.append(xid)
                 watched_after.append(after)
-        rows = await conn.fetch(
-            self.q.consumer_fetch_streams,
-            self.event_types,
-            [plan.frontier[0] for plan, _ in plans],
-            [plan.frontier[1] for plan, _ in plans],
-            [mask for _, mask in plans],
-            watched_stream,
-            watched_xid,
-            watched_after,
-            limit,
-            self.consumer,
-        )
+        # A read-only transaction of its own (no transaction id, so it holds nobody back)
+        # only to scope the plan setting: SET LOCAL, so the pool connection keeps nothing,
+        # also behind a transaction-pooling PgBouncer.
+        transaction = conn.transaction(isolation="read_committed", readonly=True)
+        try:
+            await transaction.start()
+            await conn.execute(self.q.consumer_fetch_streams_plan)
+            rows = await conn.fetch(
+                self.q.consumer_fetch_streams,
+                self.event_types,
+                [plan.frontier[0] for plan, _ in plans],
+                [plan.frontier[1] for plan, _ in plans],
+                [mask for _, mask in plans],
+                watched_stream,
+                watched_xid,
+                watched_after,
+                limit,
+                self.consumer,
+            )
+            await transaction.commit()
+        except BaseException:
+            # Shielded and bounded: under a cancel scope every later await is cancelled
+            # too, so an unshielded rollback never runs and the pool gets the connection
+            # back inside the transaction. One that cannot roll back is terminated.
+            await rollback(transaction, conn, _ROLLBACK_LIMIT)
+            raise
         reads = [StreamRead() for _ in plans]
         snapshot: Snapshot | None = None
         for row in rows:
