@@ -27,6 +27,7 @@ are shielded from cancellation and bounded by ``commit_timeout``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import inspect
 import logging
@@ -46,7 +47,7 @@ from .._errors import (
 )
 from .._migrate import check_schema
 from .._registry import Registry
-from .._sql import channel_for, replay_channel_for
+from .._sql import channel_for, lease_channel_for, replay_channel_for
 from .._storage import FailureKind, classify, release
 from .._storage._consumer_store import ConsumerStore
 from .._telemetry import Telemetry
@@ -54,11 +55,14 @@ from .._typed import payload_model_of
 from ._config import ConsumerConfig, HandlerOptions
 from ._fetcher import Fetcher
 from ._listener import Listener
+from ._members import Members, member_id_for
 from ._reader import ReadLoop
 from ._runner import ConsumerStats, GroupRunner, Handler, Subscription
 from ._scheduler import Scheduler
 from ._signals import drain_on_signals
 from ._workers import Workers
+from .assignment import PARTITION_COUNT
+from .leases_store import LeaseStore
 from .streams_store import StreamsStore
 
 __all__ = ["Consumer", "ConsumerState", "ConsumerStats"]
@@ -301,12 +305,29 @@ class Consumer:
     async def _prepare(self) -> None:
         config = self.config
         self._store = ConsumerStore(config.db_schema, self.name, self.event_types)
+        self._leases = LeaseStore(
+            config.db_schema,
+            self.name,
+            member_id_for(self.name),
+            lease_timeout=config.lease_timeout,
+        )
+        self._members = Members(
+            self._leases,
+            heartbeat=config.heartbeat,
+            connect=self._connect_member,
+            disconnect=self._disconnect_member,
+            busy=lambda: self._scheduler.busy_partitions(),
+            on_change=self._partitions_changed,
+            on_lost=self._partitions_lost,
+            log_extra=self._log,
+        )
         self._started = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._abort_requested = asyncio.Event()
         self._workers = 0  # set once the pool is checked, after the schema
         self._channel = channel_for(config.db_schema)
         self._replay_channel = replay_channel_for(config.db_schema)
+        self._lease_channel = lease_channel_for(config.db_schema)
         async with self.pool.acquire(timeout=config.acquire_timeout) as conn:
             await check_schema(conn, config.db_schema)
             await self._check_horizon(conn)
@@ -354,6 +375,7 @@ class Consumer:
             listening=self._listening,
             refill_below=max(config.batch_size, max_buffered // 2),
             log_extra=self._log,
+            leases=self._leases,
         )
         self._group_runner = GroupRunner(
             name=self.name,
@@ -363,6 +385,8 @@ class Consumer:
             store=self._store,
             stats=self.stats,
             telemetry=self.telemetry,
+            leases=self._leases,
+            members=self._members,
         )
         self._crew = Workers(
             pool=self.pool,
@@ -376,6 +400,67 @@ class Consumer:
             retry_wake=retry_wake,
             log_extra=self._log,
         )
+
+        # Join the group and take this process's share before the first read.
+        async with self.pool.acquire(timeout=config.acquire_timeout) as conn:
+            await self._members.join(conn)
+
+    async def _connect_member(self) -> asyncpg.Connection:
+        """The member task's own connection, outside the pool.
+
+        With the workers holding every pool connection, a heartbeat must not wait for
+        one (the process would lose its leases): it gets a connection made with the
+        pool's own parameters, and the pool keeps its ``concurrency + 2`` sizing.
+        """
+        if self._dsn is not None:
+            return await asyncpg.connect(self._dsn)
+        args = getattr(self.pool, "_connect_args", None)
+        kwargs = getattr(self.pool, "_connect_kwargs", None)
+        if args is None or kwargs is None:
+            conn: asyncpg.Connection = await self.pool.acquire(timeout=self.config.acquire_timeout)
+            return conn
+        return await asyncpg.connect(*args, **kwargs)
+
+    async def _disconnect_member(self, conn: asyncpg.Connection | None) -> None:
+        if conn is None:
+            return
+        if conn.is_closed():
+            return
+        if self._dsn is None and getattr(self.pool, "_connect_args", None) is None:
+            await release(self.pool, conn, self.config.commit_timeout)
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(conn.close(), self.config.commit_timeout)
+
+    def _partitions_lost(self, lost: set[int]) -> None:
+        """Leases lost or released: stop reading and storing cursors for them, and drop
+        their queued events. Synchronous: no cursor of theirs is stored after this."""
+        reader = self._reader
+        current = reader.cursor_partitions
+        reader.cursor_partitions = frozenset(
+            (set(range(PARTITION_COUNT)) if current is None else set(current)) - lost
+        )
+        self._fetcher.restart(self._members.readable(), None)
+        dropped = self._scheduler.drop(lost)
+        if dropped:
+            logger.info("%d queued events of lost partitions dropped", dropped, extra=self._log)
+
+    async def _partitions_changed(self, conn: asyncpg.Connection, gained: set[int]) -> None:
+        """Leases gained, or some to hand over: read what is held (minus what is handed
+        over) from now on; gained partitions from their stored cursors."""
+        reader, fetcher, scheduler = self._reader, self._fetcher, self._scheduler
+        # Cursors moved so far hold for the partitions the stream covered until now.
+        with contextlib.suppress(Exception):
+            await reader.flush_cursors(conn)
+        readable = self._members.readable()
+        start: tuple[int, int] | None = None
+        if gained:
+            stored = await self._leases.read_cursors(conn, self.event_types, gained)
+            start = min([fetcher.stream.low_water(), *stored.values()])
+            scheduler.restart_cursors(start)
+        fetcher.restart(readable, start)
+        reader.cursor_partitions = readable
+        reader.wake.set()
 
     def _dedup_hit(self, event_type: str) -> None:
         self.stats.dedup_hits += 1
@@ -446,7 +531,7 @@ class Consumer:
                 if config.listen:
                     self.listener = Listener(
                         self._connect_listener,
-                        [self._channel, self._replay_channel],
+                        [self._channel, self._replay_channel, self._lease_channel],
                         self._on_notify,
                         self._on_listen_connected,
                         reconnect_delays=config.listen_reconnect_delays,
@@ -479,6 +564,7 @@ class Consumer:
         """Run fetch loop and workers; on stop, drain then cancel what is left."""
         async with anyio.create_task_group() as workers:
             workers.start_soon(self._reader.run)
+            workers.start_soon(self._members.run, self._stop_requested)
             for _ in range(self._workers):
                 workers.start_soon(self._crew.worker)
             self._started.set()
@@ -493,10 +579,15 @@ class Consumer:
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.commit_timeout):
             try:
                 await self._reader.flush_cursors()
+                # Drained: hand every lease back at once (the others need not wait for
+                # them to expire).
+                async with self.pool.acquire(timeout=self.config.acquire_timeout) as conn:
+                    await self._members.leave(conn)
             except Exception as exc:
                 if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
                     raise
-                # A low-water mark: losing this store costs a re-read, never an event.
+                # A low-water mark: losing this store costs a re-read, never an event;
+                # leases not handed back expire after lease_timeout.
 
     async def _wait_groups_idle(self, scope: anyio.CancelScope) -> None:
         await self._crew.groups_idle.wait()
@@ -518,7 +609,9 @@ class Consumer:
         await release(self.pool, conn, self.config.commit_timeout)
 
     def _on_notify(self, channel: str, payload: str) -> None:
-        if channel == self._replay_channel:
+        if channel == self._lease_channel:
+            self._members.on_notify(payload)
+        elif channel == self._replay_channel:
             if payload == self.name:
                 self._reader.request_replays()
         elif payload in self._subscriptions:

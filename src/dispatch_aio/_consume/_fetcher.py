@@ -25,7 +25,7 @@ from .._typed import PayloadModel, with_model_payload
 from ._codec import build_event, dead_letter_row
 from ._scheduler import Item, Scheduler
 from .horizon import Key, Stream
-from .streams_store import StreamsStore
+from .streams_store import StreamsStore, partition_mask
 
 __all__ = ["Fetcher", "ReadResult"]
 
@@ -62,6 +62,9 @@ class Fetcher:
         self._streams = streams
         #: One stream over every partition (a single process reads with no filter).
         self.stream = Stream(frontier=start)
+        #: Partitions read (None: all). Empty until the member task has leases.
+        self._partitions: frozenset[int] | None = frozenset()
+        self._mask: bytes | None = partition_mask(())
         self._scheduler = scheduler
         self._registry = registry
         self._batch_size = batch_size
@@ -73,12 +76,14 @@ class Fetcher:
         """Read the next batch on ``conn`` (one round trip, outside any transaction)."""
         scheduler = self._scheduler
         stream = self.stream
+        if self._partitions is not None and not self._partitions:
+            return ReadResult(False, False, 0)  # no lease held here (yet)
         if scheduler.at_cap():
             # A type holds its cap of events behind a head without an outcome.
             return ReadResult(False, bool(stream.watched), 0)
         # A full batch means a backlog: read ahead in bigger steps (up to the buffer).
         limit = self._limit
-        result = await self._streams.fetch(conn, [(stream.plan(), None)], limit)
+        result = await self._streams.fetch(conn, [(stream.plan(), self._mask)], limit)
         got = result.streams[0]
         make = self._make_item
         pull = scheduler.pull
@@ -100,6 +105,18 @@ class Fetcher:
         room = max(self._batch_size, scheduler.max_buffered - len(scheduler.inflight))
         self._limit = room if full else self._batch_size
         return ReadResult(full, bool(stream.watched), hits)
+
+    def restart(self, partitions: frozenset[int] | None, start: Key | None) -> None:
+        """Read ``partitions`` (None: all); from ``start`` on when partitions were gained.
+
+        ``start`` must be a stored cursor or lower (ADR 0006: a restart from a cursor
+        loses nothing; rows read again are skipped by their markers). Without it (only
+        partitions left the set) the stream's state stays valid for the rest.
+        """
+        self._partitions = partitions
+        self._mask = partition_mask(partitions)
+        if start is not None:
+            self.stream = Stream(frontier=start)
 
     async def read_replays(self, conn: asyncpg.Connection) -> None:
         """Queue the dead letters waiting to be replayed, each on a lane of its own."""
@@ -124,6 +141,7 @@ class Fetcher:
             subject=row["subject"],
             row=row,
             attempts=row["attempts"] or 0,
+            partition=row.get("partition", -1),
         )
         try:
             item.event = self._decode(row)

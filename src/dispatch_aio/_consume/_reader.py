@@ -26,6 +26,7 @@ from ._config import ConsumerConfig
 from ._fetcher import Fetcher
 from ._runner import ConsumerStats
 from ._scheduler import Scheduler
+from .leases_store import LeaseStore
 
 __all__ = ["ReadLoop"]
 
@@ -48,8 +49,13 @@ class ReadLoop:
         listening: Callable[[], bool],
         refill_below: int,
         log_extra: dict[str, Any],
+        leases: LeaseStore | None = None,
     ) -> None:
         self.pool = pool
+        self._leases = leases
+        #: The partitions the stored cursors are written for: None, every partition (the
+        #: per-type cursor); else the partitions the fetcher's stream covers.
+        self.cursor_partitions: frozenset[int] | None = frozenset()
         self.config = config
         self._store = store
         self._fetcher = fetcher
@@ -192,7 +198,20 @@ class ReadLoop:
             return
         if conn is None:
             async with self.pool.acquire(timeout=self.config.acquire_timeout) as own:
-                await self._store.advance_cursors(own, moved)
+                await self._store_cursors(own, moved)
         else:
-            await self._store.advance_cursors(conn, moved)
+            await self._store_cursors(conn, moved)
         self._scheduler.flushed(moved)
+
+    async def _store_cursors(
+        self, conn: asyncpg.Connection, moved: dict[str, tuple[int, int]]
+    ) -> None:
+        parts = self.cursor_partitions
+        if parts is None or self._leases is None:
+            await self._store.advance_cursors(conn, moved)
+        elif parts:
+            # Per partition (ADR 0006): the stream's mark holds for each it covers.
+            await self._leases.advance_cursors(
+                conn, {(t, p): value for t, value in moved.items() for p in parts}
+            )
+            await self._leases.advance_floor(conn, list(moved))

@@ -183,6 +183,10 @@ class LeaseStore:
             now=members[0]["now"] if members else None,
         )
 
+    async def evict(self, conn: asyncpg.Connection, members: Sequence[str]) -> None:
+        """Expire ``members`` now (known dead): their leases can be taken at once."""
+        await conn.execute(self.q.lease_evict, self.consumer, list(members))
+
     async def leave(self, conn: asyncpg.Connection) -> int:
         """Release every lease and remove this member (after draining); notifies."""
         row = await conn.fetchrow(self.q.lease_leave, self.consumer, self.member_id)
@@ -306,3 +310,7 @@ class LeaseStore:
             [cursors[k][0] for k in keys],
             [cursors[k][1] for k in keys],
         )
+
+    async def advance_floor(self, conn: asyncpg.Connection, event_types: Sequence[str]) -> None:
+        """Move the per-type cursor up to the lowest partition cursor (never backwards)."""
+        await conn.execute(self.q.partition_cursors_floor, self.consumer, list(event_types))
