@@ -449,10 +449,17 @@ class Consumer:
         """Leases gained, or some to hand over: read what is held (minus what is handed
         over) from now on; gained partitions from their stored cursors."""
         reader, fetcher, scheduler = self._reader, self._fetcher, self._scheduler
-        # Cursors moved so far hold for the partitions the stream covered until now.
+        readable = self._members.readable()
+        # At once, before any await: stop reading what is handed over (a read on the wire
+        # is dropped), and read nothing gained before its stream starts from its cursor.
+        before = fetcher.partitions
+        kept = _intersect(before, readable)
+        if kept != before:
+            fetcher.restart(kept, None)
+            reader.cursor_partitions = kept
+        # Cursors moved so far hold for the partitions the stream still covers.
         with contextlib.suppress(Exception):
             await reader.flush_cursors(conn)
-        readable = self._members.readable()
         start: tuple[int, int] | None = None
         if gained:
             stored = await self._leases.read_cursors(conn, self.event_types, gained)
@@ -657,6 +664,13 @@ class Consumer:
     def buffered(self) -> int:
         """Events held in memory (at most about ``max_buffered`` per type, plus a batch)."""
         return self._scheduler.buffered()
+
+
+def _intersect(a: frozenset[int] | None, b: frozenset[int] | None) -> frozenset[int] | None:
+    """Partitions in both sets, None standing for all of them."""
+    if a is None:
+        return b
+    return a if b is None else a & b
 
 
 def _connections(count: int) -> str:

@@ -65,6 +65,8 @@ class Fetcher:
         #: Partitions read (None: all). Empty until the member task has leases.
         self._partitions: frozenset[int] | None = frozenset()
         self._mask: bytes | None = partition_mask(())
+        #: Bumped by every restart: a read that was on the wire meanwhile is dropped.
+        self._generation = 0
         self._scheduler = scheduler
         self._registry = registry
         self._batch_size = batch_size
@@ -83,7 +85,16 @@ class Fetcher:
             return ReadResult(False, bool(stream.watched), 0)
         # A full batch means a backlog: read ahead in bigger steps (up to the buffer).
         limit = self._limit
+        generation = self._generation
         result = await self._streams.fetch(conn, [(stream.plan(), self._mask)], limit)
+        if generation != self._generation:
+            # Partitions changed hands while this read was on the wire. Its rows may
+            # belong to partitions this process no longer holds, and its snapshot speaks
+            # for a stream that was replaced: applied, it would raise the scheduler's
+            # bound over a gained partition's events not yet read, and that partition's
+            # stored cursor with it (a later owner would start past them: lost, or
+            # handled after their subject's later events). Drop it; read again at once.
+            return ReadResult(True, bool(self.stream.watched), 0)
         got = result.streams[0]
         make = self._make_item
         pull = scheduler.pull
@@ -106,13 +117,20 @@ class Fetcher:
         self._limit = room if full else self._batch_size
         return ReadResult(full, bool(stream.watched), hits)
 
+    @property
+    def partitions(self) -> frozenset[int] | None:
+        """The partitions read now (None: all)."""
+        return self._partitions
+
     def restart(self, partitions: frozenset[int] | None, start: Key | None) -> None:
         """Read ``partitions`` (None: all); from ``start`` on when partitions were gained.
 
         ``start`` must be a stored cursor or lower (ADR 0006: a restart from a cursor
         loses nothing; rows read again are skipped by their markers). Without it (only
-        partitions left the set) the stream's state stays valid for the rest.
+        partitions left the set) the stream's state stays valid for the rest. A read
+        on the wire meanwhile is dropped when it returns.
         """
+        self._generation += 1
         self._partitions = partitions
         self._mask = partition_mask(partitions)
         if start is not None:
