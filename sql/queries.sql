@@ -304,14 +304,6 @@ freed AS (
 SELECT (SELECT array_agg(member_id ORDER BY member_id) FROM gone) AS members,
        (SELECT array_agg(partition ORDER BY partition) FROM freed) AS partitions
 
--- name: lease_evict
--- Ends members known to be dead (a process of this host that no longer exists: a
--- restart under a new pid) at once, so that their leases can be taken now instead of at
--- their expiry. A wrong guess costs a takeover that the fence makes safe.
-UPDATE {{schema}}.dispatcher_member
-SET expires_at = now()
-WHERE consumer = $1 AND member_id = ANY($2::text[]) AND expires_at > now()
-
 -- name: lease_fence
 -- The fence on its own (the outcome statements below embed it): raises SQLSTATE DA001
 -- unless member $2 holds partitions $3 at epochs $4. Run inside the outcome transaction.
@@ -330,6 +322,20 @@ FROM unnest($2::text[], $3::text[]) AS e(event_id, outcome), fence
 WHERE fence.ok
 ON CONFLICT (consumer, event_id) DO NOTHING
 RETURNING event_id
+
+-- name: consumer_record_attempt_fenced
+-- consumer_record_attempt behind the fence ($5 member, $6 partition, $7 epoch, $8 idle
+-- ms): a process that lost the lease of the event's partition counts no attempt there
+-- (the new owner counts its own; a stale count would dead-letter the event early).
+WITH fence AS MATERIALIZED (
+    SELECT {{schema}}.dispatcher_lease_fence(
+        $1, $5, ARRAY[$6::smallint], ARRAY[$7::bigint], $8::integer) AS ok
+)
+INSERT INTO {{schema}}.dispatcher_attempt AS a (consumer, event_id, attempts, last_error)
+SELECT $1, $2, $3, $4 FROM fence WHERE fence.ok
+ON CONFLICT (consumer, event_id) DO UPDATE
+SET attempts = greatest(a.attempts, EXCLUDED.attempts), last_error = EXCLUDED.last_error,
+    updated_at = now()
 
 -- name: partition_cursors_read
 -- Stored cursors of (types $2) x (partitions $3); a missing row falls back to the

@@ -161,17 +161,20 @@ async def exactly_once_in_order(pool: asyncpg.Pool) -> None:
 
 
 async def test_a_read_on_the_wire_while_partitions_are_gained_moves_no_cursor_past_them(
-    pool: asyncpg.Pool,
+    pool: asyncpg.Pool, dispatch_dsn: str
 ) -> None:
     """The read loop's statement is in flight when the member task takes partitions over
     (their stream restarts from their stored cursors): that read's snapshot must not move
-    the stored cursors of the gained partitions past their unread events."""
+    the stored cursors of the gained partitions past their unread events.
+
+    With ``dsn`` the member task steps on a connection of its own (without, it borrows
+    the read connection between reads, and cannot step while a read is out)."""
     dispatcher = Dispatcher(pool, producer="tests", tenant_id="tnt_tests")
     async with pool.acquire() as conn:
         # Another member of the group, driven by hand: it holds half the partitions and
         # never handles anything.
         other = LeaseStore("public", NAME, "other:1", lease_timeout=120)
-        a = consumer(pool, lease_timeout=120)
+        a = consumer(pool, lease_timeout=120, dsn=dispatch_dsn)
         async with a:
             me = a._leases.member_id
             await eventually(lambda: _holds(pool, me, 256), within=30, what="all to be held")
@@ -223,10 +226,13 @@ async def _holds(pool: asyncpg.Pool, member: str, n: int) -> bool:
 
 
 @pytest.mark.slow
-async def test_many_hand_overs_between_two_consumers_of_one_name(pool: asyncpg.Pool) -> None:
+async def test_many_hand_overs_between_two_consumers_of_one_name(
+    pool: asyncpg.Pool, dispatch_dsn: str
+) -> None:
     """One consumer runs throughout; a second of the same name joins and drains away,
     round after round, while events are published: nothing lost, doubled or reordered,
-    and no cursor ever stored past an event without an outcome."""
+    and no cursor ever stored past an event without an outcome. The first steps its
+    member task on a connection of its own, the second on its read connection."""
     dispatcher = Dispatcher(pool, producer="tests", tenant_id="tnt_tests")
     subjects = [uid("per") for _ in range(60)]
     producing = True
@@ -236,7 +242,7 @@ async def test_many_hand_overs_between_two_consumers_of_one_name(pool: asyncpg.P
             await dispatcher.publish_many(events(random.choices(subjects, k=10)))
             await asyncio.sleep(0.005)
 
-    a = consumer(pool, max_sleep=0.003, lease_timeout=30)
+    a = consumer(pool, max_sleep=0.003, lease_timeout=30, dsn=dispatch_dsn)
     async with a:
         me = a._leases.member_id
         task = asyncio.create_task(producer())
@@ -259,3 +265,36 @@ async def test_many_hand_overs_between_two_consumers_of_one_name(pool: asyncpg.P
 
 async def _split(pool: asyncpg.Pool, a: str, b: str) -> bool:
     return await owners(pool) == {a: 128, b: 128}
+
+
+async def test_a_process_that_lost_its_lease_counts_no_attempt_there(pool: asyncpg.Pool) -> None:
+    """A handler fails after another member took the partition over (this one was paused
+    past its lease): the failed attempt is not stored, as an outcome would not be, so a
+    stale process cannot push the new owner's event towards a dead letter."""
+    dispatcher = Dispatcher(pool, producer="tests", tenant_id="tnt_tests")
+    other = LeaseStore("public", NAME, "other:1", lease_timeout=120)
+    taken = asyncio.Event()
+    c = Consumer(pool, name=NAME, lease_timeout=120, retry_delays=(60,), poll_interval=0.2)
+
+    @c.on("credit.locked")
+    async def fail(event: Event) -> None:
+        if not taken.is_set():
+            # What a pause past the lease leads to: another member took every lease over
+            # (a new epoch each), as its acquisition does.
+            async with pool.acquire() as conn:
+                await other.join(conn)
+                await conn.execute(
+                    "UPDATE dispatcher_lease SET owner = $2, epoch = epoch + 1,"
+                    " acquired_at = now() WHERE consumer = $1",
+                    NAME,
+                    other.member_id,
+                )
+            taken.set()
+        raise RuntimeError("boom")
+
+    async with c:
+        await dispatcher.publish_many(events([uid("per")]))
+        await asyncio.wait_for(taken.wait(), 30)
+        await eventually(lambda: not c._members.owned, within=30, what="the loss to be seen")
+    assert await pool.fetchval("SELECT count(*) FROM dispatcher_attempt") == 0
+    assert await pool.fetchval("SELECT count(*) FROM dispatcher_dead_letter") == 0

@@ -31,7 +31,7 @@ import contextlib
 import enum
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import anyio
@@ -48,21 +48,21 @@ from .._errors import (
 from .._migrate import check_schema
 from .._registry import Registry
 from .._sql import channel_for, lease_channel_for, replay_channel_for
-from .._storage import FailureKind, classify, release
+from .._storage import FailureKind, classify, release, terminate
 from .._storage._consumer_store import ConsumerStore
 from .._telemetry import Telemetry
 from .._typed import payload_model_of
 from ._config import ConsumerConfig, HandlerOptions
 from ._fetcher import Fetcher
 from ._listener import Listener
-from ._members import Members, member_id_for
+from ._members import Members
 from ._reader import ReadLoop
 from ._runner import ConsumerStats, GroupRunner, Handler, Subscription
 from ._scheduler import Scheduler
 from ._signals import drain_on_signals
 from ._workers import Workers
 from .assignment import PARTITION_COUNT
-from .leases_store import LeaseStore
+from .leases_store import LeaseStore, default_member_id
 from .streams_store import StreamsStore
 
 __all__ = ["Consumer", "ConsumerState", "ConsumerStats"]
@@ -130,6 +130,7 @@ class Consumer:
         self.listener: Listener | None = None
         self._listen_connect = listen_connect
         self._dsn = dsn
+        self._member_conn: asyncpg.Connection | None = None
         self._subscriptions: dict[str, Subscription] = {}
         self._state = ConsumerState.NEW
         self._failure: BaseException | None = None
@@ -308,14 +309,13 @@ class Consumer:
         self._leases = LeaseStore(
             config.db_schema,
             self.name,
-            member_id_for(self.name),
+            default_member_id(),  # one per Consumer: two of one name are two members
             lease_timeout=config.lease_timeout,
         )
         self._members = Members(
             self._leases,
             heartbeat=config.heartbeat,
-            connect=self._connect_member,
-            disconnect=self._disconnect_member,
+            connection=self._member_connection,
             busy=lambda: self._scheduler.busy_partitions(),
             on_change=self._partitions_changed,
             on_lost=self._partitions_lost,
@@ -405,32 +405,37 @@ class Consumer:
         async with self.pool.acquire(timeout=config.acquire_timeout) as conn:
             await self._members.join(conn)
 
-    async def _connect_member(self) -> asyncpg.Connection:
-        """The member task's own connection, outside the pool.
+    @contextlib.asynccontextmanager
+    async def _member_connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection for one step of the member task that no worker competes for.
 
-        With the workers holding every pool connection, a heartbeat must not wait for
-        one (the process would lose its leases): it gets a connection made with the
-        pool's own parameters, and the pool keeps its ``concurrency + 2`` sizing.
+        With ``dsn``, one of its own, made as the LISTEN connection is (and made again
+        after a failure); otherwise the read loop's pool connection between two reads.
+        Either way the pool keeps its ``concurrency + 2`` sizing. (``listen_connect`` is
+        the LISTEN connection's factory and stays that: it is called once per session.)
         """
-        if self._dsn is not None:
-            return await asyncpg.connect(self._dsn)
-        args = getattr(self.pool, "_connect_args", None)
-        kwargs = getattr(self.pool, "_connect_kwargs", None)
-        if args is None or kwargs is None:
-            conn: asyncpg.Connection = await self.pool.acquire(timeout=self.config.acquire_timeout)
-            return conn
-        return await asyncpg.connect(*args, **kwargs)
+        if self._dsn is None:
+            async with self._reader.borrow() as conn:
+                yield conn
+            return
+        conn = self._member_conn
+        if conn is None or conn.is_closed():
+            conn = self._member_conn = await asyncpg.connect(self._dsn)
+        try:
+            yield conn
+        except BaseException:
+            # The statement may have left it broken: make a new one next time.
+            self._member_conn = None
+            terminate(conn)
+            raise
 
-    async def _disconnect_member(self, conn: asyncpg.Connection | None) -> None:
-        if conn is None:
-            return
-        if conn.is_closed():
-            return
-        if self._dsn is None and getattr(self.pool, "_connect_args", None) is None:
-            await release(self.pool, conn, self.config.commit_timeout)
-            return
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(conn.close(), self.config.commit_timeout)
+    async def _close_member_connection(self) -> None:
+        conn, self._member_conn = self._member_conn, None
+        if conn is not None:
+            try:
+                await asyncio.wait_for(conn.close(), self.config.commit_timeout)
+            except Exception:
+                terminate(conn)  # closing is a courtesy: the server ends it either way
 
     def _partitions_lost(self, lost: set[int]) -> None:
         """Leases lost or released: stop reading and storing cursors for them, and drop
@@ -590,6 +595,7 @@ class Consumer:
                 # them to expire).
                 async with self.pool.acquire(timeout=self.config.acquire_timeout) as conn:
                     await self._members.leave(conn)
+                await self._close_member_connection()
             except Exception as exc:
                 if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
                     raise

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-import os
-import socket
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -26,21 +23,12 @@ import asyncpg
 
 from .._storage import FailureKind, classify
 from .assignment import PARTITION_COUNT
-from .leases_store import LeaseStore, default_member_id
+from .leases_store import LeaseStore
 from .membership import plan
 
-__all__ = ["Members", "member_id_for"]
+__all__ = ["Members"]
 
 logger = logging.getLogger("dispatch_aio.consumer")
-
-_instances: dict[str, itertools.count[int]] = {}
-
-
-def member_id_for(consumer: str) -> str:
-    """``host:pid``, with ``#n`` for a second Consumer of one name in one process."""
-    n = next(_instances.setdefault(consumer, itertools.count()))
-    base = default_member_id()
-    return base if n == 0 else f"{base}#{n}"
 
 
 class Members:
@@ -51,8 +39,7 @@ class Members:
         store: LeaseStore,
         *,
         heartbeat: float,
-        connect: Callable[[], Awaitable[asyncpg.Connection]],
-        disconnect: Callable[[asyncpg.Connection | None], Awaitable[None]],
+        connection: Callable[[], contextlib.AbstractAsyncContextManager[asyncpg.Connection]],
         busy: Callable[[], set[int]],
         on_change: Callable[[asyncpg.Connection, set[int]], Awaitable[None]],
         on_lost: Callable[[set[int]], None],
@@ -60,8 +47,7 @@ class Members:
     ) -> None:
         self.store = store
         self.heartbeat = heartbeat
-        self._connect = connect
-        self._disconnect = disconnect
+        self._connection = connection
         self._busy = busy
         self._on_change = on_change
         self._on_lost = on_lost
@@ -71,7 +57,6 @@ class Members:
         #: Held, but targeted at another member: not read any more, released once idle.
         self.handing_over: set[int] = set()
         self.wake = asyncio.Event()
-        self._host = socket.gethostname()
 
     # -- what the fetcher and the runner ask ---------------------------------------
 
@@ -119,16 +104,9 @@ class Members:
             await store.join(conn)
         view = await store.view(conn)
         member = store.member_id
-        dead = [
-            m.member_id
-            for m in view.members
-            if m.alive and m.member_id != member and m.host == self._host and not _running(m.pid)
-        ]
-        if dead:
-            # A process of this host that is gone (killed, restarted under a new pid):
-            # take its partitions now rather than after its lease expires.
-            await store.evict(conn, dead)
-            view = await store.view(conn)
+        # Liveness is the heartbeat alone: a process that died is taken over when its
+        # row expires. Probing (host, pid) would take a live process's partitions where
+        # hosts share a name and pids repeat (containers).
         epochs = {lease.partition: lease.epoch for lease in view.leases}
         steps = plan(
             member,
@@ -185,59 +163,42 @@ class Members:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Step until cancelled (after ``stopping``, only heartbeat); database failures are
-        retried on the next step.
+        retried a third of a heartbeat later.
 
-        Holds a connection of its own: with the workers holding the rest of the pool, a
-        heartbeat must never wait for one (it would lose every lease).
+        Each step borrows a connection that no worker competes for (``connection``): with
+        the workers holding the rest of the pool, a heartbeat must never wait for one (the
+        process would lose every lease).
         """
         delay = 0.0
-        conn: asyncpg.Connection | None = None
-        try:
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), delay)
-                self.wake.clear()
-                try:
-                    if conn is None:
-                        conn = await self._connect()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), delay)
+            self.wake.clear()
+            try:
+                async with self._connection() as conn:
                     if stopping.is_set():
-                        # Draining: keep the leases alive until they are handed back
-                        # (the task is cancelled then), take and give nothing.
+                        # Draining: keep the leases alive until they are handed back (the
+                        # task is cancelled then), take and give nothing.
                         await self.store.heartbeat(conn)
                         delay = self.heartbeat
                         continue
                     delay = await self.step(conn)
-                except Exception as exc:
-                    if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
-                        raise
-                    broken, conn = conn, None
-                    await self._disconnect(broken)
-                    logger.warning(
-                        "group step failed (%s: %s); again in %.1fs",
-                        type(exc).__name__,
-                        exc,
-                        self.heartbeat / 3,
-                        extra=self._log,
-                    )
-                    delay = self.heartbeat / 3
-        finally:
-            await self._disconnect(conn)
+            except Exception as exc:
+                if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
+                    raise
+                logger.warning(
+                    "group step failed (%s: %s); again in %.1fs",
+                    type(exc).__name__,
+                    exc,
+                    self.heartbeat / 3,
+                    extra=self._log,
+                )
+                delay = self.heartbeat / 3
 
     async def leave(self, conn: asyncpg.Connection) -> None:
         """After draining: release every lease and leave (the others take over at once)."""
         await self.store.leave(conn)
         self.owned.clear()
-
-
-def _running(pid: int) -> bool:
-    """Whether a process of this host has that pid (a signal 0 probe)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # it exists, owned by someone else
-    return True
 
 
 def _ranges(parts: Iterable[int]) -> str:

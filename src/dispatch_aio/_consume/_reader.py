@@ -11,9 +11,10 @@ propagates (the consumer fails).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -78,6 +79,10 @@ class ReadLoop:
         self.replays_due = True
         self._replays_read_at = 0.0
         self._cursor_held = False
+        #: The pool connection held for reading, and the lock that lends it out between
+        #: two reads (the member task heartbeats on it: no pool slot of its own).
+        self._conn: asyncpg.Connection | None = None
+        self._conn_lock = asyncio.Lock()
 
     def request_replays(self) -> None:
         """Read pending replays with the next read, at once."""
@@ -89,7 +94,6 @@ class ReadLoop:
         config = self.config
         scheduler = self._scheduler
         failures = Backoff(0.1, max(0.1, min(config.poll_interval, 5.0)))
-        conn: asyncpg.Connection | None = None
         held_since: float | None = None
         try:
             while not self._stop_requested.is_set():
@@ -100,10 +104,11 @@ class ReadLoop:
                     await self.capacity.wait()
                     continue
                 try:
-                    if conn is None:
-                        conn = await self.pool.acquire(timeout=config.acquire_timeout)
-                    await self.flush_cursors(conn)
-                    full = await self._read(conn)
+                    async with self._conn_lock:
+                        if self._conn is None:
+                            self._conn = await self.pool.acquire(timeout=config.acquire_timeout)
+                        await self.flush_cursors(self._conn)
+                        full = await self._read(self._conn)
                     failures.reset()
                 except Exception as exc:
                     if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
@@ -117,8 +122,7 @@ class ReadLoop:
                         delay,
                         extra=self._log,
                     )
-                    broken, conn = conn, None
-                    await release(self.pool, broken, config.commit_timeout)
+                    await self._drop_connection()
                     await self._sleep_or_wake(delay)
                     continue
                 if full:
@@ -131,7 +135,8 @@ class ReadLoop:
                         held_since = now
                     elif now - held_since >= config.horizon_warning_after:
                         held_since = now  # warn again after another interval
-                        await self._warn_horizon(conn)
+                        async with self._conn_lock:
+                            await self._warn_horizon(self._conn)
                 else:
                     held_since = None
                 if scheduler.idle:
@@ -139,7 +144,30 @@ class ReadLoop:
                     self.idle.set()
                 await self._sleep_or_wake(config.poll_interval)
         finally:
-            await release(self.pool, conn, config.commit_timeout)
+            with anyio.CancelScope(shield=True):
+                await self._drop_connection()
+
+    async def _drop_connection(self) -> None:
+        """Give the read connection back (broken, or the loop ends); never while lent out."""
+        async with self._conn_lock:
+            conn, self._conn = self._conn, None
+            await release(self.pool, conn, self.config.commit_timeout)
+
+    @contextlib.asynccontextmanager
+    async def borrow(self) -> AsyncIterator[asyncpg.Connection]:
+        """The read connection between two reads; a pool connection while there is none.
+
+        For the member task's few statements per heartbeat: it never waits for a pool
+        slot while the workers hold the rest, only for the read in progress. A failure
+        on it is the read loop's to see (its next read reconnects).
+        """
+        async with self._conn_lock:
+            conn = self._conn
+            if conn is not None and not conn.is_closed():
+                yield conn
+                return
+            async with self.pool.acquire(timeout=self.config.acquire_timeout) as own:
+                yield own
 
     async def _warn_horizon(self, conn: asyncpg.Connection | None) -> None:
         """Log the open transactions that have kept committed events from this consumer."""

@@ -510,12 +510,26 @@ class GroupRunner:
         """Persist the count, so a restart continues it; a failure here only logs."""
         if conn is None or not is_usable(conn):
             return
+        error_text = storable(f"{type(exc).__name__}: {exc}", MAX_MESSAGE)
         try:
-            await self.store.record_attempt(
-                conn,
-                item.event_id,
+            if self.leases is not None and self.members is not None and item.partition >= 0:
+                # Behind the fence, as outcomes are: a process that lost the partition
+                # must not count attempts (nor, through them, dead-letter) there.
+                [epoch] = self.members.epochs([item.partition]).values()
+                await self.leases.record_attempt_fenced(
+                    conn, item.event_id, item.attempts, error_text, item.partition, epoch
+                )
+            else:
+                await self.store.record_attempt(conn, item.event_id, item.attempts, error_text)
+        except LeaseLostError as lost:
+            # The member task drops the partition's events (this one among them).
+            if self.members is not None:
+                self.members.wake.set()
+            logger.warning(
+                "attempt %d not stored: %s",
                 item.attempts,
-                storable(f"{type(exc).__name__}: {exc}", MAX_MESSAGE),
+                lost,
+                extra={**self._log, "event_id": item.event_id},
             )
         except Exception as error:
             if classify(error, handler=False) is not FailureKind.INFRASTRUCTURE:
