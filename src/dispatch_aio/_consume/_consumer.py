@@ -217,11 +217,23 @@ class Consumer:
             self._state = ConsumerState.CLOSED
             raise
         scheduler = self._scheduler
-        self._untrack_backlog = self.telemetry.track_backlog(
+        owner = self._leases.member_id
+        untrack_backlog = self.telemetry.track_backlog(
             self.name,
             self.event_types,
             lambda: [i.event_type for i in list(scheduler.inflight.values())],
+            owner=owner,
         )
+        members = self._members
+        untrack_partitions = self.telemetry.track_partitions(
+            self.name, owner, lambda: len(members.owned)
+        )
+
+        def untrack() -> None:
+            untrack_backlog()
+            untrack_partitions()
+
+        self._untrack_backlog = untrack
         self._runner = asyncio.create_task(self._run(), name=f"dispatch-aio consumer {self.name}")
         started = asyncio.ensure_future(self._started.wait())
         try:

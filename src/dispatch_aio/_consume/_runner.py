@@ -273,6 +273,7 @@ class GroupRunner:
                     consumer=self.name,
                     attempt=item.attempts,
                     traceparent=event.traceparent,
+                    partition=item.partition,
                 ) as span:
                     try:
                         await self._invoke(subscription, event, conn)
@@ -323,6 +324,7 @@ class GroupRunner:
             if item not in lost:
                 self.scheduler.retry(item, 0.05)
         members.wake.set()
+        self.telemetry.lease_lost(self.name, members.store.member_id)
         logger.warning(
             "a group of %d events lost its lease before commit: rolled back; %d dropped (%s)",
             len(group),
@@ -525,6 +527,7 @@ class GroupRunner:
             # The member task drops the partition's events (this one among them).
             if self.members is not None:
                 self.members.wake.set()
+                self.telemetry.lease_lost(self.name, self.members.store.member_id)
             logger.warning(
                 "attempt %d not stored: %s",
                 item.attempts,
