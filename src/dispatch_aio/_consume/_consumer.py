@@ -643,8 +643,11 @@ class Consumer:
             self._reader.wake.set()
 
     def _on_listen_connected(self) -> None:
-        # Notifications sent while disconnected are lost: read everything once more.
+        # Notifications sent while disconnected are lost: read everything once more, and
+        # look at the group again (a member that joined before its LISTEN was up misses
+        # the others handing it its share; without this it waits for its next re-check).
         self._reader.request_replays()
+        self._members.wake.set()
 
     # -- observation ---------------------------------------------------------------
 
