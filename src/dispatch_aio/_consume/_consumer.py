@@ -413,10 +413,6 @@ class Consumer:
             log_extra=self._log,
         )
 
-        # Join the group and take this process's share before the first read.
-        async with self.pool.acquire(timeout=config.acquire_timeout) as conn:
-            await self._members.join(conn)
-
     @contextlib.asynccontextmanager
     async def _member_connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A connection for one step of the member task that no worker competes for.
@@ -566,6 +562,11 @@ class Consumer:
                     )
                     await tg.start(self.listener.run)
                 tg.start_soon(self._crew.retry_clock)
+                # Join the group, and take this process's share, before the first read;
+                # only now, with LISTEN up and the read loop next: the others hand a
+                # newcomer its share as soon as it joins, and it must be there to take it.
+                async with self.pool.acquire(timeout=config.acquire_timeout) as conn:
+                    await self._members.join(conn)
                 await self._supervise()
                 tg.cancel_scope.cancel()
         except BaseException as exc:

@@ -104,9 +104,11 @@ class ReadLoop:
                     await self.capacity.wait()
                     continue
                 try:
+                    if self._conn is None:
+                        # Outside the lock: a borrower uses a pool connection meanwhile
+                        # rather than wait for this one to be made.
+                        self._conn = await self.pool.acquire(timeout=config.acquire_timeout)
                     async with self._conn_lock:
-                        if self._conn is None:
-                            self._conn = await self.pool.acquire(timeout=config.acquire_timeout)
                         await self.flush_cursors(self._conn)
                         full = await self._read(self._conn)
                     failures.reset()
