@@ -226,7 +226,11 @@ async def rebalance(server: common.BenchServer) -> list[tuple[str, float]] | Non
         for how, sig in (("SIGTERM", signal.SIGTERM), ("kill -9", signal.SIGKILL)):
             await until_zero(pool, name, "")
             victim = workers.pop(0)
-            member = f"{os.uname().nodename}:{victim.process.pid}"
+            member = await pool.fetchval(
+                "SELECT member_id FROM dispatcher_member WHERE consumer = $1 AND pid = $2",
+                name,
+                victim.process.pid,
+            )
             start = time.perf_counter()
             victim.process.send_signal(sig)
             await until_zero(pool, name, member)

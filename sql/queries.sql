@@ -346,6 +346,20 @@ WHERE fence.ok
 ON CONFLICT (consumer, event_id) DO NOTHING
 RETURNING event_id
 
+-- name: consumer_record_attempt_fenced
+-- consumer_record_attempt behind the fence ($5 member, $6 partition, $7 epoch, $8 idle
+-- ms): a process that lost the lease of the event's partition counts no attempt there
+-- (the new owner counts its own; a stale count would dead-letter the event early).
+WITH fence AS MATERIALIZED (
+    SELECT {{schema}}.dispatcher_lease_fence(
+        $1, $5, ARRAY[$6::smallint], ARRAY[$7::bigint], $8::integer) AS ok
+)
+INSERT INTO {{schema}}.dispatcher_attempt AS a (consumer, event_id, attempts, last_error)
+SELECT $1, $2, $3, $4 FROM fence WHERE fence.ok
+ON CONFLICT (consumer, event_id) DO UPDATE
+SET attempts = greatest(a.attempts, EXCLUDED.attempts), last_error = EXCLUDED.last_error,
+    updated_at = now()
+
 -- name: partition_cursors_read
 -- Stored cursors of (types $2) x (partitions $3); a missing row falls back to the
 -- consumer's per-type cursor, then to the beginning.
@@ -370,6 +384,29 @@ FROM unnest($2::text[], $3::smallint[], $4::bigint[], $5::bigint[])
 ON CONFLICT (consumer, event_type, partition) DO UPDATE
 SET last_xid = EXCLUDED.last_xid, last_position = EXCLUDED.last_position, updated_at = now()
 WHERE (c.last_xid, c.last_position) < (EXCLUDED.last_xid, EXCLUDED.last_position)
+
+-- name: partition_cursors_floor
+-- Keeps the per-type cursor (dispatcher_cursor: what status and the fence-free outcome
+-- check read, and what retention waits for) moving when the consumer's processes store
+-- per-partition cursors: up to the lowest of them, once every partition of the type has
+-- one (a missing one falls back to this very row, so it holds it back). Never backwards.
+UPDATE {{schema}}.dispatcher_cursor c
+SET last_xid = f.last_xid, last_position = f.last_position, updated_at = now()
+FROM (
+    SELECT t.event_type, lo.last_xid, lo.last_position
+    FROM unnest($2::text[]) AS t(event_type)
+    CROSS JOIN LATERAL (
+        SELECT pc.last_xid, pc.last_position
+        FROM {{schema}}.dispatcher_partition_cursor pc
+        WHERE pc.consumer = $1 AND pc.event_type = t.event_type
+        ORDER BY pc.last_xid, pc.last_position
+        LIMIT 1
+    ) lo
+    WHERE (SELECT count(*) FROM {{schema}}.dispatcher_partition_cursor pc
+           WHERE pc.consumer = $1 AND pc.event_type = t.event_type) = 256
+) f
+WHERE c.consumer = $1 AND c.event_type = f.event_type
+  AND (c.last_xid, c.last_position) < (f.last_xid, f.last_position)
 
 -- name: status_partitions
 -- One row per partition of consumer $1 (types $2): the live owner (NULL: nobody live
@@ -719,6 +756,46 @@ FROM (
 ) cursors
 GROUP BY consumer
 ORDER BY consumer
+
+-- name: consumer_forget
+-- Removes a retired consumer's cursors (per type and per partition), dedup markers,
+-- attempts, leases and expired member rows, in one statement: nothing is removed while
+-- a live member of it exists (the member table is the liveness record). Returns what
+-- was removed, and how many live members refused it.
+WITH live AS MATERIALIZED (
+    SELECT count(*) AS n FROM {{schema}}.dispatcher_member
+    WHERE consumer = $1 AND expires_at > now()
+),
+cursors AS (
+    DELETE FROM {{schema}}.dispatcher_cursor
+    WHERE consumer = $1 AND (SELECT n FROM live) = 0 RETURNING 1
+),
+partition_cursors AS (
+    DELETE FROM {{schema}}.dispatcher_partition_cursor
+    WHERE consumer = $1 AND (SELECT n FROM live) = 0 RETURNING 1
+),
+markers AS (
+    DELETE FROM {{schema}}.dispatcher_dedup
+    WHERE consumer = $1 AND (SELECT n FROM live) = 0 RETURNING 1
+),
+attempts AS (
+    DELETE FROM {{schema}}.dispatcher_attempt
+    WHERE consumer = $1 AND (SELECT n FROM live) = 0 RETURNING 1
+),
+leases AS (
+    DELETE FROM {{schema}}.dispatcher_lease
+    WHERE consumer = $1 AND (SELECT n FROM live) = 0 RETURNING 1
+),
+members AS (
+    DELETE FROM {{schema}}.dispatcher_member
+    WHERE consumer = $1 AND (SELECT n FROM live) = 0 RETURNING 1
+)
+SELECT (SELECT n FROM live) AS live,
+       (SELECT count(*) FROM cursors) + (SELECT count(*) FROM partition_cursors) AS cursors,
+       (SELECT count(*) FROM markers) AS markers,
+       (SELECT count(*) FROM attempts) AS attempts,
+       (SELECT count(*) FROM leases) AS leases,
+       (SELECT count(*) FROM members) AS members
 
 -- name: status_horizon_holders
 -- Open transactions that hold an xid, in any database: each keeps every consumer from

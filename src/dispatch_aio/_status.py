@@ -15,7 +15,9 @@ from ._sql import queries
 __all__ = [
     "DEFAULT_IDLE_AFTER",
     "ConsumerActivity",
+    "ConsumerGroup",
     "ConsumerHealth",
+    "GroupMember",
     "HorizonHolder",
     "StatusReport",
     "age",
@@ -80,6 +82,32 @@ class ConsumerActivity(BaseModel):
     idle: bool
 
 
+class GroupMember(BaseModel):
+    """One live process of a consumer (ADR 0006) and the partitions it holds."""
+
+    model_config = ConfigDict(frozen=True)
+
+    member_id: str
+    host: str
+    pid: int
+    since: datetime
+    partitions: list[int]
+    #: Events past the cursors of its partitions (an upper bound, as ``lag``).
+    lag: int
+
+
+class ConsumerGroup(BaseModel):
+    """The processes of one consumer and the partitions nobody live holds."""
+
+    model_config = ConfigDict(frozen=True)
+
+    consumer: str
+    members: list[GroupMember]
+    unowned: list[int]
+    #: Lag of the partitions nobody holds.
+    unowned_lag: int
+
+
 class StatusReport(BaseModel):
     """Everything ``dispatch-aio status`` shows."""
 
@@ -90,6 +118,7 @@ class StatusReport(BaseModel):
     horizon_holders: list[HorizonHolder]
     warnings: list[str]
     activity: list[ConsumerActivity] = []
+    groups: list[ConsumerGroup] = []
 
 
 async def horizon_holders(
@@ -170,6 +199,7 @@ async def _status(
         for r in rows
     ]
     holders = await horizon_holders(conn, schema=schema)
+    groups = await _groups(conn, schema, health)
     warnings = [
         f"consumer {h.consumer} is held on {h.event_type} by event {h.held_by_event_id} "
         f"(published {h.held_for_seconds:.0f}s ago): later events are handled, but its "
@@ -203,6 +233,7 @@ async def _status(
         horizon_holders=holders,
         warnings=warnings,
         activity=activity,
+        groups=groups,
     )
 
 
@@ -215,3 +246,48 @@ def age(seconds: float) -> str:
     if hours:
         return f"{hours}h {minutes}m"
     return f"{minutes}m" if minutes else f"{int(seconds)}s"
+
+
+async def _groups(
+    conn: asyncpg.Connection, schema: str, health: list[ConsumerHealth]
+) -> list[ConsumerGroup]:
+    """Members, their partitions and lag, and unowned partitions, per consumer that has
+    ever run as a group member (one with lease rows)."""
+    from ._consume.leases_store import LeaseStore
+
+    types: dict[str, list[str]] = {}
+    for h in health:
+        types.setdefault(h.consumer, []).append(h.event_type)
+    groups = []
+    for name, event_types in types.items():
+        store = LeaseStore(schema, name, member_id="status:0")
+        view = await store.view(conn)
+        if not view.leases:
+            continue
+        parts = await store.partition_status(conn, event_types)
+        held: dict[str, list[int]] = {}
+        lag: dict[str | None, int] = {}
+        for p in parts:
+            if p.owner is not None:
+                held.setdefault(p.owner, []).append(p.partition)
+            lag[p.owner] = lag.get(p.owner, 0) + p.lag
+        groups.append(
+            ConsumerGroup(
+                consumer=name,
+                members=[
+                    GroupMember(
+                        member_id=m.member_id,
+                        host=m.host,
+                        pid=m.pid,
+                        since=m.started_at,
+                        partitions=held.get(m.member_id, []),
+                        lag=lag.get(m.member_id, 0),
+                    )
+                    for m in view.members
+                    if m.alive
+                ],
+                unowned=[p.partition for p in parts if p.owner is None],
+                unowned_lag=lag.get(None, 0),
+            )
+        )
+    return groups

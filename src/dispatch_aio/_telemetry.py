@@ -2,7 +2,11 @@
 
 Instruments are created once per meter provider (a :class:`Telemetry` holds them); with
 no SDK installed every call lands on OpenTelemetry's no-op implementations. Attributes
-are low-cardinality only: event type, consumer, producer, outcome; never ids.
+are low-cardinality only: event type, consumer, producer, outcome; never event ids.
+Where several processes of one consumer report the same thing (their backlog, the
+partitions they hold, leases they lost), ``owner`` names the process: its member id, one
+per process run. The partition of an event (256 values) goes on its CONSUMER span
+(``messaging.destination.partition.id``), not on metrics.
 """
 
 from __future__ import annotations
@@ -81,6 +85,18 @@ class Telemetry:
             unit="{request}",
             description="Inbox requests by outcome (accepted, duplicate, refused, ...)",
         )
+        self.lease_lost_count = meter.create_counter(
+            "dispatcher.lease_lost.count",
+            unit="{group}",
+            description="Outcomes or attempts refused because the partition's lease was lost",
+        )
+        self._partition_sources: list[Callable[[], tuple[int, dict[str, str]]]] = []
+        self.consumer_partitions = meter.create_observable_gauge(
+            "dispatcher.consumer.partitions",
+            callbacks=[self._observe_partitions],
+            unit="{partition}",
+            description="Partitions a process of a consumer holds (of 256)",
+        )
         self._lag_sources: list[Callable[[], Iterable[tuple[int, dict[str, str]]]]] = []
         self.consumer_lag = meter.create_observable_gauge(
             "dispatcher.consumer.lag",
@@ -154,6 +170,7 @@ class Telemetry:
         consumer: str,
         attempt: int,
         traceparent: str | None,
+        partition: int | None = None,
     ) -> Iterator[trace.Span]:
         """A CONSUMER span per handler attempt: a child of the producer's context, linked to it.
 
@@ -185,6 +202,11 @@ class Telemetry:
                 "messaging.message.id": event_id,
                 "messaging.consumer.group.name": consumer,
                 "dispatch_aio.attempt": attempt,
+                **(
+                    {}
+                    if partition is None or partition < 0
+                    else {"messaging.destination.partition.id": str(partition)}
+                ),
             },
         ) as span:
             yield span
@@ -307,29 +329,56 @@ class Telemetry:
             if status >= 500:
                 span.set_status(Status(StatusCode.ERROR, outcome))
 
+    def track_partitions(
+        self, consumer: str, owner: str, held: Callable[[], int]
+    ) -> Callable[[], None]:
+        """Report how many partitions ``owner`` holds through ``dispatcher.consumer.partitions``.
+
+        ``held()`` is called from the metric reader's thread: it must only read a count.
+        Returns the function that stops the reporting.
+        """
+        attrs = {"consumer": consumer, "owner": owner}
+
+        def source() -> tuple[int, dict[str, str]]:
+            return held(), attrs
+
+        self._partition_sources.append(source)
+        return lambda: self._partition_sources.remove(source)
+
+    def _observe_partitions(
+        self, options: metrics.CallbackOptions
+    ) -> Iterable[metrics.Observation]:
+        for source in list(self._partition_sources):
+            value, attrs = source()
+            yield metrics.Observation(value, attrs)
+
+    def lease_lost(self, consumer: str, owner: str) -> None:
+        """Count a group's outcome (or an attempt) the fence refused."""
+        self.lease_lost_count.add(1, {"consumer": consumer, "owner": owner})
+
     def track_backlog(
         self,
         consumer: str,
         event_types: Sequence[str],
         backlog: Callable[[], Iterable[str]],
+        owner: str | None = None,
     ) -> Callable[[], None]:
         """Report a consumer's backlog per event type through ``dispatcher.consumer.lag``.
 
         ``backlog()`` gives the event type of each event the consumer has read and not yet
         given an outcome; subscribed types with none report 0. It is called from the
-        metric reader's thread, so it must only take a snapshot. Returns the function
-        that stops the reporting.
+        metric reader's thread, so it must only take a snapshot. ``owner`` (the process's
+        member id) tells the processes of one consumer apart. Returns the function that
+        stops the reporting.
         """
         types = tuple(event_types)
+        base = {"consumer": consumer} if owner is None else {"consumer": consumer, "owner": owner}
 
         def source() -> Iterable[tuple[int, dict[str, str]]]:
             counts = dict.fromkeys(types, 0)
             for event_type in backlog():
                 counts[event_type] = counts.get(event_type, 0) + 1
-            return [
-                (count, {"consumer": consumer, "event_type": event_type})
-                for event_type, count in counts.items()
-            ]
+            return [(count, {**base, "event_type": t}) for t, count in counts.items()]
 
         self.add_lag_source(source)
         return lambda: self.remove_lag_source(source)

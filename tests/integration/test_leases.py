@@ -89,6 +89,20 @@ async def test_an_expired_member_loses_its_leases_and_its_fence(
                 await a.record_outcomes_fenced(stale, [uid("evt")], ["handled"], mine)
             assert set(lost.value.partitions) == set(mine)
         assert await stale.fetchval("SELECT count(*) FROM dispatcher_dedup") == 0
+        # Nor can it count a failed attempt there (which would dead-letter it early).
+        partition, epoch = next(iter(mine.items()))
+        with pytest.raises(LeaseLostError, match="no longer holds"):
+            await a.record_attempt_fenced(stale, uid("evt"), 1, "boom", partition, epoch)
+        assert await stale.fetchval("SELECT count(*) FROM dispatcher_attempt") == 0
+        # The owner can.
+        event_id = uid("evt")
+        await b.record_attempt_fenced(stale, event_id, 1, "boom", partition, epoch + 1)
+        assert (
+            await stale.fetchval(
+                "SELECT attempts FROM dispatcher_attempt WHERE event_id = $1", event_id
+            )
+            == 1
+        )
         # ... and it cannot take anything back while it is expired.
         assert await a.acquire(conn, mine) == {}
         # A heartbeat revives the member row; leases stay with b.

@@ -256,6 +256,10 @@ async def test_publish_in_one_task_and_handling_in_another_form_one_trace(
         assert attributes["messaging.message.id"] == envelope.event_id
         assert attributes["messaging.destination.name"] == "credit.locked"
         assert attributes["messaging.operation.type"] == "process"
+        # The partition of its subject (ADR 0006), as the server computes it.
+        assert attributes["messaging.destination.partition.id"] == str(
+            await dispatch_pool.fetchval("SELECT dispatcher_partition($1)", envelope.subject)
+        )
         assert span.status.status_code is StatusCode.UNSET
     by_id = {s.context.span_id: s for s in consumer_spans if s.context is not None}
     for span in handler_spans:
@@ -313,6 +317,14 @@ async def test_consumer_lag_gauge_reports_the_backlog(
         await started.wait()
         # All three were read; the first is blocked, the other two wait behind it.
         assert lag() == {"credit.locked": 3, "credit.reserved": 0}
+        # One process holds every partition; its member id tells it from other processes.
+        [(attrs, point)] = [
+            (attrs, point)
+            for attrs, point in otel.metrics()["dispatcher.consumer.partitions"]
+            if attrs["consumer"] == "slow"
+        ]
+        assert point.value == 256
+        assert attrs["owner"] == consumer._leases.member_id
         release.set()
         await drain(consumer)
         assert lag() == {"credit.locked": 0, "credit.reserved": 0}
@@ -355,9 +367,9 @@ async def test_no_instrument_is_created_per_call(
     telemetry = Telemetry(meter_provider=provider)
     at_start = dict(provider.created)
     assert at_start == {
-        "create_counter": 7,  # with delivery and inbox counts
+        "create_counter": 8,  # with delivery, inbox and lost-lease counts
         "create_histogram": 3,  # with the delivery latency
-        "create_observable_gauge": 1,
+        "create_observable_gauge": 2,  # lag, partitions held
     }
 
     dispatcher = Dispatcher(

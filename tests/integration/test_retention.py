@@ -154,11 +154,19 @@ async def test_prune_between_two_processes_of_one_consumer_never_duplicates_effe
 
         return consumer
 
-    # The slow process holds both events in memory, stuck in the first one's handler.
+    # The slow process holds the subject's partition, stuck in the first one's handler:
+    # the second process gets other partitions (ADR 0006) and never handles these two.
     async with process("slow", block=True) as slow:
         await asyncio.wait_for(entered.wait(), 10)
         async with process("fast", block=False) as fast:
             await asyncio.wait_for(fast.wait_idle(), 10)
+            assert fast.stats.handled == 0
+            # Nothing is pruned while the slow one still holds them.
+            pruned = await prune(dispatch_pool, older_than=timedelta(0))
+            assert pruned.events == 0
+            release.set()
+            await asyncio.wait_for(slow.wait_idle(), 10)
+            assert slow.stats.handled == 2
 
         async def cursor_passed() -> bool:
             top = await dispatch_pool.fetchval(
@@ -175,9 +183,6 @@ async def test_prune_between_two_processes_of_one_consumer_never_duplicates_effe
         )
         pruned = await prune(dispatch_pool, older_than=timedelta(0))
         assert (pruned.events, pruned.dedup_markers) == (2, 2)
-        release.set()
-        await asyncio.wait_for(slow.wait_idle(), 10)
-        assert slow.stats.handled == 0
     rows = await dispatch_pool.fetch(
         "SELECT event_id, count(*) AS n FROM effects GROUP BY event_id ORDER BY event_id"
     )

@@ -30,6 +30,7 @@ async def main(argv: list[str]) -> None:
     parser.add_argument("--max-sleep-ms", type=float, default=0.0)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=20)
+    parser.add_argument("--lease-timeout", type=float, default=10.0)
     args = parser.parse_args(argv)
 
     pool = await asyncpg.create_pool(args.dsn, min_size=1, max_size=args.concurrency + 2)
@@ -43,6 +44,7 @@ async def main(argv: list[str]) -> None:
             poll_interval=0.5,
             retry_delays=(0.05, 0.1),
             drain_timeout=5.0,
+            lease_timeout=args.lease_timeout,
         )
         max_sleep = args.max_sleep_ms / 1000.0
 

@@ -221,3 +221,18 @@ def test_rows_below_a_type_s_own_start_are_skipped() -> None:
     assert s.read(row(3, xid=3), make) is False
     assert s.take_group() == []
     assert s.idle
+
+
+def test_drop_forgets_queued_events_of_lost_partitions_only() -> None:
+    s = scheduler(workers=1, max_group=1)
+    for position, subject in ((1, "a"), (2, "a"), (3, "b")):
+        r = row(position, subject)
+        item = make(r)
+        item.partition = 7 if subject == "a" else 9
+        s.read(r, lambda _r, it=item: it)
+    [running] = s.take_group()  # a's head runs: it stays until its group ends
+    assert s.busy_partitions() == {7, 9}
+    assert s.drop({7}) == 1  # a's second event, queued
+    assert sorted(s.inflight) == [1, 3]
+    s.release([running])
+    assert [i.position for i in s.take_group()] == [3]

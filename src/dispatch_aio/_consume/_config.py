@@ -75,7 +75,12 @@ class ConsumerConfig(BaseModel):
     ``max_group`` is how many events' outcomes may share one commit. ``max_buffered``
     caps the events of one type held in memory (default: the larger of 4 x
     ``batch_size`` and workers x ``max_group``): behind a head event that has no outcome
-    yet, reading that type pauses at the cap, whatever waits behind it. A bad value raises
+    yet, reading that type pauses at the cap, whatever waits behind it.
+
+    Processes of one consumer split its 256 partitions through leases (ADR 0006): a
+    process that stops heartbeating loses them ``lease_timeout`` seconds (default 10)
+    after its last heartbeat, sent every ``lease_heartbeat`` seconds (default a third of
+    the lease). The defaults suit 1 to 32 replicas. A bad value raises
     InvalidSettingError when the object is built.
     """
 
@@ -100,6 +105,13 @@ class ConsumerConfig(BaseModel):
     start_from: Literal["beginning", "now"] = "beginning"
     horizon_warning_after: float = Field(default=60.0, gt=0)
     max_buffered: int | None = Field(default=None, ge=1, le=1_000_000)
+    lease_timeout: float = Field(default=10.0, ge=0.5, le=3600)
+    lease_heartbeat: float | None = Field(default=None, gt=0)
+
+    @property
+    def heartbeat(self) -> float:
+        """Seconds between a member's heartbeats: ``lease_heartbeat`` or a third of the lease."""
+        return self.lease_heartbeat if self.lease_heartbeat is not None else self.lease_timeout / 3
 
     def __init__(self, /, **data: Any) -> None:
         try:

@@ -27,10 +27,11 @@ are shielded from cancellation and bounded by ``commit_timeout``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import anyio
@@ -46,19 +47,22 @@ from .._errors import (
 )
 from .._migrate import check_schema
 from .._registry import Registry
-from .._sql import channel_for, replay_channel_for
-from .._storage import FailureKind, classify, release
+from .._sql import channel_for, lease_channel_for, replay_channel_for
+from .._storage import FailureKind, classify, release, terminate
 from .._storage._consumer_store import ConsumerStore
 from .._telemetry import Telemetry
 from .._typed import payload_model_of
 from ._config import ConsumerConfig, HandlerOptions
 from ._fetcher import Fetcher
 from ._listener import Listener
+from ._members import Members
 from ._reader import ReadLoop
 from ._runner import ConsumerStats, GroupRunner, Handler, Subscription
 from ._scheduler import Scheduler
 from ._signals import drain_on_signals
 from ._workers import Workers
+from .assignment import PARTITION_COUNT
+from .leases_store import LeaseStore, default_member_id
 from .streams_store import StreamsStore
 
 __all__ = ["Consumer", "ConsumerState", "ConsumerStats"]
@@ -126,6 +130,7 @@ class Consumer:
         self.listener: Listener | None = None
         self._listen_connect = listen_connect
         self._dsn = dsn
+        self._member_conn: asyncpg.Connection | None = None
         self._subscriptions: dict[str, Subscription] = {}
         self._state = ConsumerState.NEW
         self._failure: BaseException | None = None
@@ -212,11 +217,23 @@ class Consumer:
             self._state = ConsumerState.CLOSED
             raise
         scheduler = self._scheduler
-        self._untrack_backlog = self.telemetry.track_backlog(
+        owner = self._leases.member_id
+        untrack_backlog = self.telemetry.track_backlog(
             self.name,
             self.event_types,
             lambda: [i.event_type for i in list(scheduler.inflight.values())],
+            owner=owner,
         )
+        members = self._members
+        untrack_partitions = self.telemetry.track_partitions(
+            self.name, owner, lambda: len(members.owned)
+        )
+
+        def untrack() -> None:
+            untrack_backlog()
+            untrack_partitions()
+
+        self._untrack_backlog = untrack
         self._runner = asyncio.create_task(self._run(), name=f"dispatch-aio consumer {self.name}")
         started = asyncio.ensure_future(self._started.wait())
         try:
@@ -301,12 +318,28 @@ class Consumer:
     async def _prepare(self) -> None:
         config = self.config
         self._store = ConsumerStore(config.db_schema, self.name, self.event_types)
+        self._leases = LeaseStore(
+            config.db_schema,
+            self.name,
+            default_member_id(),  # one per Consumer: two of one name are two members
+            lease_timeout=config.lease_timeout,
+        )
+        self._members = Members(
+            self._leases,
+            heartbeat=config.heartbeat,
+            connection=self._member_connection,
+            busy=lambda: self._scheduler.busy_partitions(),
+            on_change=self._partitions_changed,
+            on_lost=self._partitions_lost,
+            log_extra=self._log,
+        )
         self._started = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._abort_requested = asyncio.Event()
         self._workers = 0  # set once the pool is checked, after the schema
         self._channel = channel_for(config.db_schema)
         self._replay_channel = replay_channel_for(config.db_schema)
+        self._lease_channel = lease_channel_for(config.db_schema)
         async with self.pool.acquire(timeout=config.acquire_timeout) as conn:
             await check_schema(conn, config.db_schema)
             await self._check_horizon(conn)
@@ -354,6 +387,7 @@ class Consumer:
             listening=self._listening,
             refill_below=max(config.batch_size, max_buffered // 2),
             log_extra=self._log,
+            leases=self._leases,
         )
         self._group_runner = GroupRunner(
             name=self.name,
@@ -363,6 +397,8 @@ class Consumer:
             store=self._store,
             stats=self.stats,
             telemetry=self.telemetry,
+            leases=self._leases,
+            members=self._members,
         )
         self._crew = Workers(
             pool=self.pool,
@@ -376,6 +412,75 @@ class Consumer:
             retry_wake=retry_wake,
             log_extra=self._log,
         )
+
+    @contextlib.asynccontextmanager
+    async def _member_connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection for one step of the member task that no worker competes for.
+
+        With ``dsn``, one of its own, made as the LISTEN connection is (and made again
+        after a failure); otherwise the read loop's pool connection between two reads.
+        Either way the pool keeps its ``concurrency + 2`` sizing. (``listen_connect`` is
+        the LISTEN connection's factory and stays that: it is called once per session.)
+        """
+        if self._dsn is None:
+            async with self._reader.borrow() as conn:
+                yield conn
+            return
+        conn = self._member_conn
+        if conn is None or conn.is_closed():
+            conn = self._member_conn = await asyncpg.connect(self._dsn)
+        try:
+            yield conn
+        except BaseException:
+            # The statement may have left it broken: make a new one next time.
+            self._member_conn = None
+            terminate(conn)
+            raise
+
+    async def _close_member_connection(self) -> None:
+        conn, self._member_conn = self._member_conn, None
+        if conn is not None:
+            try:
+                await asyncio.wait_for(conn.close(), self.config.commit_timeout)
+            except Exception:
+                terminate(conn)  # closing is a courtesy: the server ends it either way
+
+    def _partitions_lost(self, lost: set[int]) -> None:
+        """Leases lost or released: stop reading and storing cursors for them, and drop
+        their queued events. Synchronous: no cursor of theirs is stored after this."""
+        reader = self._reader
+        current = reader.cursor_partitions
+        reader.cursor_partitions = frozenset(
+            (set(range(PARTITION_COUNT)) if current is None else set(current)) - lost
+        )
+        self._fetcher.restart(self._members.readable(), None)
+        dropped = self._scheduler.drop(lost)
+        if dropped:
+            logger.info("%d queued events of lost partitions dropped", dropped, extra=self._log)
+
+    async def _partitions_changed(self, conn: asyncpg.Connection, gained: set[int]) -> None:
+        """Leases gained, or some to hand over: read what is held (minus what is handed
+        over) from now on; gained partitions from their stored cursors."""
+        reader, fetcher, scheduler = self._reader, self._fetcher, self._scheduler
+        readable = self._members.readable()
+        # At once, before any await: stop reading what is handed over (a read on the wire
+        # is dropped), and read nothing gained before its stream starts from its cursor.
+        before = fetcher.partitions
+        kept = _intersect(before, readable)
+        if kept != before:
+            fetcher.restart(kept, None)
+            reader.cursor_partitions = kept
+        # Cursors moved so far hold for the partitions the stream still covers.
+        with contextlib.suppress(Exception):
+            await reader.flush_cursors(conn)
+        start: tuple[int, int] | None = None
+        if gained:
+            stored = await self._leases.read_cursors(conn, self.event_types, gained)
+            start = min([fetcher.stream.low_water(), *stored.values()])
+            scheduler.restart_cursors(start)
+        fetcher.restart(readable, start)
+        reader.cursor_partitions = readable
+        reader.wake.set()
 
     def _dedup_hit(self, event_type: str) -> None:
         self.stats.dedup_hits += 1
@@ -446,7 +551,7 @@ class Consumer:
                 if config.listen:
                     self.listener = Listener(
                         self._connect_listener,
-                        [self._channel, self._replay_channel],
+                        [self._channel, self._replay_channel, self._lease_channel],
                         self._on_notify,
                         self._on_listen_connected,
                         reconnect_delays=config.listen_reconnect_delays,
@@ -457,6 +562,11 @@ class Consumer:
                     )
                     await tg.start(self.listener.run)
                 tg.start_soon(self._crew.retry_clock)
+                # Join the group, and take this process's share, before the first read;
+                # only now, with LISTEN up and the read loop next: the others hand a
+                # newcomer its share as soon as it joins, and it must be there to take it.
+                async with self.pool.acquire(timeout=config.acquire_timeout) as conn:
+                    await self._members.join(conn)
                 await self._supervise()
                 tg.cancel_scope.cancel()
         except BaseException as exc:
@@ -479,6 +589,7 @@ class Consumer:
         """Run fetch loop and workers; on stop, drain then cancel what is left."""
         async with anyio.create_task_group() as workers:
             workers.start_soon(self._reader.run)
+            workers.start_soon(self._members.run, self._stop_requested)
             for _ in range(self._workers):
                 workers.start_soon(self._crew.worker)
             self._started.set()
@@ -493,10 +604,16 @@ class Consumer:
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.commit_timeout):
             try:
                 await self._reader.flush_cursors()
+                # Drained: hand every lease back at once (the others need not wait for
+                # them to expire).
+                async with self.pool.acquire(timeout=self.config.acquire_timeout) as conn:
+                    await self._members.leave(conn)
+                await self._close_member_connection()
             except Exception as exc:
                 if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
                     raise
-                # A low-water mark: losing this store costs a re-read, never an event.
+                # A low-water mark: losing this store costs a re-read, never an event;
+                # leases not handed back expire after lease_timeout.
 
     async def _wait_groups_idle(self, scope: anyio.CancelScope) -> None:
         await self._crew.groups_idle.wait()
@@ -518,15 +635,20 @@ class Consumer:
         await release(self.pool, conn, self.config.commit_timeout)
 
     def _on_notify(self, channel: str, payload: str) -> None:
-        if channel == self._replay_channel:
+        if channel == self._lease_channel:
+            self._members.on_notify(payload)
+        elif channel == self._replay_channel:
             if payload == self.name:
                 self._reader.request_replays()
         elif payload in self._subscriptions:
             self._reader.wake.set()
 
     def _on_listen_connected(self) -> None:
-        # Notifications sent while disconnected are lost: read everything once more.
+        # Notifications sent while disconnected are lost: read everything once more, and
+        # look at the group again (a member that joined before its LISTEN was up misses
+        # the others handing it its share; without this it waits for its next re-check).
         self._reader.request_replays()
+        self._members.wake.set()
 
     # -- observation ---------------------------------------------------------------
 
@@ -564,6 +686,13 @@ class Consumer:
     def buffered(self) -> int:
         """Events held in memory (at most about ``max_buffered`` per type, plus a batch)."""
         return self._scheduler.buffered()
+
+
+def _intersect(a: frozenset[int] | None, b: frozenset[int] | None) -> frozenset[int] | None:
+    """Partitions in both sets, None standing for all of them."""
+    if a is None:
+        return b
+    return a if b is None else a & b
 
 
 def _connections(count: int) -> str:

@@ -25,7 +25,7 @@ from .._typed import PayloadModel, with_model_payload
 from ._codec import build_event, dead_letter_row
 from ._scheduler import Item, Scheduler
 from .horizon import Key, Stream
-from .streams_store import StreamsStore
+from .streams_store import StreamsStore, partition_mask
 
 __all__ = ["Fetcher", "ReadResult"]
 
@@ -62,6 +62,11 @@ class Fetcher:
         self._streams = streams
         #: One stream over every partition (a single process reads with no filter).
         self.stream = Stream(frontier=start)
+        #: Partitions read (None: all). Empty until the member task has leases.
+        self._partitions: frozenset[int] | None = frozenset()
+        self._mask: bytes | None = partition_mask(())
+        #: Bumped by every restart: a read that was on the wire meanwhile is dropped.
+        self._generation = 0
         self._scheduler = scheduler
         self._registry = registry
         self._batch_size = batch_size
@@ -73,12 +78,23 @@ class Fetcher:
         """Read the next batch on ``conn`` (one statement, in a read-only transaction)."""
         scheduler = self._scheduler
         stream = self.stream
+        if self._partitions is not None and not self._partitions:
+            return ReadResult(False, False, 0)  # no lease held here (yet)
         if scheduler.at_cap():
             # A type holds its cap of events behind a head without an outcome.
             return ReadResult(False, bool(stream.watched), 0)
         # A full batch means a backlog: read ahead in bigger steps (up to the buffer).
         limit = self._limit
-        result = await self._streams.fetch(conn, [(stream.plan(), None)], limit)
+        generation = self._generation
+        result = await self._streams.fetch(conn, [(stream.plan(), self._mask)], limit)
+        if generation != self._generation:
+            # Partitions changed hands while this read was on the wire. Its rows may
+            # belong to partitions this process no longer holds, and its snapshot speaks
+            # for a stream that was replaced: applied, it would raise the scheduler's
+            # bound over a gained partition's events not yet read, and that partition's
+            # stored cursor with it (a later owner would start past them: lost, or
+            # handled after their subject's later events). Drop it; read again at once.
+            return ReadResult(True, bool(self.stream.watched), 0)
         got = result.streams[0]
         make = self._make_item
         pull = scheduler.pull
@@ -100,6 +116,25 @@ class Fetcher:
         room = max(self._batch_size, scheduler.max_buffered - len(scheduler.inflight))
         self._limit = room if full else self._batch_size
         return ReadResult(full, bool(stream.watched), hits)
+
+    @property
+    def partitions(self) -> frozenset[int] | None:
+        """The partitions read now (None: all)."""
+        return self._partitions
+
+    def restart(self, partitions: frozenset[int] | None, start: Key | None) -> None:
+        """Read ``partitions`` (None: all); from ``start`` on when partitions were gained.
+
+        ``start`` must be a stored cursor or lower (ADR 0006: a restart from a cursor
+        loses nothing; rows read again are skipped by their markers). Without it (only
+        partitions left the set) the stream's state stays valid for the rest. A read
+        on the wire meanwhile is dropped when it returns.
+        """
+        self._generation += 1
+        self._partitions = partitions
+        self._mask = partition_mask(partitions)
+        if start is not None:
+            self.stream = Stream(frontier=start)
 
     async def read_replays(self, conn: asyncpg.Connection) -> None:
         """Queue the dead letters waiting to be replayed, each on a lane of its own."""
@@ -124,6 +159,7 @@ class Fetcher:
             subject=row["subject"],
             row=row,
             attempts=row["attempts"] or 0,
+            partition=row.get("partition", -1),
         )
         try:
             item.event = self._decode(row)

@@ -12,9 +12,10 @@ propagates (the consumer fails).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -27,6 +28,7 @@ from ._config import ConsumerConfig
 from ._fetcher import Fetcher
 from ._runner import ConsumerStats
 from ._scheduler import Scheduler
+from .leases_store import LeaseStore
 
 __all__ = ["ReadLoop"]
 
@@ -55,8 +57,13 @@ class ReadLoop:
         listening: Callable[[], bool],
         refill_below: int,
         log_extra: dict[str, Any],
+        leases: LeaseStore | None = None,
     ) -> None:
         self.pool = pool
+        self._leases = leases
+        #: The partitions the stored cursors are written for: None, every partition (the
+        #: per-type cursor); else the partitions the fetcher's stream covers.
+        self.cursor_partitions: frozenset[int] | None = frozenset()
         self.config = config
         self._store = store
         self._fetcher = fetcher
@@ -80,8 +87,15 @@ class ReadLoop:
         self._replays_read_at = 0.0
         self._cursor_held = False
         self._flushed_at = 0.0
-        #: The pool connection the reads run on (None while there is none).
-        self.connection: asyncpg.Connection | None = None
+        #: The pool connection held for reading, and the lock that lends it out between
+        #: two reads (the member task heartbeats on it: no pool slot of its own).
+        self._conn: asyncpg.Connection | None = None
+        self._conn_lock = asyncio.Lock()
+
+    @property
+    def connection(self) -> asyncpg.Connection | None:
+        """The pool connection the reads run on (None while there is none)."""
+        return self._conn
 
     def request_replays(self) -> None:
         """Read pending replays with the next read, at once."""
@@ -93,7 +107,6 @@ class ReadLoop:
         config = self.config
         scheduler = self._scheduler
         failures = Backoff(0.1, max(0.1, min(config.poll_interval, 5.0)))
-        conn: asyncpg.Connection | None = None
         held_since: float | None = None
         try:
             while not self._stop_requested.is_set():
@@ -104,17 +117,19 @@ class ReadLoop:
                     await self.capacity.wait()
                     continue
                 try:
-                    if conn is None:
-                        conn = await self.pool.acquire(timeout=config.acquire_timeout)
-                        self.connection = conn
-                    # A read whose request or answer vanished (a partition, a dead NAT
-                    # entry) would wait for TCP to give up, minutes; bound it instead.
-                    with anyio.fail_after(config.commit_timeout):
-                        full = await self._read(conn)
-                        if self._flush_due():
-                            # After the read, not before: a cursor write waits for its
-                            # commit to reach the disk, and delivery must not wait behind it.
-                            await self.flush_cursors(conn)
+                    if self._conn is None:
+                        # Outside the lock: a borrower uses a pool connection meanwhile
+                        # rather than wait for this one to be made.
+                        self._conn = await self.pool.acquire(timeout=config.acquire_timeout)
+                    async with self._conn_lock:
+                        # A read whose request or answer vanished (a partition, a dead NAT
+                        # entry) would wait for TCP to give up, minutes; bound it instead.
+                        with anyio.fail_after(config.commit_timeout):
+                            full = await self._read(self._conn)
+                            if self._flush_due():
+                                # After the read, not before: a cursor write waits for its
+                                # commit to reach the disk; delivery must not wait behind it.
+                                await self.flush_cursors(self._conn)
                     failures.reset()
                 except Exception as exc:
                     if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
@@ -128,11 +143,8 @@ class ReadLoop:
                         delay,
                         extra=self._log,
                     )
-                    broken, conn = conn, None
-                    self.connection = None
-                    if isinstance(exc, TimeoutError):
-                        terminate(broken)  # presumed dead: its answer may never come
-                    await release(self.pool, broken, config.commit_timeout)
+                    # A read that timed out: presumed dead, its answer may never come.
+                    await self._drop_connection(dead=isinstance(exc, TimeoutError))
                     await self._sleep_or_wake(delay)
                     continue
                 if full:
@@ -145,7 +157,8 @@ class ReadLoop:
                         held_since = now
                     elif now - held_since >= config.horizon_warning_after:
                         held_since = now  # warn again after another interval
-                        await self._warn_horizon(conn)
+                        async with self._conn_lock:
+                            await self._warn_horizon(self._conn)
                 else:
                     held_since = None
                 if scheduler.idle:
@@ -153,8 +166,32 @@ class ReadLoop:
                     self.idle.set()
                 await self._sleep_or_wake(self._sleep_for(config.poll_interval))
         finally:
-            self.connection = None
-            await release(self.pool, conn, config.commit_timeout)
+            with anyio.CancelScope(shield=True):
+                await self._drop_connection()
+
+    async def _drop_connection(self, *, dead: bool = False) -> None:
+        """Give the read connection back (broken, or the loop ends); never while lent out."""
+        async with self._conn_lock:
+            conn, self._conn = self._conn, None
+            if dead:
+                terminate(conn)
+            await release(self.pool, conn, self.config.commit_timeout)
+
+    @contextlib.asynccontextmanager
+    async def borrow(self) -> AsyncIterator[asyncpg.Connection]:
+        """The read connection between two reads; a pool connection while there is none.
+
+        For the member task's few statements per heartbeat: it never waits for a pool
+        slot while the workers hold the rest, only for the read in progress. A failure
+        on it is the read loop's to see (its next read reconnects).
+        """
+        async with self._conn_lock:
+            conn = self._conn
+            if conn is not None and not conn.is_closed():
+                yield conn
+                return
+            async with self.pool.acquire(timeout=self.config.acquire_timeout) as own:
+                yield own
 
     async def _warn_horizon(self, conn: asyncpg.Connection | None) -> None:
         """Log the open transactions that have kept committed events from this consumer."""
@@ -226,8 +263,21 @@ class ReadLoop:
             return
         if conn is None:
             async with self.pool.acquire(timeout=self.config.acquire_timeout) as own:
-                await self._store.advance_cursors(own, moved)
+                await self._store_cursors(own, moved)
         else:
-            await self._store.advance_cursors(conn, moved)
+            await self._store_cursors(conn, moved)
         self._scheduler.flushed(moved)
         self._flushed_at = time.monotonic()
+
+    async def _store_cursors(
+        self, conn: asyncpg.Connection, moved: dict[str, tuple[int, int]]
+    ) -> None:
+        parts = self.cursor_partitions
+        if parts is None or self._leases is None:
+            await self._store.advance_cursors(conn, moved)
+        elif parts:
+            # Per partition (ADR 0006): the stream's mark holds for each it covers.
+            await self._leases.advance_cursors(
+                conn, {(t, p): value for t, value in moved.items() for p in parts}
+            )
+            await self._leases.advance_floor(conn, list(moved))

@@ -29,6 +29,7 @@ from typing import Any
 
 import asyncpg
 
+from .._errors import LeaseLostError
 from .._logfields import event_fields, tagged
 from .._signals import Reject, RetryAfter
 from .._storage import classify, commit, is_infrastructure, is_usable, rollback
@@ -38,7 +39,9 @@ from .._telemetry import Telemetry
 from .._typed import PayloadModel
 from ._codec import MAX_MESSAGE, dead_letter_row, storable
 from ._config import ConsumerConfig
+from ._members import Members
 from ._scheduler import Item, Outcome, Scheduler
+from .leases_store import LeaseStore
 
 __all__ = ["GroupRunner", "HandlerCancelledError", "Subscription"]
 
@@ -100,7 +103,11 @@ class GroupRunner:
         store: ConsumerStore,
         stats: ConsumerStats,
         telemetry: Telemetry,
+        leases: LeaseStore | None = None,
+        members: Members | None = None,
     ) -> None:
+        self.leases = leases
+        self.members = members
         self.name = name
         self.config = config
         self.subscriptions = subscriptions
@@ -175,6 +182,14 @@ class GroupRunner:
                 transaction = None
             self._finish(group)
             return True
+        except LeaseLostError as exc:
+            # Another process took over (we were paused past our lease): commit nothing,
+            # count no attempt; the lost partitions' events are the new owner's now.
+            usable = await rollback(transaction, conn, self._limit)
+            self.stats.groups_rolled_back += 1
+            self._undo(ran)
+            self._lease_lost(group, exc)
+            return usable
         except Exception as exc:
             usable = await rollback(transaction, conn, self._limit)
             self.stats.groups_rolled_back += 1
@@ -264,6 +279,7 @@ class GroupRunner:
                     consumer=self.name,
                     attempt=item.attempts,
                     traceparent=event.traceparent,
+                    partition=item.partition,
                 ) as span:
                     try:
                         await self._invoke(subscription, event, conn)
@@ -303,6 +319,26 @@ class GroupRunner:
             else:
                 item.succeeded = True  # nothing to undo: only its marker is left to write
 
+    def _lease_lost(self, group: list[Item], exc: LeaseLostError) -> None:
+        members = self.members
+        assert members is not None
+        held = members.owned
+        lost = [i for i in group if i.partition >= 0 and i.partition not in held]
+        self.scheduler.forget(lost)
+        # Partitions the member task has not found lost yet: wait for its look, briefly.
+        for item in group:
+            if item not in lost:
+                self.scheduler.retry(item, 0.05)
+        members.wake.set()
+        self.telemetry.lease_lost(self.name, members.store.member_id)
+        logger.warning(
+            "a group of %d events lost its lease before commit: rolled back; %d dropped (%s)",
+            len(group),
+            len(lost),
+            exc,
+            extra=self._log,
+        )
+
     # -- outcomes --------------------------------------------------------------------
 
     async def _record(
@@ -335,14 +371,23 @@ class GroupRunner:
             outcomes = [
                 "dead_lettered" if i.dead_letter is not None else "handled" for i in regular
             ]
-            inserted = await self.store.record_outcomes(
-                conn,
-                ids,
-                outcomes,
-                [i.event_type for i in regular],
-                [i.xid for i in regular],
-                [i.position for i in regular],
-            )
+            if self.leases is not None and self.members is not None:
+                # Behind the fence (ADR 0006): one statement, as without it.
+                inserted = await self.leases.record_outcomes_fenced(
+                    conn,
+                    ids,
+                    outcomes,
+                    self.members.epochs({i.partition for i in regular}),
+                )
+            else:
+                inserted = await self.store.record_outcomes(
+                    conn,
+                    ids,
+                    outcomes,
+                    [i.event_type for i in regular],
+                    [i.xid for i in regular],
+                    [i.position for i in regular],
+                )
             if len(inserted) != len(regular):
                 for item in regular:
                     if item.event_id not in inserted:
@@ -473,12 +518,27 @@ class GroupRunner:
         """Persist the count, so a restart continues it; a failure here only logs."""
         if conn is None or not is_usable(conn):
             return
+        error_text = storable(f"{type(exc).__name__}: {exc}", MAX_MESSAGE)
         try:
-            await self.store.record_attempt(
-                conn,
-                item.event_id,
+            if self.leases is not None and self.members is not None and item.partition >= 0:
+                # Behind the fence, as outcomes are: a process that lost the partition
+                # must not count attempts (nor, through them, dead-letter) there.
+                [epoch] = self.members.epochs([item.partition]).values()
+                await self.leases.record_attempt_fenced(
+                    conn, item.event_id, item.attempts, error_text, item.partition, epoch
+                )
+            else:
+                await self.store.record_attempt(conn, item.event_id, item.attempts, error_text)
+        except LeaseLostError as lost:
+            # The member task drops the partition's events (this one among them).
+            if self.members is not None:
+                self.members.wake.set()
+                self.telemetry.lease_lost(self.name, self.members.store.member_id)
+            logger.warning(
+                "attempt %d not stored: %s",
                 item.attempts,
-                storable(f"{type(exc).__name__}: {exc}", MAX_MESSAGE),
+                lost,
+                extra={**self._log, "event_id": item.event_id},
             )
         except Exception as error:
             if classify(error, handler=False) is not FailureKind.INFRASTRUCTURE:

@@ -72,6 +72,8 @@ class Item:
     #: Run alone in its group (a replay, or a suspect after a group failed to commit).
     isolate: bool = False
     done: bool = False
+    #: Its subject's partition (ADR 0006); -1 for a replay (not fenced).
+    partition: int = -1
 
 
 @dataclass(slots=True, eq=False)
@@ -339,6 +341,53 @@ class Scheduler:
         """``moved`` (from :meth:`moved_cursors`) is stored."""
         for event_type, value in moved.items():
             self.cursors[event_type].flushed = value
+
+    # -- partitions (ADR 0006) ---------------------------------------------------------
+
+    def busy_partitions(self) -> set[int]:
+        """Partitions with events read here and not yet given an outcome."""
+        return {i.partition for i in self.inflight.values()}
+
+    def drop(self, partitions: set[int]) -> int:
+        """Forget the queued events of partitions this process lost; returns how many.
+
+        Events in a running group stay: their outcome is refused by the fence. Dropped
+        events get no outcome here; the new owner reads them from its stored cursor.
+        """
+        if not partitions:
+            return 0
+        dropped = 0
+        for key, subject in list(self.subjects.items()):
+            keep = [i for i in subject.items if i.partition not in partitions]
+            if len(keep) == len(subject.items):
+                continue
+            for item in subject.items:
+                if item.partition in partitions:
+                    self._forget(item)
+                    dropped += 1
+            subject.items = keep
+            if not keep and not subject.busy:
+                del self.subjects[key]
+        return dropped
+
+    def forget(self, items: Iterable[Item]) -> None:
+        """Let events go without an outcome (their lease was lost mid-group)."""
+        for item in items:
+            self._forget(item)
+
+    def _forget(self, item: Item) -> None:
+        self.inflight.pop(item.position, None)
+        # Done for the cursor's heap only: this process no longer stores that partition's
+        # cursor, and the type's mark must not wait for an event it will never handle.
+        item.done = True
+        item.row = item.event = item.dead_letter = None
+
+    def restart_cursors(self, start: tuple[int, int]) -> None:
+        """The reader restarted lower (partitions changed hands): cursors follow from there."""
+        for cursor in self.cursors.values():
+            cursor.committed = cursor.flushed = min(cursor.committed, start)
+            cursor.read = min(cursor.read, start)
+        self.bound = start
 
     # -- observation -------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ transaction, which they never commit.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -105,8 +106,9 @@ class GroupView:
 
 
 def default_member_id() -> str:
-    """``host:pid``: readable in ``status`` and unique among live processes."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``host:pid:random``: readable in ``status``, and unique even where hosts share a
+    name and pids repeat (containers: every one may be pid 1 on the same hostname)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 class LeaseStore:
@@ -126,6 +128,9 @@ class LeaseStore:
         self.member_id = member_id if member_id is not None else default_member_id()
         self.lease_timeout = lease_timeout
         self.partitions = partitions
+        #: What ``status`` shows of this process; liveness is the heartbeat, never these.
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
         # After its fence, an outcome transaction may idle this long before COMMIT: a
         # paused owner is cut off by the server instead of holding a takeover back.
         self.fence_idle_ms = max(1000, int(lease_timeout * 500))
@@ -134,13 +139,12 @@ class LeaseStore:
 
     async def join(self, conn: asyncpg.Connection) -> datetime:
         """Register this member (or revive it) and create missing lease rows; notifies."""
-        host, _, pid = self.member_id.rpartition(":")
         row = await conn.fetchrow(
             self.q.lease_join,
             self.consumer,
             self.member_id,
-            host or socket.gethostname(),
-            int(pid) if pid.isdigit() else os.getpid(),
+            self.host,
+            self.pid,
             self.lease_timeout,
             self.partitions,
         )
@@ -271,6 +275,36 @@ class LeaseStore:
             raise
         return {r[0] for r in rows}
 
+    async def record_attempt_fenced(
+        self,
+        conn: asyncpg.Connection,
+        event_id: str,
+        attempts: int,
+        error: str,
+        partition: int,
+        epoch: int,
+    ) -> None:
+        """Store a failed attempt behind the fence (one statement: its own transaction).
+
+        Raises LeaseLostError (and writes nothing) when the partition was taken over.
+        """
+        try:
+            await conn.execute(
+                self.q.consumer_record_attempt_fenced,
+                self.consumer,
+                event_id,
+                attempts,
+                error,
+                self.member_id,
+                partition,
+                epoch,
+                self.fence_idle_ms,
+            )
+        except asyncpg.PostgresError as exc:
+            if is_lease_lost(exc):
+                raise LeaseLostError(str(exc), (partition,)) from exc
+            raise
+
     async def partition_status(
         self, conn: asyncpg.Connection, event_types: Sequence[str]
     ) -> list[PartitionStatus]:
@@ -306,3 +340,7 @@ class LeaseStore:
             [cursors[k][0] for k in keys],
             [cursors[k][1] for k in keys],
         )
+
+    async def advance_floor(self, conn: asyncpg.Connection, event_types: Sequence[str]) -> None:
+        """Move the per-type cursor up to the lowest partition cursor (never backwards)."""
+        await conn.execute(self.q.partition_cursors_floor, self.consumer, list(event_types))

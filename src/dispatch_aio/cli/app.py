@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from .._dsn import redact
 from .._errors import DispatchError, InvalidDsnError, InvalidIdentifierError, UsageError
 from .._identifiers import validate_schema_name
-from . import contracts, demo, dlq, fanout, migrate, prune, status, worker
+from . import consumers, contracts, demo, dlq, fanout, migrate, prune, status, worker
 from .context import EXIT_FAILURE, EXIT_USAGE, CommandError, Context, Handler
 from .parser import CommandParser, Subcommand, add_command, global_options
 
@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "contracts": Subcommand("make, extend and check event contracts", contracts.configure),
     "dlq": Subcommand("list, show, resolve and replay dead letters", dlq.configure),
     "status": Subcommand("consumer lag, dead letters and horizon holders", status.configure),
+    "consumers": Subcommand("forget a retired consumer", consumers.configure),
     "worker": Subcommand("run a Consumer until SIGTERM", worker.configure),
     "fanout": Subcommand("deliver events to other services until SIGTERM", fanout.configure),
     "demo": Subcommand("run the demo scenario on an embedded PostgreSQL", demo.configure),

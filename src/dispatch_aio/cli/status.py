@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from .._dsn import redact
 from .._status import age as _age
 from . import arguments
 from .context import EXIT_OK, Context
 from .formatting import shorten, table, time
+
+if TYPE_CHECKING:
+    from .._status import StatusReport
 
 __all__ = ["configure"]
 
@@ -97,6 +101,42 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
             for h in report.horizon_holders
         ]
         ctx.print(*table(["PID", "DATABASE", "AGE", "STATE", "QUERY"], holders))
+    _print_groups(report, ctx)
     for warning in report.warnings:
         print(f"warning: {warning}", file=ctx.err)
     return EXIT_OK
+
+
+def _print_groups(report: StatusReport, ctx: Context) -> None:
+    """Per consumer run by group members: its processes, what each holds, unowned ones."""
+    for group in report.groups:
+        ctx.print("", f"processes of {group.consumer}:")
+        rows = [
+            [
+                m.host,
+                str(m.pid),
+                m.since.strftime("%Y-%m-%d %H:%M:%S"),
+                str(len(m.partitions)),
+                _ranges(m.partitions),
+                str(m.lag),
+            ]
+            for m in group.members
+        ]
+        headers = ["HOST", "PID", "SINCE", "PARTITIONS", "WHICH", "LAG"]
+        ctx.print(*table(headers, rows))
+        if group.unowned:
+            ctx.print(
+                f"unowned partitions ({len(group.unowned)}, lag {group.unowned_lag}): "
+                + _ranges(group.unowned)
+            )
+
+
+def _ranges(parts: list[int]) -> str:
+    """``0-63,128-191``: sorted partitions as runs."""
+    runs: list[str] = []
+    for p in sorted(parts):
+        if runs and runs[-1].split("-")[-1] == str(p - 1):
+            runs[-1] = f"{runs[-1].split('-')[0]}-{p}"
+        else:
+            runs.append(str(p))
+    return shorten(",".join(runs), 60) if runs else "-"

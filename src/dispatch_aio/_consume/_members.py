@@ -1,0 +1,205 @@
+"""The member task: this process's place in its consumer's group (ADR 0006, part B).
+
+Joins, heartbeats every ``lease_heartbeat`` seconds (``lease_timeout / 3`` by default),
+reads the group (``LeaseStore.view``), asks :func:`.membership.plan` what to do and does
+it: drops what it lost, stops reading what it hands over and releases it once its
+in-flight events have outcomes, acquires what is free and targeted here. A notice on
+the lease channel (a member joined, left or released) makes it look again at once. On
+stop, after the consumer drained, it releases every lease and leaves.
+
+What it owns is read by the fetcher (:meth:`Members.readable`) and by the group runner
+(:meth:`Members.epochs`: the fencing tokens of a group's partitions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import asyncpg
+
+from .._storage import FailureKind, classify
+from .assignment import PARTITION_COUNT
+from .leases_store import LeaseStore
+from .membership import plan
+
+__all__ = ["Members"]
+
+logger = logging.getLogger("dispatch_aio.consumer")
+
+
+class Members:
+    """This process's leases, and the loop that keeps them."""
+
+    def __init__(
+        self,
+        store: LeaseStore,
+        *,
+        heartbeat: float,
+        connection: Callable[[], contextlib.AbstractAsyncContextManager[asyncpg.Connection]],
+        busy: Callable[[], set[int]],
+        on_change: Callable[[asyncpg.Connection, set[int]], Awaitable[None]],
+        on_lost: Callable[[set[int]], None],
+        log_extra: dict[str, Any],
+    ) -> None:
+        self.store = store
+        self.heartbeat = heartbeat
+        self._connection = connection
+        self._busy = busy
+        self._on_change = on_change
+        self._on_lost = on_lost
+        self._log = log_extra
+        #: partition -> epoch held here.
+        self.owned: dict[int, int] = {}
+        #: Held, but targeted at another member: not read any more, released once idle.
+        self.handing_over: set[int] = set()
+        self.wake = asyncio.Event()
+
+    # -- what the fetcher and the runner ask ---------------------------------------
+
+    def readable(self) -> frozenset[int] | None:
+        """Partitions to read; None when this process reads them all (no filter)."""
+        parts = set(self.owned) - self.handing_over
+        if len(parts) == PARTITION_COUNT:
+            return None
+        return frozenset(parts)
+
+    def owns_all(self) -> bool:
+        """Every partition is held here (the per-type cursor can be written)."""
+        return len(self.owned) == PARTITION_COUNT
+
+    def epochs(self, partitions: Iterable[int]) -> dict[int, int]:
+        """Fencing tokens of ``partitions`` (-1 for one not held: the fence refuses it)."""
+        return {p: self.owned.get(p, -1) for p in partitions}
+
+    def on_notify(self, payload: str) -> None:
+        """A lease-channel notice: look at the group again now."""
+        if payload == self.store.consumer:
+            self.wake.set()
+
+    # -- the loop ------------------------------------------------------------------
+
+    async def join(self, conn: asyncpg.Connection) -> None:
+        """Join and take what is free and targeted here (before the first read)."""
+        await self.store.join(conn)
+        await self.step(conn)
+
+    async def step(self, conn: asyncpg.Connection) -> float:
+        """Heartbeat, read the group, carry out the plan; seconds until the next step."""
+        store = self.store
+        if await store.heartbeat(conn) is None:
+            # Our row expired and was removed: every lease is lost; join again.
+            lost = set(self.owned)
+            if lost:
+                logger.warning(
+                    "this process was expired from its group: partitions %s lost",
+                    _ranges(lost),
+                    extra=self._log,
+                )
+            self._lose(lost)
+            self.handing_over.clear()
+            await store.join(conn)
+        view = await store.view(conn)
+        member = store.member_id
+        # Liveness is the heartbeat alone: a process that died is taken over when its
+        # row expires. Probing (host, pid) would take a live process's partitions where
+        # hosts share a name and pids repeat (containers).
+        epochs = {lease.partition: lease.epoch for lease in view.leases}
+        steps = plan(
+            member,
+            set(view.live_members()),
+            view.owners(),
+            epochs,
+            dict(self.owned),
+            self._busy() & set(self.owned),
+            now=view.now,
+            next_expiry=view.next_expiry(member),
+            heartbeat=self.heartbeat,
+        )
+        self._lose(set(steps.lost))
+        gained: set[int] = set()
+        for p in steps.adopt:
+            self.owned[p] = epochs[p]
+            gained.add(p)
+        handing = set(steps.hand_over) - self.handing_over
+        # No longer to be handed over (its target left): read again, from its cursor.
+        kept = self.handing_over - set(steps.hand_over)
+        gained |= {p for p in kept if p in self.owned}
+        self.handing_over = set(steps.hand_over) & set(self.owned)
+        if handing:
+            # Stop reading what goes to others (their cursors stored first), then release
+            # each once its events in flight have outcomes.
+            await self._on_change(conn, set())
+        if steps.release:
+            released = set(await store.release(conn, steps.release))
+            self._lose(released)
+        if steps.acquire:
+            # Waits for the previous owner's fenced commits, but never long enough to
+            # miss our own heartbeat.
+            try:
+                got = await store.acquire(conn, steps.acquire, lock_timeout=self.heartbeat / 2)
+            except asyncpg.LockNotAvailableError:
+                # A paused owner's outcome transaction still holds its fence: the server
+                # cuts it off soon (idle_in_transaction_session_timeout); try again then.
+                got = {}
+            self.owned.update(got)
+            gained |= set(got)
+        if gained:
+            await self._on_change(conn, gained)
+        return steps.next_check
+
+    def _lose(self, lost: set[int]) -> None:
+        """Partitions are not ours any more: forget them at once, with no await between,
+        so that no cursor of theirs is stored past an event this process let go of."""
+        if not lost:
+            return
+        for p in lost:
+            self.owned.pop(p, None)
+            self.handing_over.discard(p)
+        self._on_lost(lost)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Step until cancelled (after ``stopping``, only heartbeat); database failures are
+        retried a third of a heartbeat later.
+
+        Each step borrows a connection that no worker competes for (``connection``): with
+        the workers holding the rest of the pool, a heartbeat must never wait for one (the
+        process would lose every lease).
+        """
+        delay = 0.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), delay)
+            self.wake.clear()
+            try:
+                async with self._connection() as conn:
+                    if stopping.is_set():
+                        # Draining: keep the leases alive until they are handed back (the
+                        # task is cancelled then), take and give nothing.
+                        await self.store.heartbeat(conn)
+                        delay = self.heartbeat
+                        continue
+                    delay = await self.step(conn)
+            except Exception as exc:
+                if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
+                    raise
+                logger.warning(
+                    "group step failed (%s: %s); again in %.1fs",
+                    type(exc).__name__,
+                    exc,
+                    self.heartbeat / 3,
+                    extra=self._log,
+                )
+                delay = self.heartbeat / 3
+
+    async def leave(self, conn: asyncpg.Connection) -> None:
+        """After draining: release every lease and leave (the others take over at once)."""
+        await self.store.leave(conn)
+        self.owned.clear()
+
+
+def _ranges(parts: Iterable[int]) -> str:
+    return ", ".join(str(p) for p in sorted(parts))

@@ -1,0 +1,1 @@
+"""Operator actions that change state (the read-only ones live in ``_status``)."""

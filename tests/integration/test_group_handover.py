@@ -1,0 +1,300 @@
+"""Hand-over of partitions inside one process (ADR 0006, part B): a stored cursor never
+passes an event without an outcome, and a subject's events keep their order, however a
+read on the wire and a change of owners interleave.
+
+Two triggers watch every cursor the consumer stores: a row written past an event of its
+partition (or, for the per-type cursor, of its type) that has no dedup marker is a
+violation. A later owner starts from that cursor: such an event would be lost, or handled
+after its subject's later events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from dispatch_aio import Consumer, Dispatcher, Event
+from dispatch_aio._consume.leases_store import LeaseStore
+
+from .helpers import eventually, locked_payload, uid
+
+pytestmark = pytest.mark.anyio
+
+NAME = "handover"
+
+WATCH_CURSORS = """
+CREATE TABLE effects (event_id text PRIMARY KEY, seq bigserial);
+CREATE TABLE cursor_violations (
+    kind text, event_type text, partition smallint, event_id text,
+    last_xid xid8, last_position bigint
+);
+CREATE FUNCTION watch_partition_cursor() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    INSERT INTO cursor_violations
+    SELECT 'partition', NEW.event_type, NEW.partition, e.event_id, NEW.last_xid,
+           NEW.last_position
+    FROM dispatcher_event e
+    WHERE e.event_type = NEW.event_type
+      AND coalesce(e.partition, dispatcher_partition(e.subject)) = NEW.partition
+      AND (e.xid, e.position) <= (NEW.last_xid, NEW.last_position)
+      AND (TG_OP = 'INSERT' OR (e.xid, e.position) > (OLD.last_xid, OLD.last_position))
+      AND NOT EXISTS (SELECT 1 FROM dispatcher_dedup d
+                      WHERE d.consumer = NEW.consumer AND d.event_id = e.event_id);
+    RETURN NULL;
+END
+$fn$;
+CREATE TRIGGER watch AFTER INSERT OR UPDATE ON dispatcher_partition_cursor
+    FOR EACH ROW EXECUTE FUNCTION watch_partition_cursor();
+CREATE FUNCTION watch_type_cursor() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    INSERT INTO cursor_violations
+    SELECT 'type', NEW.event_type, NULL, e.event_id, NEW.last_xid, NEW.last_position
+    FROM dispatcher_event e
+    WHERE e.event_type = NEW.event_type
+      AND (e.xid, e.position) <= (NEW.last_xid, NEW.last_position)
+      AND (TG_OP = 'INSERT' OR (e.xid, e.position) > (OLD.last_xid, OLD.last_position))
+      AND NOT EXISTS (SELECT 1 FROM dispatcher_dedup d
+                      WHERE d.consumer = NEW.consumer AND d.event_id = e.event_id);
+    RETURN NULL;
+END
+$fn$;
+CREATE TRIGGER watch AFTER INSERT OR UPDATE ON dispatcher_cursor
+    FOR EACH ROW EXECUTE FUNCTION watch_type_cursor();
+"""
+
+# Per subject, effects in the order they were written must be in position order.
+INVERSIONS = """
+SELECT count(*) FROM (
+    SELECT e.position,
+           lag(e.position) OVER (PARTITION BY e.subject ORDER BY f.seq) AS before
+    FROM effects f JOIN dispatcher_event e ON e.event_id = f.event_id
+) o
+WHERE o.before > o.position
+"""
+
+
+@pytest.fixture
+async def pool(dispatch_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(dispatch_dsn, min_size=2, max_size=16)
+    await pool.execute(WATCH_CURSORS)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def consumer(pool: asyncpg.Pool, *, max_sleep: float = 0.0, **options: Any) -> Consumer:
+    c = Consumer(
+        pool,
+        name=NAME,
+        concurrency=2,
+        batch_size=10,
+        max_group=4,
+        poll_interval=0.2,
+        drain_timeout=10.0,
+        **options,
+    )
+
+    @c.on("credit.locked")
+    async def record(event: Event, conn: asyncpg.Connection) -> None:
+        await conn.execute("INSERT INTO effects (event_id) VALUES ($1)", event.event_id)
+        if max_sleep:
+            await asyncio.sleep(random.uniform(0, max_sleep))
+
+    return c
+
+
+async def owners(pool: asyncpg.Pool) -> dict[str, int]:
+    rows = await pool.fetch(
+        "SELECT owner, count(*) AS n FROM dispatcher_lease WHERE consumer = $1 "
+        "AND owner IS NOT NULL GROUP BY owner",
+        NAME,
+    )
+    return {r["owner"]: r["n"] for r in rows}
+
+
+async def held_by(pool: asyncpg.Pool, member: str) -> set[int]:
+    rows = await pool.fetch(
+        "SELECT partition FROM dispatcher_lease WHERE consumer = $1 AND owner = $2",
+        NAME,
+        member,
+    )
+    return {r["partition"] for r in rows}
+
+
+async def partition_of(pool: asyncpg.Pool, subject: str) -> int:
+    return int(await pool.fetchval("SELECT dispatcher_partition($1)", subject))
+
+
+async def subjects_in(pool: asyncpg.Pool, partitions: set[int], n: int) -> list[str]:
+    found: list[str] = []
+    while len(found) < n:
+        subject = uid("per")
+        if await partition_of(pool, subject) in partitions:
+            found.append(subject)
+    return found
+
+
+def events(subjects: list[str]) -> list[dict[str, Any]]:
+    return [
+        {
+            "event_type": "credit.locked",
+            "payload": locked_payload(),
+            "subject": s,
+            "actor": "system:tests",
+        }
+        for s in subjects
+    ]
+
+
+async def exactly_once_in_order(pool: asyncpg.Pool) -> None:
+    total = await pool.fetchval("SELECT count(*) FROM dispatcher_event")
+    assert await pool.fetchval("SELECT count(*) FROM effects") == total
+    assert await pool.fetchval("SELECT count(*) FROM dispatcher_dedup") == total
+    assert await pool.fetchval("SELECT count(*) FROM dispatcher_dead_letter") == 0
+    assert await pool.fetchval(INVERSIONS) == 0
+
+
+async def test_a_read_on_the_wire_while_partitions_are_gained_moves_no_cursor_past_them(
+    pool: asyncpg.Pool, dispatch_dsn: str
+) -> None:
+    """The read loop's statement is in flight when the member task takes partitions over
+    (their stream restarts from their stored cursors): that read's snapshot must not move
+    the stored cursors of the gained partitions past their unread events.
+
+    With ``dsn`` the member task steps on a connection of its own (without, it borrows
+    the read connection between reads, and cannot step while a read is out)."""
+    dispatcher = Dispatcher(pool, producer="tests", tenant_id="tnt_tests")
+    async with pool.acquire() as conn:
+        # Another member of the group, driven by hand: it holds half the partitions and
+        # never handles anything.
+        other = LeaseStore("public", NAME, "other:1", lease_timeout=120)
+        a = consumer(pool, lease_timeout=120, dsn=dispatch_dsn)
+        async with a:
+            me = a._leases.member_id
+            await eventually(lambda: _holds(pool, me, 256), within=30, what="all to be held")
+            await other.join(conn)
+
+            async def other_takes_its_share() -> bool:
+                await other.acquire(conn, range(256))
+                return len(await held_by(pool, other.member_id)) == 128
+
+            await eventually(other_takes_its_share, within=30, what="the other's share")
+            gained = await held_by(pool, other.member_id)
+
+            # The next read that returns rows stops on its way back, as a slow network does.
+            streams = a._fetcher._streams
+            fetch = streams.fetch
+            on_the_wire, go = asyncio.Event(), asyncio.Event()
+
+            async def slow_fetch(*args: Any, **kwargs: Any) -> Any:
+                result = await fetch(*args, **kwargs)
+                if not on_the_wire.is_set() and result.streams[0].range_rows:
+                    on_the_wire.set()
+                    await go.wait()
+                return result
+
+            streams.fetch = slow_fetch  # type: ignore[method-assign]
+            # One transaction: first an event of a partition the other holds, then events
+            # of this member's partitions (the read on the wire gets those).
+            mine = set(range(256)) - gained
+            await dispatcher.publish_many(
+                events(await subjects_in(pool, gained, 3) + await subjects_in(pool, mine, 5))
+            )
+            await asyncio.wait_for(on_the_wire.wait(), 30)
+            # The other leaves: this member takes its partitions while the read is out.
+            await other.leave(conn)
+            await eventually(lambda: _holds(pool, me, 256), within=30, what="the takeover")
+            await eventually(
+                lambda: a._reader.cursor_partitions is None,
+                within=30,
+                what="the gained partitions' stream to start",
+            )
+            go.set()
+            await asyncio.wait_for(a.wait_idle(), 60)
+        assert await pool.fetch("SELECT * FROM cursor_violations") == []
+        await exactly_once_in_order(pool)
+
+
+async def _holds(pool: asyncpg.Pool, member: str, n: int) -> bool:
+    return len(await held_by(pool, member)) == n
+
+
+@pytest.mark.slow
+async def test_many_hand_overs_between_two_consumers_of_one_name(
+    pool: asyncpg.Pool, dispatch_dsn: str
+) -> None:
+    """One consumer runs throughout; a second of the same name joins and drains away,
+    round after round, while events are published: nothing lost, doubled or reordered,
+    and no cursor ever stored past an event without an outcome. The first steps its
+    member task on a connection of its own, the second on its read connection."""
+    dispatcher = Dispatcher(pool, producer="tests", tenant_id="tnt_tests")
+    subjects = [uid("per") for _ in range(60)]
+    producing = True
+
+    async def producer() -> None:
+        while producing:
+            await dispatcher.publish_many(events(random.choices(subjects, k=10)))
+            await asyncio.sleep(0.005)
+
+    a = consumer(pool, max_sleep=0.003, lease_timeout=30, dsn=dispatch_dsn)
+    async with a:
+        me = a._leases.member_id
+        task = asyncio.create_task(producer())
+        try:
+            for _ in range(8):
+                b = consumer(pool, max_sleep=0.003, lease_timeout=30)
+                async with b:
+                    you = b._leases.member_id
+                    await eventually(
+                        lambda you=you: _split(pool, me, you), within=30, what="a split in two"
+                    )
+                await eventually(lambda: _holds(pool, me, 256), within=30, what="all back")
+        finally:
+            producing = False
+            await task
+        await asyncio.wait_for(a.wait_idle(), 120)
+    assert await pool.fetch("SELECT * FROM cursor_violations") == []
+    await exactly_once_in_order(pool)
+
+
+async def _split(pool: asyncpg.Pool, a: str, b: str) -> bool:
+    return await owners(pool) == {a: 128, b: 128}
+
+
+async def test_a_process_that_lost_its_lease_counts_no_attempt_there(pool: asyncpg.Pool) -> None:
+    """A handler fails after another member took the partition over (this one was paused
+    past its lease): the failed attempt is not stored, as an outcome would not be, so a
+    stale process cannot push the new owner's event towards a dead letter."""
+    dispatcher = Dispatcher(pool, producer="tests", tenant_id="tnt_tests")
+    other = LeaseStore("public", NAME, "other:1", lease_timeout=120)
+    taken = asyncio.Event()
+    c = Consumer(pool, name=NAME, lease_timeout=120, retry_delays=(60,), poll_interval=0.2)
+
+    @c.on("credit.locked")
+    async def fail(event: Event) -> None:
+        if not taken.is_set():
+            # What a pause past the lease leads to: another member took every lease over
+            # (a new epoch each), as its acquisition does.
+            async with pool.acquire() as conn:
+                await other.join(conn)
+                await conn.execute(
+                    "UPDATE dispatcher_lease SET owner = $2, epoch = epoch + 1,"
+                    " acquired_at = now() WHERE consumer = $1",
+                    NAME,
+                    other.member_id,
+                )
+            taken.set()
+        raise RuntimeError("boom")
+
+    async with c:
+        await dispatcher.publish_many(events([uid("per")]))
+        await asyncio.wait_for(taken.wait(), 30)
+        await eventually(lambda: not c._members.owned, within=30, what="the loss to be seen")
+    assert await pool.fetchval("SELECT count(*) FROM dispatcher_attempt") == 0
+    assert await pool.fetchval("SELECT count(*) FROM dispatcher_dead_letter") == 0
