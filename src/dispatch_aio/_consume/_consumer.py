@@ -327,6 +327,7 @@ class Consumer:
         self._members = Members(
             self._leases,
             heartbeat=config.heartbeat,
+            step_limit=min(config.commit_timeout, config.lease_timeout / 2),
             connection=self._member_connection,
             busy=lambda: self._scheduler.busy_partitions(),
             on_change=self._partitions_changed,

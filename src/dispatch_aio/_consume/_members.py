@@ -39,6 +39,7 @@ class Members:
         store: LeaseStore,
         *,
         heartbeat: float,
+        step_limit: float,
         connection: Callable[[], contextlib.AbstractAsyncContextManager[asyncpg.Connection]],
         busy: Callable[[], set[int]],
         on_change: Callable[[asyncpg.Connection, set[int]], Awaitable[None]],
@@ -47,6 +48,7 @@ class Members:
     ) -> None:
         self.store = store
         self.heartbeat = heartbeat
+        self.step_limit = step_limit
         self._connection = connection
         self._busy = busy
         self._on_change = on_change
@@ -176,13 +178,17 @@ class Members:
             self.wake.clear()
             try:
                 async with self._connection() as conn:
-                    if stopping.is_set():
-                        # Draining: keep the leases alive until they are handed back (the
-                        # task is cancelled then), take and give nothing.
-                        await self.store.heartbeat(conn)
-                        delay = self.heartbeat
-                        continue
-                    delay = await self.step(conn)
+                    # Bounded: a statement lost in a half-open connection would otherwise
+                    # hold the borrowed read connection, and the leases, until TCP gives up.
+                    # The TimeoutError leaves through the borrow, which ends that connection.
+                    async with asyncio.timeout(self.step_limit):
+                        if stopping.is_set():
+                            # Draining: keep the leases alive until they are handed back
+                            # (the task is cancelled then), take and give nothing.
+                            await self.store.heartbeat(conn)
+                            delay = self.heartbeat
+                            continue
+                        delay = await self.step(conn)
             except Exception as exc:
                 if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
                     raise

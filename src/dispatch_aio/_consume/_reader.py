@@ -22,7 +22,7 @@ import anyio
 import asyncpg
 
 from .._status import horizon_holders
-from .._storage import Backoff, FailureKind, classify, release, terminate
+from .._storage import Backoff, FailureKind, classify, is_usable, release, terminate
 from .._storage._consumer_store import ConsumerStore
 from ._config import ConsumerConfig
 from ._fetcher import Fetcher
@@ -187,8 +187,14 @@ class ReadLoop:
         """
         async with self._conn_lock:
             conn = self._conn
-            if conn is not None and not conn.is_closed():
-                yield conn
+            # is_usable, not is_closed(): a pool proxy whose connection the server ended
+            # is detached by the pool, and is_closed() on it raises.
+            if conn is not None and is_usable(conn):
+                try:
+                    yield conn
+                except TimeoutError:
+                    terminate(conn)  # its answer may never come: the next read reconnects
+                    raise
                 return
             async with self.pool.acquire(timeout=self.config.acquire_timeout) as own:
                 yield own
