@@ -10,8 +10,9 @@ What runs (``dispatch-aio demo``, or ``await run_demo()``):
 - **Coaching** keeps an ``availability`` projection (one row per reservation: the
   slot is ``held``, ``booked`` or ``open``) through its handler's connection, so each
   projection write commits with the event's outcome. It runs as two workers of the same
-  consumer, as two processes would: each event is handled by exactly one of them, the
-  other counts a dedup hit.
+  consumer, as two processes would: they share the subjects' partitions through leases,
+  so each event is read and handled by one of them; a dedup hit (an event the other had
+  already handled) happens only when a partition changes hands.
 - **platform-warehouse** counts events per type in memory (a handler without a
   connection). It rejects three chosen events on every attempt: they are retried with
   short delays, then dead-lettered. The demo then "fixes" the handler and replays the
