@@ -173,8 +173,10 @@ class Members:
         """
         delay = 0.0
         while True:
+            # asyncio.timeout, not wait_for: no task made per beat.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self.wake.wait()
             self.wake.clear()
             try:
                 async with self._connection() as conn:

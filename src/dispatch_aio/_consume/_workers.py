@@ -77,7 +77,9 @@ class Workers:
                         await work.acquire()
                     else:
                         try:
-                            await asyncio.wait_for(work.acquire(), _IDLE_RELEASE)
+                            # asyncio.timeout, not wait_for: no task made per idle wait.
+                            async with asyncio.timeout(_IDLE_RELEASE):
+                                await work.acquire()
                         except TimeoutError:
                             # Idle for a while: give the connection back to the pool.
                             idle, conn = conn, None
