@@ -148,6 +148,9 @@ async def drain(
         workers = [await Worker.spawn(dsn, name, handler, concurrency) for _ in range(processes)]
         for worker in workers:
             await asyncio.wait_for(worker.started.wait(), START_TIMEOUT)
+        # Steady state, as a running Deployment is: every process holds its share of the
+        # partitions before the backlog arrives (the rebalance is measured in (c)).
+        await wait_balanced(pool, name, processes)
         publisher = common.dispatcher(pool)
         async with pool.acquire() as conn:
             async with conn.transaction():
@@ -173,6 +176,22 @@ async def drain(
         await pool.close()
     per_process = sorted((r["n"] for r in rows), reverse=True)
     return Drain(label, processes, sizes.events / (finished - committed), per_process)
+
+
+async def wait_balanced(pool: asyncpg.Pool, name: str, processes: int) -> None:
+    """Until ``processes`` members hold every partition between them."""
+    deadline = time.perf_counter() + START_TIMEOUT
+    while True:
+        owners, unowned = await pool.fetchrow(
+            "SELECT count(DISTINCT owner), 256 - count(owner) FROM dispatcher_lease "
+            "WHERE consumer = $1",
+            name,
+        )
+        if owners == processes and unowned == 0:
+            return
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{name}: {owners} owners, {unowned} partitions unowned")
+        await asyncio.sleep(0.05)
 
 
 async def check_effects(conn: asyncpg.Connection, expected: int, label: str) -> None:
