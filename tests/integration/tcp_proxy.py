@@ -17,6 +17,8 @@ import asyncio
 import contextlib
 import struct
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 __all__ = ["TcpProxy"]
 
@@ -51,6 +53,17 @@ class TcpProxy:
         """The local port clients connect to."""
         assert self._server is not None, "the proxy is not started"
         return int(self._server.sockets[0].getsockname()[1])
+
+    def connect_args(self, dsn: str) -> dict[str, Any]:
+        """asyncpg connect/create_pool arguments for ``dsn``'s user and database, via here."""
+        parts = urlsplit(dsn)
+        return {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "user": parts.username or "postgres",
+            "database": parts.path.lstrip("/"),
+            "ssl": False,
+        }
 
     async def start(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)

@@ -154,16 +154,11 @@ async def test_half_open_listen_socket_is_detected_and_replaced(
     dispatch_dsn: str,
 ) -> None:
     started = time.monotonic()
-    parts = urlsplit(dispatch_dsn)
-    database = parts.path.lstrip("/")
-    user = parts.username or "postgres"
     delivered: set[str] = set()
     async with TcpProxy(**_upstream(dispatch_postgres)) as proxy:  # type: ignore[arg-type]
 
         async def connect() -> asyncpg.Connection:
-            return await asyncpg.connect(
-                host="127.0.0.1", port=proxy.port, user=user, database=database, ssl=False
-            )
+            return await asyncpg.connect(**proxy.connect_args(dispatch_dsn))
 
         consumer = Consumer(
             dispatch_pool,

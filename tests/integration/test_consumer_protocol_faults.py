@@ -17,7 +17,6 @@ import asyncio
 import collections
 import contextlib
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -36,15 +35,8 @@ async def test_the_forged_termination_makes_asyncpg_raise_internal_client_error(
     dispatch_postgres: TestPostgres, dispatch_dsn: str
 ) -> None:
     """The fault the next test injects is the one the consumer must classify."""
-    parts = urlsplit(dispatch_dsn)
     async with TcpProxy(**_upstream(dispatch_postgres)) as proxy:  # type: ignore[arg-type]
-        conn = await asyncpg.connect(
-            host="127.0.0.1",
-            port=proxy.port,
-            user=parts.username or "postgres",
-            database=parts.path.lstrip("/"),
-            ssl=False,
-        )
+        conn = await asyncpg.connect(**proxy.connect_args(dispatch_dsn))
         try:
             assert await conn.fetchval("SELECT 1") == 1
             assert proxy.forge_termination(close_after=30) == 1
@@ -62,7 +54,6 @@ async def test_consumer_recovers_when_every_connection_raises_internal_client_er
     dispatcher: Dispatcher,
     dispatch_dsn: str,
 ) -> None:
-    parts = urlsplit(dispatch_dsn)
     effects: collections.Counter[str] = collections.Counter()
     published: list[str] = []
 
@@ -77,18 +68,12 @@ async def test_consumer_recovers_when_every_connection_raises_internal_client_er
         "CREATE TABLE IF NOT EXISTS protocol_fault_effects (event_id text PRIMARY KEY)"
     )
     async with TcpProxy(**_upstream(dispatch_postgres)) as proxy:  # type: ignore[arg-type]
-        connect_args = {
-            "host": "127.0.0.1",
-            "port": proxy.port,
-            "user": parts.username or "postgres",
-            "database": parts.path.lstrip("/"),
-            "ssl": False,
-        }
+        connect_args = proxy.connect_args(dispatch_dsn)
 
         async def listen_connect() -> asyncpg.Connection:
-            return await asyncpg.connect(**connect_args)  # type: ignore[arg-type]
+            return await asyncpg.connect(**connect_args)
 
-        async with asyncpg.create_pool(min_size=4, max_size=4, **connect_args) as pool:  # type: ignore[arg-type]
+        async with asyncpg.create_pool(min_size=4, max_size=4, **connect_args) as pool:
             consumer = Consumer(
                 pool,
                 name="protocol-faults",
@@ -212,14 +197,5 @@ async def test_a_read_lost_in_a_half_open_connection_is_abandoned_and_retried(
 
 @contextlib.asynccontextmanager
 async def _pool_through(proxy: TcpProxy, dsn: str, size: int = 3) -> AsyncIterator[asyncpg.Pool]:
-    parts = urlsplit(dsn)
-    async with asyncpg.create_pool(
-        min_size=size,
-        max_size=size,
-        host="127.0.0.1",
-        port=proxy.port,
-        user=parts.username or "postgres",
-        database=parts.path.lstrip("/"),
-        ssl=False,
-    ) as pool:
+    async with asyncpg.create_pool(min_size=size, max_size=size, **proxy.connect_args(dsn)) as pool:
         yield pool

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
 import anyio
 import asyncpg
@@ -242,17 +241,8 @@ async def test_a_server_that_does_not_answer_is_unavailable_not_exhausted(
     dispatch_postgres: TestPostgres, dispatch_dsn: str, dispatch_registry: Registry
 ) -> None:
     """The acquire timeout also covers opening a connection: a silent server is told apart."""
-    parts = urlsplit(dispatch_dsn)
     async with TcpProxy(**_upstream(dispatch_postgres)) as proxy:  # type: ignore[arg-type]
-        pool = await asyncpg.create_pool(
-            host="127.0.0.1",
-            port=proxy.port,
-            user=parts.username or "postgres",
-            database=parts.path.lstrip("/"),
-            ssl=False,
-            min_size=0,
-            max_size=2,
-        )
+        pool = await asyncpg.create_pool(min_size=0, max_size=2, **proxy.connect_args(dispatch_dsn))
         try:
             dispatcher = Dispatcher(
                 pool,
