@@ -101,10 +101,15 @@ async def test_a_restart_continues_the_attempt_count(
     # Two failures, then the process goes away while the third waits (a minute away).
     async with make((0.01, 60)):
         await eventually(lambda: len(calls) == 2, within=10, what="two attempts")
-        stored = await dispatch_pool.fetchval(
-            "SELECT attempts FROM dispatcher_attempt WHERE consumer = 'crashy'"
-        )
-        assert stored == 2
+
+        async def two_stored() -> bool:
+            stored = await dispatch_pool.fetchval(
+                "SELECT attempts FROM dispatcher_attempt WHERE consumer = 'crashy'"
+            )
+            return bool(stored == 2)
+
+        # The handler runs before its failure is recorded: await the second record.
+        await eventually(two_stored, within=10, what="the second attempt stored")
     # The next process has one retry: attempt 3 is its first, and the last there is.
     async with make((0.01,)) as again:
         await asyncio.wait_for(again.wait_idle(), 10)
