@@ -286,3 +286,45 @@ async def test_cancelling_wait_idle_leaves_no_task_behind(
         assert leftover == []
         release.set()
         await asyncio.wait_for(consumer.wait_idle(), 10)
+
+
+# -- handler time limits ---------------------------------------------------------------
+
+
+async def test_a_handler_past_its_time_limit_fails_and_the_rest_of_its_group_runs(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    """One timer serves a group's handlers: a handler that hangs still times out (every
+    attempt, then a dead letter), and quick handlers around it, with a longer limit of
+    their own, are not cut short by a timer armed for an earlier handler."""
+    await dispatch_pool.execute("CREATE TABLE effects (event_id text)")
+    hanging_subject = uid("per")
+    consumer = Consumer(
+        dispatch_pool,
+        name="time_limits",
+        poll_interval=0.05,
+        max_group=50,
+        retry_delays=(0.01, 0.01),
+        handler_timeout=0.05,
+    )
+
+    @consumer.on("credit.locked")
+    async def on_locked(event: Event, conn: asyncpg.Connection) -> None:
+        if event.subject == hanging_subject:
+            await asyncio.get_running_loop().create_future()  # never done
+        await conn.execute("INSERT INTO effects VALUES ($1)", event.event_id)
+
+    others = [await publish(dispatcher) for _ in range(5)]
+    hanging = await publish(dispatcher, hanging_subject)
+    others += [await publish(dispatcher) for _ in range(5)]
+    async with consumer:
+        await asyncio.wait_for(consumer.wait_idle(), 20)
+        assert consumer.state is ConsumerState.RUNNING
+        stats = consumer.stats
+    [letter] = await letters(dispatch_pool, "time_limits")
+    assert letter["event_id"] == hanging
+    assert letter["attempts"] == 3
+    assert letter["error_type"] == "TimeoutError"
+    assert stats.handled == len(others)
+    written = await dispatch_pool.fetchval("SELECT count(*) FROM effects")
+    assert written == len(others)

@@ -39,6 +39,7 @@ from .._telemetry import Telemetry
 from .._typed import PayloadModel
 from ._codec import MAX_MESSAGE, dead_letter_row, storable
 from ._config import ConsumerConfig
+from ._deadline import HandlerDeadline
 from ._members import Members
 from ._scheduler import Item, Outcome, Scheduler
 from .leases_store import LeaseStore
@@ -127,6 +128,15 @@ class GroupRunner:
         Cancellation (the consumer's shutdown) rolls back and puts the group back.
         Raises only for a bug in the consumer.
         """
+        deadline = HandlerDeadline()
+        try:
+            return await self._run(group, conn, deadline)
+        finally:
+            deadline.close()
+
+    async def _run(
+        self, group: list[Item], conn: asyncpg.Connection, deadline: HandlerDeadline
+    ) -> bool:
         transaction: Any = None
         ran: list[Item] = []
         head = group[0]
@@ -147,7 +157,7 @@ class GroupRunner:
                     async with asyncio.timeout(self._limit):
                         await transaction.start()
                 try:
-                    await self._call(subscription, item, conn)
+                    await self._call(subscription, item, conn, deadline)
                 except Exception as exc:
                     if is_infrastructure(exc, conn):
                         raise _RerunGroup from exc
@@ -263,7 +273,13 @@ class GroupRunner:
 
     # -- handlers --------------------------------------------------------------------
 
-    async def _call(self, subscription: Subscription, item: Item, conn: asyncpg.Connection) -> None:
+    async def _call(
+        self,
+        subscription: Subscription,
+        item: Item,
+        conn: asyncpg.Connection,
+        deadline: HandlerDeadline,
+    ) -> None:
         item.attempts += 1
         event = item.event
         if item.attempts != event.attempt:
@@ -282,12 +298,12 @@ class GroupRunner:
                     partition=item.partition,
                 ) as span:
                     try:
-                        await self._invoke(subscription, event, conn)
+                        await self._invoke(subscription, event, conn, deadline)
                     except Exception as exc:
                         telemetry.mark_error(span, exc)
                         raise
             else:
-                await self._invoke(subscription, event, conn)
+                await self._invoke(subscription, event, conn, deadline)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -300,14 +316,18 @@ class GroupRunner:
         )
 
     @staticmethod
-    async def _invoke(subscription: Subscription, event: Any, conn: asyncpg.Connection) -> None:
-        # asyncio.timeout, not an anyio cancel scope: a tenth of the cost per call, and
-        # this runs once per event. TimeoutError counts as a handler failure.
-        async with asyncio.timeout(subscription.timeout):
-            if subscription.wants_conn:
-                await subscription.handler(event, conn)
-            else:
-                await subscription.handler(event)
+    async def _invoke(
+        subscription: Subscription,
+        event: Any,
+        conn: asyncpg.Connection,
+        deadline: HandlerDeadline,
+    ) -> None:
+        # One timer per group, not one per event (see _deadline). TimeoutError counts as
+        # a handler failure.
+        if subscription.wants_conn:
+            await deadline.limit(subscription.handler(event, conn), subscription.timeout)
+        else:
+            await deadline.limit(subscription.handler(event), subscription.timeout)
 
     def _undo(self, ran: list[Item]) -> None:
         """Handlers of a rolled-back group: their attempt neither failed nor counted."""
