@@ -11,7 +11,6 @@ stay below.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,7 @@ from .._errors import ContractError
 from .._registry import Registry
 from .._storage._consumer_store import ConsumerStore
 from .._typed import PayloadModel, with_model_payload
-from ._codec import build_event, dead_letter_row
+from ._codec import build_event, dead_letter_row, parse_payload
 from ._scheduler import Item, Scheduler
 from .horizon import Key, Stream
 from .streams_store import StreamsStore, partition_mask
@@ -169,7 +168,7 @@ class Fetcher:
         return item
 
     def _decode(self, row: Any) -> Any:
-        payload = json.loads(row["payload"])
+        payload = parse_payload(row["payload"])
         if not isinstance(payload, dict):
             raise ValueError("payload is not a JSON object")
         self._registry.validate_payload(row["event_type"], row["schema_version"], payload)
