@@ -60,7 +60,7 @@ from ._reader import ReadLoop
 from ._runner import ConsumerStats, GroupRunner, Handler, Subscription
 from ._scheduler import Scheduler
 from ._signals import drain_on_signals
-from ._workers import Workers
+from ._workers import WorkBell, Workers
 from .assignment import PARTITION_COUNT
 from .leases_store import LeaseStore, default_member_id
 from .streams_store import StreamsStore
@@ -252,8 +252,7 @@ class Consumer:
             self._stop_requested.set()
             self._reader.wake.set()
             self._reader.capacity.set()
-            for _ in range(self._workers):
-                self._crew.work.release()
+            self._crew.work.ring_all()
 
     def abort(self) -> None:
         """Stop now: cancel handlers in flight (their transactions roll back)."""
@@ -351,14 +350,14 @@ class Consumer:
         max_buffered = config.max_buffered or max(
             4 * config.batch_size, self._workers * config.max_group
         )
-        work = asyncio.Semaphore(0)  # each ready subject releases one waiting worker
+        work = WorkBell(self._workers)
         retry_wake = asyncio.Event()
         self._scheduler = Scheduler(
             stored,
             workers=self._workers,
             max_group=config.max_group,
             max_buffered=max_buffered,
-            on_ready=work.release,
+            on_ready=work.ring,
             on_retry=retry_wake.set,
         )
         self._fetcher = Fetcher(

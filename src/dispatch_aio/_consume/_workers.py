@@ -23,11 +23,49 @@ from ._reader import ReadLoop
 from ._runner import ConsumerStats, GroupRunner
 from ._scheduler import Item, Scheduler
 
-__all__ = ["Workers"]
+__all__ = ["WorkBell", "Workers"]
 
 logger = logging.getLogger("dispatch_aio.consumer")
 
 _IDLE_RELEASE = 1.0  # seconds a worker keeps its connection with nothing to do
+
+
+class WorkBell:
+    """Wakes idle workers when subjects become ready: at most one pending wake per worker.
+
+    The scheduler rings once per subject that becomes ready, thousands of times for one
+    read of a backlog, while one worker's group takes many subjects at once. Wakes beyond
+    one per worker would only make workers look at an empty ready queue; instead a worker
+    that leaves subjects ready after taking its group rings for the next one.
+    """
+
+    __slots__ = ("_limit", "_pending", "_semaphore")
+
+    def __init__(self, workers: int) -> None:
+        self._semaphore = asyncio.Semaphore(0)
+        self._limit = max(1, workers)
+        self._pending = 0
+
+    def ring(self) -> None:
+        """Subjects are ready: wake a worker, unless every worker has a wake pending."""
+        if self._pending < self._limit:
+            self._pending += 1
+            self._semaphore.release()
+
+    def ring_all(self) -> None:
+        """Wake every worker (the consumer stops)."""
+        for _ in range(self._limit):
+            self._pending += 1
+            self._semaphore.release()
+
+    def idle(self) -> bool:
+        """No wake pending: a worker waiting now suspends."""
+        return self._pending == 0
+
+    async def wait(self) -> None:
+        """Wait for a wake; cancellable (no wake is used up then)."""
+        await self._semaphore.acquire()
+        self._pending -= 1
 
 
 class Workers:
@@ -43,7 +81,7 @@ class Workers:
         reader: ReadLoop,
         stats: ConsumerStats,
         stop_requested: asyncio.Event,
-        work: asyncio.Semaphore,
+        work: WorkBell,
         retry_wake: asyncio.Event,
         log_extra: dict[str, Any],
     ) -> None:
@@ -54,7 +92,7 @@ class Workers:
         self._reader = reader
         self._stats = stats
         self._stop_requested = stop_requested
-        #: Released once per subject that becomes ready (and per worker at stop).
+        #: Rung when subjects become ready (and for every worker at stop).
         self.work = work
         self._retry_wake = retry_wake
         self._log = log_extra
@@ -72,26 +110,28 @@ class Workers:
         conn: asyncpg.Connection | None = None
         try:
             while True:
-                if work.locked():
+                if work.idle():
                     if conn is None:
-                        await work.acquire()
+                        await work.wait()
                     else:
                         try:
                             # asyncio.timeout, not wait_for: no task made per idle wait.
                             async with asyncio.timeout(_IDLE_RELEASE):
-                                await work.acquire()
+                                await work.wait()
                         except TimeoutError:
                             # Idle for a while: give the connection back to the pool.
                             idle, conn = conn, None
                             await release(self.pool, idle, config.commit_timeout)
                             continue
                 else:
-                    await work.acquire()  # free: no suspension
+                    await work.wait()  # a wake is pending: no suspension
                 if self._stop_requested.is_set():
                     return
                 group = scheduler.take_group()
                 if not group:
                     continue
+                if scheduler.ready:
+                    work.ring()  # more is ready than this group took: the next worker
                 self._groups_running += 1
                 self.groups_idle.clear()
                 failed = False
