@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import pytest
+
 from dispatch_aio import Envelope
 from dispatch_aio._codec import (
     PLAIN_FIELDS,
@@ -79,3 +81,29 @@ def test_dead_letter_envelope_of_an_unrepresentable_occurred_at() -> None:
     row["occurred_us"] = None
     data = json.loads(dead_letter_envelope(row))
     assert data["occurred_at"].startswith("unrepresentable")
+
+
+# -- the consumer's payload parser ---------------------------------------------------
+
+
+def test_the_payload_parser_gives_what_json_loads_gives() -> None:
+    from dispatch_aio._consume._codec import parse_payload
+
+    texts = [
+        '{"a": 1, "b": [1.5, -0.0, 1e300], "c": {"d": null, "e": true}}',
+        '{"big": 123456789012345678901234567890, "tiny": 5e-324}',
+        '{"dup": 1, "dup": 2}',
+        '{"text": "caf\\u00e9 \\ud83d\\ude00 \\n \\"q\\""}',
+        "[]",
+        '"just a string"',
+    ]
+    for text in texts:
+        assert parse_payload(text) == json.loads(text), text
+
+
+def test_the_payload_parser_falls_back_for_what_only_json_loads_reads() -> None:
+    from dispatch_aio._consume._codec import parse_payload
+
+    assert parse_payload('{"a": "\\ud800"}') == {"a": "\ud800"}  # a lone surrogate escape
+    with pytest.raises(json.JSONDecodeError):  # json's message, with its position
+        parse_payload('{"a": ')

@@ -25,7 +25,8 @@ async def test_a_handler_within_its_limit_returns_and_leaves_no_cancellation() -
     deadline.close()
     await asyncio.sleep(0.03)  # past the first limit: nothing may cancel this task now
     task = asyncio.current_task()
-    assert task is not None and task.cancelling() == 0
+    assert task is not None
+    assert task.cancelling() == 0
 
 
 async def test_a_handler_past_its_limit_raises_timeout_error() -> None:
@@ -33,7 +34,8 @@ async def test_a_handler_past_its_limit_raises_timeout_error() -> None:
     with pytest.raises(TimeoutError):
         await deadline.limit(never(), 0.01)
     task = asyncio.current_task()
-    assert task is not None and task.cancelling() == 0  # the cancellation was taken back
+    assert task is not None
+    assert task.cancelling() == 0
     await deadline.limit(quick(), 0.01)  # and the object serves the next handler
     deadline.close()
 
@@ -111,7 +113,8 @@ async def test_a_handler_that_swallows_the_cancellation_returns_and_the_task_goe
     deadline.close()
     assert swallowed
     task = asyncio.current_task()
-    assert task is not None and task.cancelling() == 0
+    assert task is not None
+    assert task.cancelling() == 0
     await asyncio.sleep(0)  # no cancellation left pending for the next await
 
 
@@ -125,3 +128,37 @@ async def test_close_drops_the_timer() -> None:
 def test_it_needs_a_task() -> None:
     with pytest.raises(RuntimeError):  # no running loop, hence no task
         HandlerDeadline()
+
+
+# -- the work bell (``_consume._workers``) -------------------------------------------
+
+
+async def test_the_bell_keeps_at_most_one_wake_per_worker() -> None:
+    from dispatch_aio._consume._workers import WorkBell
+
+    bell = WorkBell(2)
+    assert bell.idle()
+    for _ in range(1_000):  # a read that makes a thousand subjects ready
+        bell.ring()
+    await bell.wait()
+    await bell.wait()
+    assert bell.idle()  # two wakes, not a thousand
+    bell.ring_all()  # stopping wakes every worker whatever is pending
+    await bell.wait()
+    await bell.wait()
+    assert bell.idle()
+
+
+async def test_a_cancelled_wait_uses_up_no_wake() -> None:
+    from dispatch_aio._consume._workers import WorkBell
+
+    bell = WorkBell(1)
+    waiter = asyncio.create_task(bell.wait())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    bell.ring()
+    assert not bell.idle()
+    await bell.wait()
+    assert bell.idle()
