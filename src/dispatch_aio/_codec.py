@@ -125,7 +125,8 @@ def occurred_at(micros: int | None) -> datetime:
     if micros is None:
         raise UndecodableEventError("occurred_at is infinite")
     try:
-        return _EPOCH + timedelta(microseconds=micros)
+        # Positional (days, seconds, microseconds): half the cost of the keyword form.
+        return _EPOCH + timedelta(0, 0, micros)
     except OverflowError:
         raise UndecodableEventError(
             f"occurred_at ({micros} microseconds from 1970) is outside the years 1-9999"
