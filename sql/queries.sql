@@ -451,12 +451,15 @@ LEFT JOIN {{schema}}.dispatcher_member m ON m.consumer = $1 AND m.member_id = l.
 LEFT JOIN lag ON lag.partition = g.partition
 ORDER BY g.partition
 
--- name: consumer_fetch_streams_plan
--- Run in the read's own transaction, just before consumer_fetch_streams: reuse one plan
--- for it. Left to choose, PostgreSQL plans that statement anew for every execution
--- (about 2.5 ms of planning against 0.8 ms of execution for a batch of 50), which is most
--- of the consumer's cost per read in a steady trickle. Its plan does not depend on the
--- parameters' values: index ranges on (event_type, xid, position) either way.
+-- name: consumer_fetch_streams_begin
+-- Begins the read's own transaction (read only), in the same round trip as the setting
+-- that makes consumer_fetch_streams reuse one plan. Left to choose, PostgreSQL plans that
+-- statement anew for every execution (about 2.5 ms of planning against 0.8 ms of
+-- execution for a batch of 50), which is most of the consumer's cost per read in a steady
+-- trickle. Its plan does not depend on the parameters' values: index ranges on
+-- (event_type, xid, position) either way. SET LOCAL ends with the transaction, so a pool
+-- (or a transaction-pooling PgBouncer) never hands the setting to anyone else.
+BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY;
 SET LOCAL plan_cache_mode = force_generic_plan
 
 -- name: consumer_fetch_streams

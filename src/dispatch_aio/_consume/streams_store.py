@@ -25,6 +25,23 @@ __all__ = ["StreamRead", "StreamsRead", "StreamsStore", "partition_mask"]
 _ROLLBACK_LIMIT = 5.0
 
 
+class _ReadTransaction:
+    """The read's transaction, begun by ``consumer_fetch_streams_begin`` (one round trip
+    with its plan setting, where asyncpg's Transaction would take two)."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def commit(self) -> None:
+        await self._conn.execute("COMMIT")
+
+    async def rollback(self) -> None:
+        if self._conn.is_in_transaction():
+            await self._conn.execute("ROLLBACK")
+
+
 def partition_mask(partitions: Iterable[int] | None) -> bytes | None:
     """The read's partition filter: bit ``p`` of the mask (``get_bit`` order) set for
     each partition; None reads every partition (a member that owns them all)."""
@@ -93,10 +110,9 @@ class StreamsStore:
         # A read-only transaction of its own (no transaction id, so it holds nobody back)
         # only to scope the plan setting: SET LOCAL, so the pool connection keeps nothing,
         # also behind a transaction-pooling PgBouncer.
-        transaction = conn.transaction(isolation="read_committed", readonly=True)
+        transaction = _ReadTransaction(conn)
         try:
-            await transaction.start()
-            await conn.execute(self.q.consumer_fetch_streams_plan)
+            await conn.execute(self.q.consumer_fetch_streams_begin)
             rows = await conn.fetch(
                 self.q.consumer_fetch_streams,
                 self.event_types,
