@@ -198,10 +198,15 @@ SET replay_status = 'failed', replayed_at = now(), replay_error = $2,
 WHERE dead_letter_id = $1 AND replay_status = 'pending'
 
 -- name: consumer_advance_cursors
--- Never backwards: two processes of one consumer may both advance.
+-- Never backwards: two processes of one consumer may both advance. Committed without
+-- waiting for the disk (synchronous_commit off for this statement's own transaction): a
+-- cursor is a low-water mark, and one lost in a crash only makes a restart read again
+-- events whose dedup markers (committed synchronously, earlier in the WAL) skip them.
+-- Any later synchronous commit (prune's, an outcome's) makes it durable too.
 INSERT INTO {{schema}}.dispatcher_cursor AS c (consumer, event_type, last_xid, last_position)
 SELECT $1, t.event_type, t.last_xid::text::xid8, t.last_position
 FROM unnest($2::text[], $3::bigint[], $4::bigint[]) AS t(event_type, last_xid, last_position)
+CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
 ON CONFLICT (consumer, event_type) DO UPDATE
 SET last_xid = EXCLUDED.last_xid, last_position = EXCLUDED.last_position, updated_at = now()
 WHERE (c.last_xid, c.last_position) < (EXCLUDED.last_xid, EXCLUDED.last_position)
@@ -376,11 +381,13 @@ ORDER BY t.event_type, p.partition
 
 -- name: partition_cursors_advance
 -- Never backwards. Not fenced: a stale owner's cursor is still a correct low-water mark.
+-- Committed without waiting for the disk, as consumer_advance_cursors (why it is safe: there).
 INSERT INTO {{schema}}.dispatcher_partition_cursor AS c
     (consumer, event_type, partition, last_xid, last_position)
 SELECT $1, t.event_type, t.partition, t.last_xid::text::xid8, t.last_position
 FROM unnest($2::text[], $3::smallint[], $4::bigint[], $5::bigint[])
     AS t(event_type, partition, last_xid, last_position)
+CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
 ON CONFLICT (consumer, event_type, partition) DO UPDATE
 SET last_xid = EXCLUDED.last_xid, last_position = EXCLUDED.last_position, updated_at = now()
 WHERE (c.last_xid, c.last_position) < (EXCLUDED.last_xid, EXCLUDED.last_position)
@@ -390,9 +397,10 @@ WHERE (c.last_xid, c.last_position) < (EXCLUDED.last_xid, EXCLUDED.last_position
 -- check read, and what retention waits for) moving when the consumer's processes store
 -- per-partition cursors: up to the lowest of them, once every partition of the type has
 -- one (a missing one falls back to this very row, so it holds it back). Never backwards.
+-- Committed without waiting for the disk, as consumer_advance_cursors.
 UPDATE {{schema}}.dispatcher_cursor c
 SET last_xid = f.last_xid, last_position = f.last_position, updated_at = now()
-FROM (
+FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit, (
     SELECT t.event_type, lo.last_xid, lo.last_position
     FROM unnest($2::text[]) AS t(event_type)
     CROSS JOIN LATERAL (
