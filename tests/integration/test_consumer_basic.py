@@ -7,7 +7,7 @@ import pytest
 
 from dispatch_aio import ConfigurationError, Consumer, ConsumerState, Dispatcher, Event
 
-from .helpers import locked_payload, uid
+from .helpers import eventually, locked_payload, uid
 
 pytestmark = pytest.mark.anyio
 
@@ -122,3 +122,43 @@ async def test_a_deadlock_is_not_a_handler_attempt(
     assert consumer.stats.retried == 0
     assert consumer.stats.dead_lettered == 0
     assert await dispatch_pool.fetchval("SELECT count(*) FROM seen") == 1
+
+
+async def test_a_trickle_costs_one_read_per_notification_and_cursors_still_advance(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    """A finished group makes no row readable: it must not cost a read of its own (that
+    doubled the reads of a steady trickle). The stored cursor still follows, and
+    wait_idle still returns once everything published before it is handled."""
+    consumer = Consumer(dispatch_pool, name="trickle", poll_interval=30.0)
+    handled: list[str] = []
+
+    @consumer.on("credit.locked")
+    async def on_locked(event: Event) -> None:
+        handled.append(event.event_id)
+
+    events = 20
+    async with consumer:
+        await consumer.wait_idle()
+        fetches_before = consumer.stats.fetches
+        for i in range(events):
+            await dispatcher.publish(
+                "credit.locked", locked_payload(), subject=uid("per"), actor="system:tests"
+            )
+            # One at a time: the next is published once this one's outcome is committed.
+            await eventually(lambda n=i + 1: consumer.stats.handled == n, within=10, what="handled")
+        reads = consumer.stats.fetches - fetches_before
+        top = await dispatch_pool.fetchval("SELECT max(position) FROM dispatcher_event")
+
+        async def cursor_at_top() -> bool:
+            stored = await dispatch_pool.fetchval(
+                "SELECT last_position FROM dispatcher_cursor WHERE consumer = 'trickle'"
+            )
+            return bool(stored == top)
+
+        await eventually(cursor_at_top, within=10, what="the stored cursor at the top")
+        await consumer.wait_idle()
+    # One read per notification, and a few more at most (a notification that came during
+    # a read). With a read per finished group as well, it would be twice as many.
+    assert reads <= events + 3, f"{reads} reads for {events} events, one at a time"
+    assert len(handled) == events

@@ -1,12 +1,16 @@
 """The read loop: when to read, on which connection, and what to do when reading fails.
 
-It asks the fetcher (``_fetcher``) for a batch whenever it is woken (a notification, a
-finished group, ``wait_idle``) or the poll interval has passed, stores the cursors the
-scheduler moved (after the read, at most every ``_FLUSH_EVERY``), pauses while the buffer
-is full, reads pending replays when asked (or every poll interval while no LISTEN
-connection is up), and reconnects with a capped exponential backoff and jitter when the
-database fails. Anything else is a bug and
-propagates (the consumer fails).
+It asks the fetcher (``_fetcher``) for a batch whenever it is woken (a notification,
+``wait_idle``, partitions changing hands) or the poll interval has passed, stores the
+cursors the scheduler moved (after the read, at most every ``_FLUSH_EVERY``), pauses while
+the buffer is full, reads pending replays when asked (or every poll interval while no
+LISTEN connection is up), and reconnects with a capped exponential backoff and jitter when
+the database fails. Anything else is a bug and propagates (the consumer fails).
+
+A finished group only *pokes* it: no row became readable by that, so it does not read
+(unless the buffer cap held the last read back); it marks the consumer idle when nothing
+is left in flight, and stores moved cursors when due. In a steady trickle that halves the
+reads: one per notification, not one more per finished group.
 """
 
 from __future__ import annotations
@@ -41,6 +45,38 @@ logger = logging.getLogger("dispatch_aio.consumer")
 _FLUSH_EVERY = 0.1
 
 
+class ReadWake:
+    """The read loop's wake-up: :meth:`set` asks for a read, :meth:`poke` only for a look."""
+
+    __slots__ = ("_event", "read")
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        #: A read was asked for since the last one began.
+        self.read = True
+
+    def set(self) -> None:
+        """Read again at once."""
+        self.read = True
+        self._event.set()
+
+    def poke(self) -> None:
+        """Look again (idle? cursors to store?) without reading."""
+        self._event.set()
+
+    def is_set(self) -> bool:
+        """Set or poked since the last :meth:`clear`."""
+        return self._event.is_set()
+
+    def clear(self) -> None:
+        """Forget pokes; a read asked for stays asked for until one begins."""
+        self._event.clear()
+
+    async def wait(self) -> None:
+        """Until set or poked."""
+        await self._event.wait()
+
+
 class ReadLoop:
     """Reads for one consumer until ``stop_requested`` is set."""
 
@@ -73,8 +109,8 @@ class ReadLoop:
         self._listening = listening
         self.refill_below = refill_below
         self._log = log_extra
-        #: Set to read again at once.
-        self.wake = asyncio.Event()
+        #: Set to read again at once; poked when a group finished.
+        self.wake = ReadWake()
         #: Set when the workers have used up enough of the buffer to read again.
         self.capacity = asyncio.Event()
         #: Set by a read that found nothing while nothing was in flight.
@@ -87,6 +123,9 @@ class ReadLoop:
         self._replays_read_at = 0.0
         self._cursor_held = False
         self._flushed_at = 0.0
+        #: When the last read began, and whether the buffer cap held it back.
+        self._read_at = 0.0
+        self._capped = False
         #: The pool connection held for reading, and the lock that lends it out between
         #: two reads (the member task heartbeats on it: no pool slot of its own).
         self._conn: asyncpg.Connection | None = None
@@ -115,39 +154,46 @@ class ReadLoop:
                     # in one large read rather than many small ones.
                     self.capacity.clear()
                     await self.capacity.wait()
+                    self.wake.set()
                     continue
-                try:
-                    if self._conn is None:
-                        # Outside the lock: a borrower uses a pool connection meanwhile
-                        # rather than wait for this one to be made.
-                        self._conn = await self.pool.acquire(timeout=config.acquire_timeout)
-                    async with self._conn_lock:
-                        # A read whose request or answer vanished (a partition, a dead NAT
-                        # entry) would wait for TCP to give up, minutes; bound it instead.
-                        with anyio.fail_after(config.commit_timeout):
-                            full = await self._read(self._conn)
-                            if self._flush_due():
-                                # After the read, not before: a cursor write waits for its
-                                # commit to reach the disk; delivery must not wait behind it.
-                                await self.flush_cursors(self._conn)
-                    failures.reset()
-                except Exception as exc:
-                    if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
-                        raise
-                    delay = failures.next()
-                    self._stats.reconnects += 1
-                    logger.warning(
-                        "fetch failed (%s: %s); again in %.1fs",
-                        type(exc).__name__,
-                        exc,
-                        delay,
-                        extra=self._log,
-                    )
-                    # A read that timed out: presumed dead, its answer may never come.
-                    await self._drop_connection(dead=isinstance(exc, TimeoutError))
-                    await self._sleep_or_wake(delay)
-                    continue
+                read = self._read_due()
+                full = False
+                if read or self._flush_due():
+                    try:
+                        if self._conn is None:
+                            # Outside the lock: a borrower uses a pool connection meanwhile
+                            # rather than wait for this one to be made.
+                            self._conn = await self.pool.acquire(timeout=config.acquire_timeout)
+                        async with self._conn_lock:
+                            # A read whose request or answer vanished (a partition, a dead
+                            # NAT entry) would wait for TCP to give up, minutes; bound it.
+                            with anyio.fail_after(config.commit_timeout):
+                                if read:
+                                    full = await self._read(self._conn)
+                                if self._flush_due():
+                                    # After the read, not before: delivery must not wait
+                                    # behind a cursor write.
+                                    await self.flush_cursors(self._conn)
+                        failures.reset()
+                    except Exception as exc:
+                        if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
+                            raise
+                        delay = failures.next()
+                        self._stats.reconnects += 1
+                        logger.warning(
+                            "fetch failed (%s: %s); again in %.1fs",
+                            type(exc).__name__,
+                            exc,
+                            delay,
+                            extra=self._log,
+                        )
+                        # A read that timed out: presumed dead, its answer may never come.
+                        await self._drop_connection(dead=isinstance(exc, TimeoutError))
+                        await self._sleep_or_wake(delay)
+                        self.wake.set()  # read again after the pause, whatever woke it
+                        continue
                 if full:
+                    self.wake.read = True  # more is probably waiting: read on at once
                     continue
                 if self._cursor_held:
                     # Open transactions keep the stored cursor (not delivery) back: their
@@ -162,12 +208,20 @@ class ReadLoop:
                 else:
                     held_since = None
                 if scheduler.idle:
+                    # The last read (not full) saw every row committed before it began;
+                    # with nothing in flight, all of those have their outcome.
                     self.idle_seq = self.fetch_seq
                     self.idle.set()
                 await self._sleep_or_wake(self._sleep_for(config.poll_interval))
         finally:
             with anyio.CancelScope(shield=True):
                 await self._drop_connection()
+
+    def _read_due(self) -> bool:
+        """Whether to read now: asked to, the poll interval passed, or the cap held one."""
+        if self.wake.read or self._capped:
+            return True
+        return time.monotonic() - self._read_at >= self.config.poll_interval
 
     async def _drop_connection(self, *, dead: bool = False) -> None:
         """Give the read connection back (broken, or the loop ends); never while lent out."""
@@ -228,11 +282,12 @@ class ReadLoop:
         return time.monotonic() - self._flushed_at >= _FLUSH_EVERY
 
     def _sleep_for(self, poll_interval: float) -> float:
-        """How long to wait for a wake-up: the poll interval, or less to store a cursor."""
+        """How long to wait for a wake-up: until the next poll, or less to store a cursor."""
+        now = time.monotonic()
+        poll = max(self._read_at + poll_interval - now, 0.0)
         if not self._scheduler.moved_cursors():
-            return poll_interval
-        due = self._flushed_at + _FLUSH_EVERY - time.monotonic()
-        return min(poll_interval, max(due, 0.0))
+            return poll
+        return min(poll, max(self._flushed_at + _FLUSH_EVERY - now, 0.0))
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         with anyio.move_on_after(seconds):
@@ -243,8 +298,11 @@ class ReadLoop:
         """One read; returns True when the batch was full (more is probably waiting)."""
         self.idle.clear()
         self.wake.clear()
+        self.wake.read = False
         self.fetch_seq += 1
+        self._read_at = time.monotonic()
         result = await self._fetcher.read(conn)
+        self._capped = self._scheduler.at_cap()
         self._stats.fetches += 1
         self._cursor_held = result.cursor_held
         now = time.monotonic()

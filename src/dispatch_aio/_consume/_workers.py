@@ -182,7 +182,9 @@ class Workers:
         reader = self._reader
         if len(self._scheduler.inflight) < reader.refill_below:
             reader.capacity.set()
-        reader.wake.set()
+        # A poke, not a read: finishing a group makes no row readable; the read loop only
+        # looks whether the consumer is idle now and whether cursors are due to be stored.
+        reader.wake.poke()
 
     async def retry_clock(self) -> None:
         """Unpark subjects whose retry is due, until cancelled."""
