@@ -6,6 +6,6 @@ from __future__ import annotations
 
 from ._config import ConsumerConfig, HandlerOptions
 from ._consumer import Consumer, ConsumerState
-from ._runner import ConsumerStats
+from ._outcomes import ConsumerStats
 
 __all__ = ["Consumer", "ConsumerConfig", "ConsumerState", "ConsumerStats", "HandlerOptions"]

@@ -10,7 +10,8 @@ Shape of a running consumer (one anyio task group, in a runner task of its own):
   full;
 - **workers** (``_workers``, ``concurrency`` of them) take groups from the scheduler and
   run them with the **group runner** (``_runner``): handlers in one transaction, one
-  commit;
+  commit; **outcomes** (``_outcomes``) carries each event's outcome out: statistics,
+  logs, retries with their stored counts, dead letters;
 - the **retry clock** (``_workers``) unparks subjects when their retry is due.
 
 Failures are classified at the driver boundary (``_storage``): infrastructure failures
@@ -56,8 +57,9 @@ from ._config import ConsumerConfig, HandlerOptions
 from ._fetcher import Fetcher
 from ._listener import Listener
 from ._members import Members
+from ._outcomes import ConsumerStats
 from ._reader import ReadLoop
-from ._runner import ConsumerStats, GroupRunner, Handler, Subscription
+from ._runner import GroupRunner, Handler, Subscription
 from ._scheduler import Scheduler
 from ._signals import drain_on_signals
 from ._workers import WorkBell, Workers

@@ -30,7 +30,7 @@ from .._storage import Backoff, FailureKind, classify, is_usable, release, termi
 from .._storage._consumer_store import ConsumerStore
 from ._config import ConsumerConfig
 from ._fetcher import Fetcher
-from ._runner import ConsumerStats
+from ._outcomes import ConsumerStats
 from ._scheduler import Scheduler
 from .leases_store import LeaseStore
 

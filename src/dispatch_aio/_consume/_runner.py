@@ -14,6 +14,9 @@ driver boundary (``_storage.classify``):
 - a group that fails to commit for a reason of its own is split: each event then runs
   alone, and the one that keeps failing is the event's failure;
 - anything else is a bug in the consumer: it propagates and fails the consumer.
+
+Carrying an outcome out (statistics, telemetry, logs, retries with their stored counts,
+dead letters) is ``_outcomes``'s part.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,17 +32,16 @@ from typing import Any
 import asyncpg
 
 from .._errors import LeaseLostError
-from .._logfields import event_fields, tagged
-from .._signals import Reject, RetryAfter
 from .._storage import classify, commit, is_infrastructure, is_usable, rollback
 from .._storage._consumer_store import ConsumerStore, DeadLetterRow
 from .._storage._driver import FailureKind, keeps_connection
 from .._telemetry import Telemetry
 from .._typed import PayloadModel
-from ._codec import MAX_MESSAGE, dead_letter_row, storable
+from ._codec import MAX_MESSAGE, storable
 from ._config import ConsumerConfig
 from ._deadline import HandlerDeadline
 from ._members import Members
+from ._outcomes import ConsumerStats, Outcomes
 from ._scheduler import Item, Outcome, Scheduler
 from .leases_store import LeaseStore
 
@@ -76,21 +77,6 @@ class Subscription:
     payload_model: PayloadModel | None = None
 
 
-@dataclass
-class ConsumerStats:
-    """What a consumer has done since it started (this process only)."""
-
-    handled: int = 0
-    dedup_hits: int = 0
-    retried: int = 0
-    dead_lettered: int = 0
-    replayed: int = 0
-    groups_committed: int = 0
-    groups_rolled_back: int = 0
-    fetches: int = 0
-    reconnects: int = 0
-
-
 class GroupRunner:
     """Runs groups for one consumer; reports every outcome to the scheduler."""
 
@@ -117,8 +103,19 @@ class GroupRunner:
         self.stats = stats
         self.telemetry = telemetry
         self._log = {"consumer": name}
-        self._rng = random.Random()
         self._limit = config.commit_timeout
+        #: Statistics, telemetry, logs and the scheduler's verbs for every outcome.
+        self.outcomes = Outcomes(
+            name=name,
+            config=config,
+            retry_delays={t: s.retry_delays for t, s in subscriptions.items()},
+            scheduler=scheduler,
+            store=store,
+            stats=stats,
+            telemetry=telemetry,
+            leases=leases,
+            members=members,
+        )
 
     # -- one group -------------------------------------------------------------------
 
@@ -144,7 +141,9 @@ class GroupRunner:
             # A replayed event that still cannot be decoded: the replay failed (replays
             # run alone); no second dead letter.
             letter: DeadLetterRow = head.dead_letter
-            await self._replay_failed(head, f"{letter.error_type}: {letter.error_message}", conn)
+            await self.outcomes.replay_failed(
+                head, f"{letter.error_type}: {letter.error_message}", conn
+            )
             return is_usable(conn)
         try:
             failure: tuple[Item, BaseException] | None = None
@@ -170,7 +169,7 @@ class GroupRunner:
                 self.stats.groups_rolled_back += 1
                 self._undo(ran)
                 self.scheduler.requeue(i for i in group if i is not failure[0])
-                await self._fail(*failure, conn if usable else None)
+                await self.outcomes.fail(*failure, conn if usable else None)
                 return usable
             statements = (
                 any(i.dead_letter is not None for i in group)
@@ -226,7 +225,7 @@ class GroupRunner:
                     if item not in ran:
                         item.attempts += 1
                     item.succeeded = False
-                    await self._fail(item, exc, conn if usable else None)
+                    await self.outcomes.fail(item, exc, conn if usable else None)
                     return usable
                 self._undo(ran)
                 return await self._commit_failed(group, exc) and usable
@@ -411,7 +410,7 @@ class GroupRunner:
             if len(inserted) != len(regular):
                 for item in regular:
                     if item.event_id not in inserted:
-                        self._account(item, Outcome.DONE_ELSEWHERE)
+                        self.outcomes.account(item, Outcome.DONE_ELSEWHERE)
                 if not in_transaction:
                     return True  # the markers that went in are committed: all done
                 # Another process of this consumer finished some of these first: drop our
@@ -428,174 +427,8 @@ class GroupRunner:
             if item.done:
                 continue  # finished by another process of this consumer
             if item.replay_of is not None and item.dead_letter is None:
-                self._account(item, Outcome.REPLAYED)
+                self.outcomes.account(item, Outcome.REPLAYED)
             elif item.dead_letter is not None:
-                self._account(item, Outcome.DEAD_LETTERED)
+                self.outcomes.account(item, Outcome.DEAD_LETTERED)
             else:
-                self._account(item, Outcome.HANDLED)
-
-    def _account(self, item: Item, outcome: Outcome) -> None:
-        """One call per outcome: statistics, telemetry, log, then the scheduler."""
-        stats, telemetry, name = self.stats, self.telemetry, self.name
-        if outcome is Outcome.HANDLED:
-            stats.handled += 1
-            telemetry.consumed(item.event_type, name, item.row["producer"], "handled")
-            if logger.isEnabledFor(logging.DEBUG):  # once per event: build nothing otherwise
-                fields = event_fields(name, item.event_type, item.event_id, item.attempts)
-                logger.debug(
-                    "handled event %s (%s)%s",
-                    item.event_id,
-                    item.event_type,
-                    tagged(fields),
-                    extra=fields,
-                )
-        elif outcome is Outcome.DONE_ELSEWHERE:
-            stats.dedup_hits += 1
-            telemetry.dedup_hit(item.event_type, name)
-        elif outcome is Outcome.REPLAYED:
-            stats.replayed += 1
-            telemetry.consumed(item.event_type, name, item.row["producer"], "replayed")
-            fields = event_fields(
-                name, item.event_type, item.event_id, item.attempts, item.replay_of
-            )
-            logger.info(
-                "replayed dead letter %s: event %s (%s) handled%s",
-                item.replay_of,
-                item.event_id,
-                item.event_type,
-                tagged(fields),
-                extra=fields,
-            )
-        elif outcome is Outcome.DEAD_LETTERED:
-            letter: DeadLetterRow = item.dead_letter
-            stats.dead_lettered += 1
-            reason = "exhausted" if letter.attempts else "invalid"
-            telemetry.dead_lettered(item.event_type, name, reason)
-            telemetry.consumed(item.event_type, name, item.row["producer"], "dead_lettered")
-            fields = event_fields(
-                name, item.event_type, item.event_id, letter.attempts, letter.dead_letter_id
-            )
-            logger.warning(
-                "dead-lettered event %s (%s) as %s after %d attempts: %s: %s%s",
-                item.event_id,
-                item.event_type,
-                letter.dead_letter_id,
-                letter.attempts,
-                letter.error_type,
-                letter.error_message[:500],
-                tagged(fields),
-                extra={**fields, "reason": letter.error_type},
-            )
-        self.scheduler.complete(item, outcome)
-
-    async def _fail(
-        self, failed: Item, exc: BaseException, conn: asyncpg.Connection | None
-    ) -> None:
-        """The event's own failure: retry it later, or dead-letter it."""
-        delays = self.subscriptions[failed.event_type].retry_delays
-        log = event_fields(self.name, failed.event_type, failed.event_id, failed.attempts)
-        if failed.replay_of is not None:
-            await self._replay_failed(failed, f"{type(exc).__name__}: {exc}", conn)
-            return
-        retry = not isinstance(exc, Reject) and failed.attempts <= len(delays)
-        if retry:
-            delay = delays[failed.attempts - 1] * (
-                1 + self._rng.uniform(0, self.config.retry_jitter)
-            )
-            if isinstance(exc, RetryAfter):
-                delay = max(delay, exc.delay)
-            self.stats.retried += 1
-            self.telemetry.retried(failed.event_type, self.name)
-            logger.warning(
-                "handler failed on event %s (%s: %s); retry %d in %.2fs%s",
-                failed.event_id,
-                type(exc).__name__,
-                exc,
-                failed.attempts,
-                delay,
-                tagged(log),
-                extra=log,
-            )
-            self.scheduler.retry(failed, delay)
-            await self._store_attempt(failed, exc, conn)
-            return
-        logger.error(
-            "handler failed %d times on event %s (%s: %s); dead-lettering%s",
-            failed.attempts,
-            failed.event_id,
-            type(exc).__name__,
-            exc,
-            tagged(log),
-            extra=log,
-        )
-        self.scheduler.dead_letter(
-            failed, dead_letter_row(failed.row, exc, attempts=failed.attempts)
-        )
-
-    async def _store_attempt(
-        self, item: Item, exc: BaseException, conn: asyncpg.Connection | None
-    ) -> None:
-        """Persist the count, so a restart continues it; a failure here only logs."""
-        if conn is None or not is_usable(conn):
-            return
-        error_text = storable(f"{type(exc).__name__}: {exc}", MAX_MESSAGE)
-        try:
-            if self.leases is not None and self.members is not None and item.partition >= 0:
-                # Behind the fence, as outcomes are: a process that lost the partition
-                # must not count attempts (nor, through them, dead-letter) there.
-                [epoch] = self.members.epochs([item.partition]).values()
-                await self.leases.record_attempt_fenced(
-                    conn, item.event_id, item.attempts, error_text, item.partition, epoch
-                )
-            else:
-                await self.store.record_attempt(conn, item.event_id, item.attempts, error_text)
-        except LeaseLostError as lost:
-            # The member task drops the partition's events (this one among them).
-            if self.members is not None:
-                self.members.wake.set()
-                self.telemetry.lease_lost(self.name, self.members.store.member_id)
-            logger.warning(
-                "attempt %d not stored: %s",
-                item.attempts,
-                lost,
-                extra={**self._log, "event_id": item.event_id},
-            )
-        except Exception as error:
-            if classify(error, handler=False) is not FailureKind.INFRASTRUCTURE:
-                raise
-            logger.warning(
-                "could not store attempt %d (%s: %s)",
-                item.attempts,
-                type(error).__name__,
-                error,
-                extra={**self._log, "event_id": item.event_id},
-            )
-
-    async def _replay_failed(self, item: Item, error: str, conn: asyncpg.Connection | None) -> None:
-        """Record a failed replay; left pending (read again later) when it cannot be."""
-        self.scheduler.complete(item, Outcome.REPLAY_FAILED)
-        fields = event_fields(
-            self.name, item.event_type, item.event_id, item.attempts, item.replay_of
-        )
-        logger.warning(
-            "replay of dead letter %s failed again: %s%s",
-            item.replay_of,
-            error[:500],
-            tagged(fields),
-            extra=fields,
-        )
-        if conn is None:
-            return
-        try:
-            await self.store.fail_replay(
-                conn, item.replay_of or "", storable(error, MAX_MESSAGE), item.attempts
-            )
-        except Exception as failure:
-            if classify(failure, handler=False) is not FailureKind.INFRASTRUCTURE:
-                raise
-            logger.warning(
-                "could not record a failed replay (%s: %s)",
-                type(failure).__name__,
-                failure,
-                extra={**self._log, "event_id": item.event_id},
-            )
+                self.outcomes.account(item, Outcome.HANDLED)

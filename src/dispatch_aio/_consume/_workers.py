@@ -19,8 +19,9 @@ import asyncpg
 
 from .._storage import Backoff, FailureKind, classify, release
 from ._config import ConsumerConfig
+from ._outcomes import ConsumerStats
 from ._reader import ReadLoop
-from ._runner import ConsumerStats, GroupRunner
+from ._runner import GroupRunner
 from ._scheduler import Item, Scheduler
 
 __all__ = ["WorkBell", "Workers"]
