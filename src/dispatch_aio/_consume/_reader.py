@@ -1,8 +1,9 @@
 """The read loop: when to read, on which connection, and what to do when reading fails.
 
-It asks the fetcher (``_fetcher``) for a batch whenever it is woken (a notification, a
-finished group, ``wait_idle``) or the poll interval has passed, stores the cursors the
-scheduler moved (after the read, at most every ``_FLUSH_EVERY``), pauses while the buffer
+It asks the fetcher (``_fetcher``) for a batch whenever it is woken (a notification,
+``wait_idle``, a finished group when that can matter: :meth:`ReadLoop.group_done`) or the
+poll interval has passed, stores the cursors the scheduler moved (after a read, or
+between reads, at most every ``_FLUSH_EVERY``), pauses while the buffer
 is full, reads pending replays when asked (or every poll interval while no LISTEN
 connection is up), and reconnects with a capped exponential backoff and jitter when the
 database fails. Anything else is a bug and
@@ -86,6 +87,7 @@ class ReadLoop:
         self.replays_due = True
         self._replays_read_at = 0.0
         self._cursor_held = False
+        self._capped = False
         self._flushed_at = 0.0
         #: The pool connection held for reading, and the lock that lends it out between
         #: two reads (the member task heartbeats on it: no pool slot of its own).
@@ -164,7 +166,7 @@ class ReadLoop:
                 if scheduler.idle:
                     self.idle_seq = self.fetch_seq
                     self.idle.set()
-                await self._sleep_or_wake(self._sleep_for(config.poll_interval))
+                await self._wait(config.poll_interval)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._drop_connection()
@@ -227,23 +229,76 @@ class ReadLoop:
             return False
         return time.monotonic() - self._flushed_at >= _FLUSH_EVERY
 
-    def _sleep_for(self, poll_interval: float) -> float:
-        """How long to wait for a wake-up: the poll interval, or less to store a cursor."""
-        if not self._scheduler.moved_cursors():
-            return poll_interval
-        due = self._flushed_at + _FLUSH_EVERY - time.monotonic()
-        return min(poll_interval, max(due, 0.0))
+    def group_done(self) -> None:
+        """A group ended: read at once only where that read can find something new.
 
-    async def _sleep_or_wake(self, seconds: float) -> None:
+        With notifications up, new events announce themselves; reading after every
+        group would only repeat an empty read (a round trip and a query per group, in
+        every process of a group of them). A group's end matters to the reader when
+        nothing is left in flight (a read then finds the consumer idle, which
+        ``wait_idle`` waits for), when the last read stopped at the buffer cap (the
+        group may have made room), or when there are no notifications to wait for.
+        """
+        if self._capped or self._scheduler.idle or not self._listening():
+            self.wake.set()
+
+    async def _wait(self, poll_interval: float) -> None:
+        """Until woken, or ``poll_interval`` passed; stores moved cursors meanwhile.
+
+        A cursor that moved is stored ``_FLUSH_EVERY`` after the last store, without a
+        read: only a wake-up or the poll interval reads again.
+        """
+        deadline = time.monotonic() + poll_interval
+        while True:
+            now = time.monotonic()
+            left = deadline - now
+            if left <= 0:
+                return
+            if not self._scheduler.moved_cursors():
+                await self._sleep_or_wake(left)
+                return
+            due = max(self._flushed_at + _FLUSH_EVERY - now, 0.0)
+            if due >= left:
+                await self._sleep_or_wake(left)
+                return
+            if await self._sleep_or_wake(due) or not await self._flush_between_reads():
+                return
+
+    async def _flush_between_reads(self) -> bool:
+        """Store moved cursors on the read connection; False when that failed (the next
+        read reconnects, and stores them)."""
+        config = self.config
+        try:
+            if self._conn is None:
+                return False
+            async with self._conn_lock:
+                if self._conn is None:
+                    return False
+                with anyio.fail_after(config.commit_timeout):
+                    await self.flush_cursors(self._conn)
+        except Exception as exc:
+            if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
+                raise
+            if isinstance(exc, TimeoutError):
+                await self._drop_connection(dead=True)  # its answer may never come
+            return False
+        return True
+
+    async def _sleep_or_wake(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for a wake-up; True when woken."""
         with anyio.move_on_after(seconds):
             await self.wake.wait()
+        woken = self.wake.is_set()
         self.wake.clear()
+        return woken
 
     async def _read(self, conn: asyncpg.Connection) -> bool:
         """One read; returns True when the batch was full (more is probably waiting)."""
         self.idle.clear()
         self.wake.clear()
         self.fetch_seq += 1
+        # The fetcher skips the read at the cap; a group that makes room must wake it.
+        self._capped = self._scheduler.at_cap()
         result = await self._fetcher.read(conn)
         self._stats.fetches += 1
         self._cursor_held = result.cursor_held

@@ -275,6 +275,15 @@ class LeaseStore:
             raise
         return {r[0] for r in rows}
 
+    async def prepare(self, conn: asyncpg.Connection) -> None:
+        """Ready ``conn`` for :meth:`record_outcomes_fenced` (no transaction, no writes).
+
+        The driver looks up the array types of the statement once per connection, and
+        that look-up is a catalogue query of its own: done here, a group does not wait
+        for it. Cancellation leaves nothing behind.
+        """
+        await conn.prepare(self.q.consumer_record_handled_fenced)
+
     async def record_attempt_fenced(
         self,
         conn: asyncpg.Connection,
