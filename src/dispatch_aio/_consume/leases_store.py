@@ -276,13 +276,16 @@ class LeaseStore:
         return {r[0] for r in rows}
 
     async def prepare(self, conn: asyncpg.Connection) -> None:
-        """Ready ``conn`` for :meth:`record_outcomes_fenced` (no transaction, no writes).
+        """Ready ``conn`` for :meth:`record_outcomes_fenced`: run it once with nothing to
+        record (no partitions fenced, no row written, no lock taken).
 
-        The driver looks up the array types of the statement once per connection, and
-        that look-up is a catalogue query of its own: done here, a group does not wait
-        for it. Cancellation leaves nothing behind.
+        A connection's first run of it costs more than the statement itself: the
+        driver's catalogue look-up of its array types, the statement's preparation, the
+        fence function's compilation and the plans of its statements, once per server
+        process. Done here, a group does not wait for them. Its own transaction (the
+        connection must not be in one); cancellation leaves nothing behind.
         """
-        await conn.prepare(self.q.consumer_record_handled_fenced)
+        await self.record_outcomes_fenced(conn, [], [], {})
 
     async def record_attempt_fenced(
         self,
