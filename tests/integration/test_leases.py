@@ -68,6 +68,24 @@ async def test_two_members_split_the_partitions_and_cannot_take_held_ones(
         assert set(held[a.member_id].values()) == {1}
 
 
+async def test_preparing_a_connection_writes_and_locks_nothing(
+    dispatch_pool: asyncpg.Pool,
+) -> None:
+    # Readies a worker's connection for its groups' outcome statement: even for a member
+    # that holds nothing (and one that is not registered), nothing is fenced or written.
+    a, b = stores("a", "b")
+    async with dispatch_pool.acquire() as conn, dispatch_pool.acquire() as other:
+        await a.join(conn)
+        held = await settle(conn, [a])
+        await b.prepare(other)
+        await a.prepare(other)
+        assert not other.is_in_transaction()
+        assert await conn.fetchval("SELECT count(*) FROM dispatcher_dedup") == 0
+        # No lock is left behind: the owner's takeover-guarding locks are free.
+        assert await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+        assert (await a.view(conn)).held_by(a.member_id) == held[a.member_id]
+
+
 async def test_an_expired_member_loses_its_leases_and_its_fence(
     dispatch_pool: asyncpg.Pool,
 ) -> None:

@@ -64,6 +64,27 @@ def test_subjects_are_spread_over_workers() -> None:
     assert {i.subject for i in first} | {i.subject for i in second} == {"a", "b", "c", "d"}
 
 
+def test_a_subjects_queue_is_not_split_over_groups_by_the_fair_share() -> None:
+    # 7 events for 4 workers: a fair share is 2. Subject a's 5 events run one after
+    # another wherever they are: one group for them all, not three commits in a row.
+    s = scheduler(workers=4, max_group=10)
+    for position in range(1, 6):
+        s.read(row(position, "a"), make)
+    s.read(row(6, "b"), make)
+    s.read(row(7, "c"), make)
+    assert [i.position for i in s.take_group()] == [1, 2, 3, 4, 5]
+    assert [i.position for i in s.take_group()] == [6, 7]
+    # Still bounded by max_group, and by an explicit limit.
+    s = scheduler(workers=4, max_group=3)
+    for position in range(1, 6):
+        s.read(row(position, "a"), make)
+    assert [i.position for i in s.take_group()] == [1, 2, 3]
+    s = scheduler(workers=1, max_group=10)
+    for position in range(1, 6):
+        s.read(row(position, "a"), make)
+    assert [i.position for i in s.take_group(limit=2)] == [1, 2]
+
+
 def test_complete_moves_the_low_water_mark_over_the_finished_prefix_only() -> None:
     s = scheduler(workers=4, max_group=1)
     for position, subject in ((1, "a"), (2, "b"), (3, "c")):

@@ -413,6 +413,8 @@ class Consumer:
             work=work,
             retry_wake=retry_wake,
             log_extra=self._log,
+            prepare=self._leases.prepare,
+            workers=self._workers,
         )
 
     @contextlib.asynccontextmanager
@@ -592,6 +594,7 @@ class Consumer:
         async with anyio.create_task_group() as workers:
             workers.start_soon(self._reader.run)
             workers.start_soon(self._members.run, self._stop_requested)
+            workers.start_soon(self._crew.warm)
             for _ in range(self._workers):
                 workers.start_soon(self._crew.worker)
             self._started.set()

@@ -8,7 +8,8 @@ LISTEN connection is up), and reconnects with a capped exponential backoff and j
 the database fails. Anything else is a bug and propagates (the consumer fails).
 
 A finished group only *pokes* it: no row became readable by that, so it does not read
-(unless the buffer cap held the last read back); it marks the consumer idle when nothing
+(unless the buffer cap held the last read back, or there is no LISTEN to announce new
+events); it marks the consumer idle when nothing
 is left in flight, and stores moved cursors when due. In a steady trickle that halves the
 reads: one per notification, not one more per finished group.
 """
@@ -218,8 +219,10 @@ class ReadLoop:
                 await self._drop_connection()
 
     def _read_due(self) -> bool:
-        """Whether to read now: asked to, the poll interval passed, or the cap held one."""
-        if self.wake.read or self._capped:
+        """Whether to read now: asked to, the poll interval passed, the cap held the last
+        read back, or nothing announces new events (no LISTEN: a finished group is then
+        the moment to look for them)."""
+        if self.wake.read or self._capped or not self._listening():
             return True
         return time.monotonic() - self._read_at >= self.config.poll_interval
 

@@ -227,8 +227,14 @@ class Scheduler:
     def take_group(self, limit: int | None = None) -> list[Item]:
         """Head events of ready subjects, for one transaction; their subjects become busy.
 
-        An isolated event runs alone. Empty when nothing is ready.
+        Subjects join the group until it holds ``limit`` events (by default
+        :meth:`fair_limit`); the first one brings all its queued events, up to
+        ``max_group``: they run one after another whatever group they are in, and split
+        over several groups they would only add a commit each (where the fair share falls
+        to one event, at the end of a backlog, one per event). An explicit ``limit``
+        bounds every subject. An isolated event runs alone. Empty when nothing is ready.
         """
+        first_cap = self.max_group if limit is None else limit
         if limit is None:
             limit = self.fair_limit()
         group: list[Item] = []
@@ -250,7 +256,8 @@ class Scheduler:
                 group.append(items.pop(0))
                 break
             subject.busy = True
-            while items and len(group) < limit and not items[0].isolate:
+            cap = limit if group else first_cap
+            while items and len(group) < cap and not items[0].isolate:
                 group.append(items.pop(0))
         return group
 

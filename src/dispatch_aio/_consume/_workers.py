@@ -1,7 +1,9 @@
 """The workers: take groups from the scheduler, run them on a pool connection, give the
 connection back when idle; and the retry clock that unparks subjects when due.
 
-A worker keeps its connection while work keeps coming (one second idle gives it back).
+At start the workers' connections are opened and readied (:meth:`Workers.warm`), so
+that the first burst of work does not pay for them inside its groups. A worker keeps its
+connection while work keeps coming (one second idle gives it back).
 A group whose connection failed (infrastructure) was put back by the runner; the worker
 then gives the connection up and waits a capped exponential backoff with jitter before
 its next group, so that a restarting server is not hammered.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -29,6 +32,7 @@ __all__ = ["WorkBell", "Workers"]
 logger = logging.getLogger("dispatch_aio.consumer")
 
 _IDLE_RELEASE = 1.0  # seconds a worker keeps its connection with nothing to do
+_WARM_WAIT = 1.0  # seconds the start-up waits for each connection it readies
 
 
 class WorkBell:
@@ -85,8 +89,12 @@ class Workers:
         work: WorkBell,
         retry_wake: asyncio.Event,
         log_extra: dict[str, Any],
+        prepare: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+        workers: int = 1,
     ) -> None:
         self.pool = pool
+        self._prepare = prepare
+        self._workers = workers
         self.config = config
         self._scheduler = scheduler
         self._runner = runner
@@ -157,6 +165,37 @@ class Workers:
                     await anyio.sleep(self._backoff.next())
         finally:
             await release(self.pool, conn, config.commit_timeout)
+
+    async def warm(self) -> None:
+        """Open and ready a connection per worker before work arrives; best effort.
+
+        Opened lazily, each would be made inside the first group that needs it: in a
+        burst, every worker connects at once (a server process each, plus the driver's
+        look-up of the array types the outcome statement uses) while its events wait.
+        The connections go back to the pool at once, ready. A pool that cannot give them
+        now (shared, or failing) is left alone: the workers connect when they need to.
+        Cancellation (the consumer stops) gives back what was taken.
+        """
+        held: list[asyncpg.Connection] = []
+        try:
+            for _ in range(self._workers):
+                try:
+                    # Not the acquire timeout: a pool busy elsewhere is not waited for.
+                    conn: asyncpg.Connection = await self.pool.acquire(timeout=_WARM_WAIT)
+                except Exception as exc:
+                    if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
+                        raise
+                    return
+                held.append(conn)
+                if self._prepare is not None:
+                    await self._prepare(conn)
+        except Exception as exc:
+            if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
+                raise
+            logger.debug("could not ready the workers' connections: %s", exc, extra=self._log)
+        finally:
+            for conn in held:
+                await release(self.pool, conn, self.config.commit_timeout)
 
     async def _acquire_for(self, group: list[Item]) -> asyncpg.Connection | None:
         """A pool connection, or None (the group requeued) when the pool cannot give one."""

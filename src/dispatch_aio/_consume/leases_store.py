@@ -275,6 +275,18 @@ class LeaseStore:
             raise
         return {r[0] for r in rows}
 
+    async def prepare(self, conn: asyncpg.Connection) -> None:
+        """Ready ``conn`` for :meth:`record_outcomes_fenced`: run it once with nothing to
+        record (no partitions fenced, no row written, no lock taken).
+
+        A connection's first run of it costs more than the statement itself: the
+        driver's catalogue look-up of its array types, the statement's preparation, the
+        fence function's compilation and the plans of its statements, once per server
+        process. Done here, a group does not wait for them. Its own transaction (the
+        connection must not be in one); cancellation leaves nothing behind.
+        """
+        await self.record_outcomes_fenced(conn, [], [], {})
+
     async def record_attempt_fenced(
         self,
         conn: asyncpg.Connection,
