@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from dispatch_aio import Consumer, Event, Registry, Telemetry, generate_secret
-from dispatch_aio.inbox import inbox_app
+from dispatch_aio.inbox import inbox_app, inbox_asgi
 from dispatch_aio.testing import drain
 
 from .delivery_helpers import SECRET, body_of, envelope, event_rows, signed
@@ -29,9 +29,13 @@ URL = "http://inbox.test/dispatch/inbox"
 REGISTRY = Registry.load()
 
 
-@pytest.fixture
-async def client(dispatch_pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
-    app = inbox_app(dispatch_pool, secrets=[SECRET], registry=REGISTRY, max_body_bytes=64 * 1024)
+@pytest.fixture(params=["fastapi", "asgi"])
+async def client(
+    dispatch_pool: asyncpg.Pool, request: pytest.FixtureRequest
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The inbox in a FastAPI application, and as the plain ASGI application."""
+    build = inbox_app if request.param == "fastapi" else inbox_asgi
+    app = build(dispatch_pool, secrets=[SECRET], registry=REGISTRY, max_body_bytes=64 * 1024)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport) as http:
         yield http
