@@ -7,6 +7,7 @@ import json
 import random
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -346,3 +347,24 @@ async def test_a_thousand_hostile_requests_are_refused_and_write_nothing(
     response = await client.post(URL, content=body, headers=signed(body, sent.event_id))
     assert response.status_code == 200
     assert len(await event_rows(dispatch_pool)) == 1
+
+
+async def test_u0000_in_a_signed_event_answers_422_and_its_escaped_spelling_is_stored(
+    dispatch_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    from dispatch_aio import Inbox
+
+    from .test_publish import _blob_contracts
+
+    blobs = Registry.load(_blob_contracts(tmp_path / "contracts", REGISTRY.root))
+    inbox = Inbox(dispatch_pool, secrets=[SECRET], registry=blobs)
+    answers = {}
+    for label, text in (("nul", "a \u0000 b"), ("written", "a \\u0000 written out")):
+        data = envelope().to_json_dict()
+        data.update(event_type="blob.stored", schema_version=1, payload={"body": text})
+        body = body_of(data)
+        answers[label] = await inbox.receive(signed(body, data["event_id"]), body)
+    assert (answers["nul"].status, answers["nul"].body["path"]) == (422, "$")
+    assert answers["written"].status == 200
+    [row] = await event_rows(dispatch_pool)
+    assert json.loads(row["payload"]) == {"body": "a \\u0000 written out"}

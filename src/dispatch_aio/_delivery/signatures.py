@@ -149,9 +149,9 @@ class WebhookSecrets:
 
 
 def _digest(key: bytes, msg_id: str, timestamp: str, body: bytes) -> bytes:
-    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode(), hashlib.sha256)
-    mac.update(body)
-    return mac.digest()
+    # One-shot hmac.digest runs in OpenSSL; an hmac.new object costs several times more
+    # per request (Python-level set-up of two hash states), and this runs on every POST.
+    return hmac.digest(key, f"{msg_id}.{timestamp}.".encode() + body, "sha256")
 
 
 def _printable_ascii(value: str) -> bool:
