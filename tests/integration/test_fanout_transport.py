@@ -5,6 +5,7 @@ applications (GuardedTransport)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import httpx
@@ -245,3 +246,40 @@ async def test_endpoint_client_connects_to_the_schemes_default_port() -> None:
             await client.post(b"{}", {})
         await client.aclose()
         assert asked[-1] == ("subscriber.example", port)
+
+
+async def test_endpoint_client_times_out_a_silent_server_and_a_trickling_one() -> None:
+    done = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        await done.wait()  # never answers
+        writer.close()
+
+    async def trickling(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        # A byte now and then: never silent for read_timeout, never done.
+        while not done.is_set():
+            writer.write(b"x")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await done.wait()
+        writer.close()
+
+    for handler, limits, expected in (
+        (silent, {"read_timeout": 0.2}, httpx.ReadTimeout),
+        (trickling, {"read_timeout": 0.2, "total_timeout": 0.5}, TimeoutError),
+    ):
+        done.clear()
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = endpoint_client(port, **limits)
+        try:
+            with pytest.raises(expected):
+                await client.post(b"{}", {}, timeout=limits.get("total_timeout"))
+        finally:
+            await client.aclose()
+            done.set()
+            server.close()
+            await server.wait_closed()

@@ -88,8 +88,8 @@ class _Deliverer:
             headers.update(carrier)
             started = time.perf_counter()
             try:
-                async with asyncio.timeout(endpoint.total_timeout):
-                    answer = await self.client.post(body, headers)
+                # The client bounds the whole attempt itself: one timer per POST.
+                answer = await self.client.post(body, headers, timeout=endpoint.total_timeout)
                 status = answer.status
                 self.telemetry.observe_delivery_latency(
                     self.name, (time.perf_counter() - started) * 1000.0

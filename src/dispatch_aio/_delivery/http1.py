@@ -241,6 +241,7 @@ class Connection(asyncio.Protocol):
         self._last_data = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._read_timeout = 0.0
+        self._deadline: float | None = None
         #: When the connection went back to the pool (loop time).
         self.idle_since = 0.0
         #: Requests answered on this connection.
@@ -309,13 +310,20 @@ class Connection(asyncio.Protocol):
         return self._reader is not None and self._reader.started
 
     async def request(
-        self, data: bytes, *, read_timeout: float, excerpt_bytes: int, drain_limit: int
+        self,
+        data: bytes,
+        *,
+        read_timeout: float,
+        excerpt_bytes: int,
+        drain_limit: int,
+        deadline: float | None = None,
     ) -> Answer:
         """Send ``data`` (a whole request) and wait for the answer.
 
-        ``read_timeout``: the longest silence from the server (ReadTimeout). A request
-        that fails or is cancelled closes the connection. Raises httpx's ReadTimeout,
-        ReadError, RemoteProtocolError.
+        ``read_timeout``: the longest silence from the server (ReadTimeout); ``deadline``
+        (loop time): when to give up however the answer trickles in (TimeoutError). One
+        timer serves both. A request that fails or is cancelled closes the connection.
+        Raises httpx's ReadTimeout, ReadError, RemoteProtocolError; TimeoutError.
         """
         transport = self.transport
         if transport is None or not self.usable:
@@ -325,8 +333,9 @@ class Connection(asyncio.Protocol):
         self._waiter = waiter
         self._reader = ResponseReader(excerpt_bytes=excerpt_bytes, drain_limit=drain_limit)
         self._read_timeout = read_timeout
+        self._deadline = deadline
         self._last_data = loop.time()
-        self._timer = loop.call_at(self._last_data + read_timeout, self._check_silence)
+        self._timer = loop.call_at(self._due(), self._check_silence)
         try:
             transport.write(data)
             answer = await waiter
@@ -357,11 +366,20 @@ class Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
-        due = self._last_data + self._read_timeout
-        if self._loop.time() < due:
+        due = self._due()
+        now = self._loop.time()
+        if now < due:
             self._timer = self._loop.call_at(due, self._check_silence)
             return
+        if self._deadline is not None and now >= self._deadline:
+            self._finish(TimeoutError("the POST took longer than its total timeout"))
+            return
         self._finish(httpx.ReadTimeout(f"no answer within {self._read_timeout:g}s"))
+
+    def _due(self) -> float:
+        due = self._last_data + self._read_timeout
+        deadline = self._deadline
+        return due if deadline is None or deadline > due else deadline
 
     def _finish(self, outcome: Answer | Exception) -> None:
         waiter = self._waiter

@@ -86,32 +86,57 @@ class EndpointClient:
         self._busy: set[Connection] = set()
         self._closed = False
 
-    async def post(self, body: bytes, headers: dict[str, str]) -> Answer:
+    async def post(
+        self,
+        body: bytes,
+        headers: dict[str, str],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (one timer per POST, not two)
+    ) -> Answer:
         """POST ``body`` with ``headers`` (lower-case names); the answer, read to its end.
 
-        Raises httpx's transport exceptions, UnsafeEndpointError from the guard, and
-        LocalProtocolError for a header that would break the request apart.
+        ``timeout`` bounds the whole attempt (pool wait, connect, answer): past it,
+        TimeoutError. Raises httpx's transport exceptions, UnsafeEndpointError from the
+        guard, and LocalProtocolError for a header that would break the request apart.
         """
         if self._closed:
             raise httpx.ConnectError("the client is closed")
         request = self._request(body, headers)
-        try:
-            async with asyncio.timeout(self._connect_timeout):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise httpx.PoolTimeout("no connection to the endpoint became free") from None
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        if self._slots.locked():
+            await self._wait_for_slot(deadline)
+        else:
+            await self._slots.acquire()  # free: no suspension, no timer
         try:
             connection = self._take_idle()
             if connection is not None:
                 try:
-                    return await self._send(connection, request)
+                    return await self._send(connection, request, deadline)
                 except (httpx.ReadError, httpx.RemoteProtocolError):
                     if connection.heard_back or connection.answered == 0:
                         raise
                     # A kept-alive connection the server had just closed: once more, anew.
-            return await self._send(await self._open(), request)
+            return await self._send(await self._open(deadline), request, deadline)
         finally:
             self._slots.release()
+
+    def _bounded(self, limit: float, deadline: float | None) -> tuple[float, bool]:
+        """``limit`` cut to what is left before ``deadline``; True when the deadline binds."""
+        if deadline is None:
+            return limit, False
+        left = deadline - asyncio.get_running_loop().time()
+        return (left, True) if left < limit else (limit, False)
+
+    async def _wait_for_slot(self, deadline: float | None) -> None:
+        wait, overall = self._bounded(self._connect_timeout, deadline)
+        try:
+            async with asyncio.timeout(max(wait, 0.0)):
+                await self._slots.acquire()
+        except TimeoutError:
+            if overall:
+                raise TimeoutError("the POST took longer than its total timeout") from None
+            raise httpx.PoolTimeout("no connection to the endpoint became free") from None
 
     def _request(self, body: bytes, headers: dict[str, str]) -> bytes:
         lines = [self._head]
@@ -123,12 +148,13 @@ class EndpointClient:
         lines.append(body)
         return b"".join(lines)
 
-    async def _send(self, connection: Connection, request: bytes) -> Answer:
+    async def _send(self, connection: Connection, request: bytes, deadline: float | None) -> Answer:
         self._busy.add(connection)
         try:
             answer = await connection.request(
                 request,
                 read_timeout=self._read_timeout,
+                deadline=deadline,
                 excerpt_bytes=self._excerpt_bytes,
                 drain_limit=self._drain_limit,
             )
@@ -151,13 +177,14 @@ class EndpointClient:
             connection.close()
         return None
 
-    async def _open(self) -> Connection:
+    async def _open(self, deadline: float | None) -> Connection:
         """A new connection to a checked address of the host (ConnectError, ConnectTimeout)."""
         host, port = self._host, self._port
         loop = asyncio.get_running_loop()
         failure: Exception | None = None
+        wait, overall = self._bounded(self._connect_timeout, deadline)
         try:
-            async with asyncio.timeout(self._connect_timeout):
+            async with asyncio.timeout(max(wait, 0.0)):
                 try:
                     addresses = await resolve_checked(
                         self.url,
@@ -182,6 +209,8 @@ class EndpointClient:
                         continue
                     return connection
         except TimeoutError:
+            if overall:
+                raise TimeoutError("the POST took longer than its total timeout") from None
             raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
         assert failure is not None
         raise httpx.ConnectError(str(failure) or type(failure).__name__) from failure
