@@ -180,7 +180,14 @@ async def serve_inbox(
         bound = sock.getsockname()[1]
         app = inbox_asgi(pool, secrets=secrets, **options)
         server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+            uvicorn.Config(
+                app,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+                # The inbox never reads the client's address: no forwarded-header layer.
+                proxy_headers=False,
+            )
         )
         task = asyncio.create_task(server.serve(sockets=[sock]))
         try:

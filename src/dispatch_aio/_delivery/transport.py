@@ -71,7 +71,6 @@ class EndpointClient:
             authority += f":{parts.port}"
         self._head = (
             f"POST {target} HTTP/1.1\r\nhost: {authority}\r\nuser-agent: {user_agent}\r\n"
-            "accept: */*\r\n"
         ).encode("ascii")
         self._allow = endpoint.allow_private_network
         self._resolve = resolve
