@@ -368,3 +368,30 @@ async def test_u0000_in_a_signed_event_answers_422_and_its_escaped_spelling_is_s
     assert answers["written"].status == 200
     [row] = await event_rows(dispatch_pool)
     assert json.loads(row["payload"]) == {"body": "a \\u0000 written out"}
+
+
+async def test_a_client_gone_mid_body_gets_no_answer_and_writes_nothing(
+    dispatch_pool: asyncpg.Pool,
+) -> None:
+    sent = envelope()
+    body = body_of(sent)
+    headers = [(k.encode(), v.encode()) for k, v in signed(body, sent.event_id).items()]
+    messages = iter(
+        [
+            {"type": "http.request", "body": body[:10], "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+    answered: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        answered.append(message)
+
+    app = inbox_asgi(dispatch_pool, secrets=[SECRET], registry=REGISTRY)
+    scope = {"type": "http", "method": "POST", "path": "/dispatch/inbox", "headers": headers}
+    await app(scope, receive, send)
+    assert answered == []
+    assert await event_rows(dispatch_pool) == []
