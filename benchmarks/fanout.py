@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import signal
 import sys
@@ -259,6 +260,9 @@ async def run(settings: Settings, quick: bool) -> None:
         print("== settings ==")
         print(f"  {common.machine_summary()}")
         print(f"  PostgreSQL {await server.server_version()}, fsync on")
+        # uvicorn picks httptools when it is installed (a deployment choice): say which.
+        parser = "httptools" if importlib.util.find_spec("httptools") else "h11"
+        print(f"  inbox: plain ASGI endpoint on uvicorn, {parser} HTTP parser")
         print(
             f"  backlog {settings.backlog} events, latency {settings.latency_events} events at "
             f"{settings.rate:g}/s, endpoint concurrency {settings.concurrency}"
