@@ -149,8 +149,8 @@ class WebhookSecrets:
 
 
 def _digest(key: bytes, msg_id: str, timestamp: str, body: bytes) -> bytes:
-    # One-shot hmac.digest runs in OpenSSL; an hmac.new object costs several times more
-    # per request (Python-level set-up of two hash states), and this runs on every POST.
+    # One-shot hmac.digest runs wholly in OpenSSL, without hmac.new's Python-level object
+    # (about a fifth less per call); this runs on every POST and every inbox request.
     return hmac.digest(key, f"{msg_id}.{timestamp}.".encode() + body, "sha256")
 
 
