@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import signal
 import sys
@@ -45,6 +46,11 @@ CREATE TRIGGER bench_arrival AFTER INSERT ON dispatcher_event
     FOR EACH ROW EXECUTE FUNCTION bench_arrival();
 """
 SCRIPT = str(Path(__file__).resolve())
+
+try:  # CPU seconds per process: optional, the figures are printed when it is there
+    import psutil
+except ImportError:  # pragma: no cover
+    psutil = None
 GOAL_THROUGHPUT = 2000.0  # events/s
 GOAL_P99_MS = 20.0
 
@@ -59,6 +65,59 @@ class Settings:
 
 FULL = Settings(backlog=20_000, latency_events=3_000, rate=100.0, concurrency=32)
 QUICK = Settings(backlog=500, latency_events=200, rate=100.0, concurrency=16)
+
+
+class CpuMeter:
+    """CPU seconds spent by this process, the inbox process and PostgreSQL, between marks.
+
+    Wall-clock rates are noisy on a shared 2-core machine; CPU time per event of each
+    process is what a change to the code moves. PostgreSQL's share is its postmaster
+    and every backend alive at the marks (the pools stay open throughout).
+    """
+
+    def __init__(self, inbox_pid: int, postmaster_pid: int) -> None:
+        self.inbox_pid = inbox_pid
+        self.postmaster_pid = postmaster_pid
+        self._marked: tuple[float, float, float] | None = None
+
+    def _postgres(self) -> float:
+        assert psutil is not None
+        master = psutil.Process(self.postmaster_pid)
+        total = 0.0
+        for process in [master, *master.children(recursive=True)]:
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
+
+    def _now(self) -> tuple[float, float, float]:
+        assert psutil is not None
+        inbox = psutil.Process(self.inbox_pid).cpu_times()
+        return time.process_time(), inbox.user + inbox.system, self._postgres()
+
+    def mark(self) -> None:
+        if psutil is not None:
+            self._marked = self._now()
+
+    def report(self, events: int) -> str:
+        if psutil is None or self._marked is None:
+            return "(install psutil for CPU time per event)"
+        spent = [after - before for after, before in zip(self._now(), self._marked, strict=True)]
+        per_event = [seconds / events * 1e6 for seconds in spent]
+        return "CPU per event: sender {:.0f} us, inbox {:.0f} us, postgres {:.0f} us".format(
+            *per_event
+        )
+
+
+async def postmaster_pid(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        data = await conn.fetchval("SHOW data_directory")
+    finally:
+        await conn.close()
+    return int((Path(data) / "postmaster.pid").read_text().split()[0])
 
 
 async def serve(dsn: str, secret: str) -> None:
@@ -126,15 +185,22 @@ async def publish(pool: asyncpg.Pool, count: int) -> None:
 
 
 async def throughput(
-    sender: asyncpg.Pool, receiver_dsn: str, config: FanoutConfig, registry: Registry, count: int
-) -> float:
+    sender: asyncpg.Pool,
+    receiver_dsn: str,
+    config: FanoutConfig,
+    registry: Registry,
+    count: int,
+    cpu: CpuMeter,
+) -> tuple[float, str]:
     await publish(sender, count)
     await common.settle(sender, "dispatcher_event")
     fanout = Fanout(sender, config, registry=registry)
     consumer = fanout.consumers[SUBSCRIBER]
+    cpu.mark()
     started = time.perf_counter()
     async with fanout:
         finished = await common.wait_until(lambda: consumer.stats.handled >= count, within=600)
+        spent = cpu.report(count)
     receiver = await asyncpg.connect(receiver_dsn)
     try:
         total, distinct = await receiver.fetchrow(
@@ -144,7 +210,7 @@ async def throughput(
         await receiver.close()
     if (total, distinct) != (count, count):
         raise RuntimeError(f"receiver holds {total} rows, {distinct} distinct; expected {count}")
-    return count / (finished - started)
+    return count / (finished - started), spent
 
 
 async def latency(
@@ -194,6 +260,9 @@ async def run(settings: Settings, quick: bool) -> None:
         print("== settings ==")
         print(f"  {common.machine_summary()}")
         print(f"  PostgreSQL {await server.server_version()}, fsync on")
+        # uvicorn picks httptools when it is installed (a deployment choice): say which.
+        parser = "httptools" if importlib.util.find_spec("httptools") else "h11"
+        print(f"  inbox: plain ASGI endpoint on uvicorn, {parser} HTTP parser")
         print(
             f"  backlog {settings.backlog} events, latency {settings.latency_events} events at "
             f"{settings.rate:g}/s, endpoint concurrency {settings.concurrency}"
@@ -206,9 +275,13 @@ async def run(settings: Settings, quick: bool) -> None:
         config = fanout_config(url, secret, settings)
         sender = await common.open_pool(sender_dsn, settings.concurrency + 4)
         try:
-            rate = await throughput(sender, receiver_dsn, config, registry, settings.backlog)
+            cpu = CpuMeter(inbox.pid, await postmaster_pid(receiver_dsn))
+            rate, spent = await throughput(
+                sender, receiver_dsn, config, registry, settings.backlog, cpu
+            )
             print("== (a) throughput over loopback ==")
             print(f"  {rate:,.0f} events/s, each accepted exactly once")
+            print(f"  {spent}")
             await sender.execute("TRUNCATE dispatcher_event, dispatcher_dedup, dispatcher_cursor")
             receiver = await asyncpg.connect(receiver_dsn)
             await receiver.execute("TRUNCATE dispatcher_event")

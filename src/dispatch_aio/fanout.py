@@ -13,7 +13,7 @@ See ``docs/cross-service.md``.
 """
 
 from ._delivery.fanout import Fanout, run_fanout
+from ._delivery.httpx_transport import GuardedTransport
 from ._delivery.ssrf import Resolver
-from ._delivery.transport import GuardedTransport
 
 __all__ = ["Fanout", "GuardedTransport", "Resolver", "run_fanout"]

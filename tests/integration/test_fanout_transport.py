@@ -1,16 +1,19 @@
 """The fan-out's connection pool: a bound on connections, reuse, and no reuse of a
-connection whose answer was cut off."""
+connection whose answer was cut off; the same for the httpx transport kept for
+applications (GuardedTransport)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import httpx
 import pytest
 
 from dispatch_aio._delivery.config import Endpoint
-from dispatch_aio._delivery.transport import GuardedTransport
+from dispatch_aio._delivery.httpx_transport import GuardedTransport
+from dispatch_aio._delivery.transport import EndpointClient
 
 from .delivery_helpers import SECRET, serve_in_process
 
@@ -125,3 +128,158 @@ async def test_a_url_without_a_port_connects_to_the_schemes_default_port() -> No
             with pytest.raises(httpx.ConnectError):
                 await client.post(url, content=b"{}")
         assert asked[-1] == ("subscriber.example", port)
+
+
+def endpoint_client(port: int, **limits: Any) -> EndpointClient:
+    endpoint = Endpoint(
+        url=f"http://127.0.0.1:{port}/inbox",
+        secrets=[SECRET],
+        allow_private_network=True,
+        **limits,
+    )
+    return EndpointClient(endpoint)
+
+
+async def test_endpoint_client_bounds_connections_and_uses_them_again() -> None:
+    app = HeldApp()
+    async with serve_in_process(app) as port:
+        client = endpoint_client(port, max_connections=2)
+        try:
+            posts = [asyncio.create_task(client.post(b"{}", {})) for _ in range(6)]
+            async with app.arrived:
+                await app.arrived.wait_for(lambda: app.count >= 2)
+            app.release.set()
+            answers = await asyncio.gather(*posts)
+        finally:
+            await client.aclose()
+    assert [a.status for a in answers] == [200] * 6
+    assert app.most == 2
+    assert len(set(app.clients)) == 2, app.clients
+
+
+async def test_endpoint_client_waits_no_longer_than_the_pool_timeout() -> None:
+    app = HeldApp()
+    async with serve_in_process(app) as port:
+        client = endpoint_client(port, max_connections=1, connect_timeout=0.2)
+        try:
+            held = asyncio.create_task(client.post(b"{}", {}))
+            async with app.arrived:
+                await app.arrived.wait_for(lambda: app.count >= 1)
+            with pytest.raises(httpx.PoolTimeout):
+                await client.post(b"{}", {})
+            app.release.set()
+            assert (await held).status == 200
+            assert (await client.post(b"{}", {})).status == 200
+        finally:
+            await client.aclose()
+
+
+async def test_endpoint_client_does_not_reuse_a_connection_whose_answer_was_cut_off() -> None:
+    app = HeldApp(body=b"x" * 1_000_000)
+    app.release.set()
+    async with serve_in_process(app) as port:
+        client = endpoint_client(port, max_connections=1)
+        try:
+            first = await client.post(b"{}", {})
+            second = await client.post(b"{}", {})
+        finally:
+            await client.aclose()
+    assert first.status == second.status == 200
+    assert first.excerpt == b"x" * 512
+    assert not first.reusable
+    assert len(set(app.clients)) == 2, app.clients
+
+
+async def test_endpoint_client_sends_the_headers_and_body_it_is_given() -> None:
+    seen: list[tuple[dict[bytes, bytes], bytes, str]] = []
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        seen.append((dict(scope["headers"]), body, scope["path"]))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 429,
+                "headers": [(b"retry-after", b"7")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"slow down"})
+
+    async with serve_in_process(app) as port:
+        client = endpoint_client(port)
+        try:
+            answer = await client.post(b'{"a":1}', {"webhook-id": "evt_1", "x-more": "yes"})
+            with pytest.raises(httpx.LocalProtocolError):
+                await client.post(b"{}", {"x-bad": "one\r\nx-injected: two"})
+        finally:
+            await client.aclose()
+    assert (answer.status, answer.headers["retry-after"], answer.excerpt) == (
+        429,
+        "7",
+        b"slow down",
+    )
+    [(headers, body, path)] = seen
+    assert (body, path) == (b'{"a":1}', "/inbox")
+    assert headers[b"webhook-id"] == b"evt_1"
+    assert headers[b"x-more"] == b"yes"
+    assert headers[b"host"] == f"127.0.0.1:{port}".encode()
+    assert headers[b"content-length"] == b"7"
+
+
+async def test_endpoint_client_connects_to_the_schemes_default_port() -> None:
+    asked: list[tuple[str, int]] = []
+
+    async def resolve(host: str, port: int) -> list[str]:
+        asked.append((host, port))
+        raise OSError("no such host here")
+
+    for url, port in (("http://subscriber.example/in", 80), ("https://subscriber.example/in", 443)):
+        client = EndpointClient(Endpoint(url=url, secrets=[SECRET]), resolve=resolve)
+        with pytest.raises(httpx.ConnectError):
+            await client.post(b"{}", {})
+        await client.aclose()
+        assert asked[-1] == ("subscriber.example", port)
+
+
+async def test_endpoint_client_times_out_a_silent_server_and_a_trickling_one() -> None:
+    done = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        await done.wait()  # never answers
+        writer.close()
+
+    async def trickling(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        # A byte now and then: never silent for read_timeout, never done.
+        while not done.is_set():
+            writer.write(b"x")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await done.wait()
+        writer.close()
+
+    for handler, limits, expected in (
+        (silent, {"read_timeout": 0.2}, httpx.ReadTimeout),
+        (trickling, {"read_timeout": 0.2, "total_timeout": 0.5}, TimeoutError),
+    ):
+        done.clear()
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = endpoint_client(port, **limits)
+        try:
+            with pytest.raises(expected):
+                await client.post(b"{}", {}, timeout=limits.get("total_timeout"))
+        finally:
+            await client.aclose()
+            done.set()
+            server.close()
+            await server.wait_closed()

@@ -7,6 +7,7 @@ import json
 import random
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -18,7 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from dispatch_aio import Consumer, Event, Registry, Telemetry, generate_secret
-from dispatch_aio.inbox import inbox_app
+from dispatch_aio.inbox import inbox_app, inbox_asgi
 from dispatch_aio.testing import drain
 
 from .delivery_helpers import SECRET, body_of, envelope, event_rows, signed
@@ -29,9 +30,13 @@ URL = "http://inbox.test/dispatch/inbox"
 REGISTRY = Registry.load()
 
 
-@pytest.fixture
-async def client(dispatch_pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
-    app = inbox_app(dispatch_pool, secrets=[SECRET], registry=REGISTRY, max_body_bytes=64 * 1024)
+@pytest.fixture(params=["fastapi", "asgi"])
+async def client(
+    dispatch_pool: asyncpg.Pool, request: pytest.FixtureRequest
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The inbox in a FastAPI application, and as the plain ASGI application."""
+    build = inbox_app if request.param == "fastapi" else inbox_asgi
+    app = build(dispatch_pool, secrets=[SECRET], registry=REGISTRY, max_body_bytes=64 * 1024)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport) as http:
         yield http
@@ -342,3 +347,51 @@ async def test_a_thousand_hostile_requests_are_refused_and_write_nothing(
     response = await client.post(URL, content=body, headers=signed(body, sent.event_id))
     assert response.status_code == 200
     assert len(await event_rows(dispatch_pool)) == 1
+
+
+async def test_u0000_in_a_signed_event_answers_422_and_its_escaped_spelling_is_stored(
+    dispatch_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    from dispatch_aio import Inbox
+
+    from .test_publish import _blob_contracts
+
+    blobs = Registry.load(_blob_contracts(tmp_path / "contracts", REGISTRY.root))
+    inbox = Inbox(dispatch_pool, secrets=[SECRET], registry=blobs)
+    answers = {}
+    for label, text in (("nul", "a \u0000 b"), ("written", "a \\u0000 written out")):
+        data = envelope().to_json_dict()
+        data.update(event_type="blob.stored", schema_version=1, payload={"body": text})
+        body = body_of(data)
+        answers[label] = await inbox.receive(signed(body, data["event_id"]), body)
+    assert (answers["nul"].status, answers["nul"].body["path"]) == (422, "$")
+    assert answers["written"].status == 200
+    [row] = await event_rows(dispatch_pool)
+    assert json.loads(row["payload"]) == {"body": "a \\u0000 written out"}
+
+
+async def test_a_client_gone_mid_body_gets_no_answer_and_writes_nothing(
+    dispatch_pool: asyncpg.Pool,
+) -> None:
+    sent = envelope()
+    body = body_of(sent)
+    headers = [(k.encode(), v.encode()) for k, v in signed(body, sent.event_id).items()]
+    messages = iter(
+        [
+            {"type": "http.request", "body": body[:10], "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+    answered: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        answered.append(message)
+
+    app = inbox_asgi(dispatch_pool, secrets=[SECRET], registry=REGISTRY)
+    scope = {"type": "http", "method": "POST", "path": "/dispatch/inbox", "headers": headers}
+    await app(scope, receive, send)
+    assert answered == []
+    assert await event_rows(dispatch_pool) == []

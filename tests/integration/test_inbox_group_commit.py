@@ -79,3 +79,33 @@ async def test_a_row_that_fails_alone_fails_only_its_request(
     assert statuses == [200, 200, 500, 200, 200, 200]
     rows = await event_rows(dispatch_pool)
     assert sorted(r["event_id"] for r in rows) == sorted(e.event_id for e in good)
+
+
+async def test_a_caller_cancelled_while_waiting_leaves_its_batch_whole(
+    dispatch_pool: asyncpg.Pool,
+) -> None:
+    receiver = inbox(dispatch_pool)
+    sent = [envelope() for _ in range(6)]
+    bodies = [(body_of(e), e.event_id) for e in sent]
+    tasks = [
+        asyncio.create_task(receiver.receive(signed(body, event_id), body))
+        for body, event_id in bodies
+    ]
+    # One turn of the loop: each request runs up to its wait for the writer (nothing
+    # before it suspends), so all six rows are queued. Then one caller is cancelled.
+    await asyncio.sleep(0)
+    assert receiver._writer._flushing is not None
+    tasks[3].cancel()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(done[3], asyncio.CancelledError)
+    assert [d.status for i, d in enumerate(done) if i != 3] == [200] * 5  # type: ignore[union-attr]
+    # The cancelled request's row may or may not have gone in; its redelivery settles it.
+    body, event_id = bodies[3]
+    again = await receiver.receive(signed(body, event_id), body)
+    assert again.status == 200
+    assert sorted(r["event_id"] for r in await event_rows(dispatch_pool)) == sorted(
+        e.event_id for e in sent
+    )
+    # The writer is idle and answers the next request at once.
+    late = envelope()
+    assert (await send_together(receiver, [(body_of(late), late.event_id)])) == [200]

@@ -215,6 +215,7 @@ def test_the_core_imports_no_http_library() -> None:
 async def test_the_transport_checks_every_resolved_address_before_connecting(
     answer: list[str],
 ) -> None:
+    from dispatch_aio._delivery.transport import EndpointClient
     from dispatch_aio.fanout import GuardedTransport
 
     asked: list[tuple[str, int]] = []
@@ -229,3 +230,9 @@ async def test_the_transport_checks_every_resolved_address_before_connecting(
         with pytest.raises(UnsafeEndpointError):
             await client.post(endpoint.url, content=b"{}")
     assert asked == [("subscriber.example", 8443)]
+    # The fan-out's own client: the same guard before any connection.
+    fanout_client = EndpointClient(endpoint, resolve=resolve)
+    with pytest.raises(UnsafeEndpointError):
+        await fanout_client.post(b"{}", {})
+    await fanout_client.aclose()
+    assert asked == [("subscriber.example", 8443)] * 2

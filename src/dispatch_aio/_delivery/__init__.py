@@ -2,6 +2,7 @@
 and fan-out.
 
 ``signatures``, ``ssrf``, ``config``, ``responses`` and ``inbox`` need only the core
-dependencies; ``transport`` and ``fanout`` import httpx (the ``[delivery]`` extra) and are
-reached only through the leaf module ``dispatch_aio.fanout``. Nothing is imported here.
+dependencies; ``http1``, ``transport`` and ``fanout`` import httpx (the ``[delivery]``
+extra: its exception types) and are reached only through the leaf module
+``dispatch_aio.fanout``. Nothing is imported here.
 """

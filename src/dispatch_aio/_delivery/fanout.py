@@ -7,9 +7,9 @@ jitter, dead letters, replay and status: a subscriber that is down holds back on
 own consumer, never another endpoint's.
 
 The handler POSTs the envelope as JSON with Standard Webhooks headers, signed afresh
-on every attempt (the timestamp must be recent), over an ``httpx.AsyncClient`` of the
-endpoint's own (keep-alive pool, connection limits, connect/read timeouts, a total
-deadline per attempt, the SSRF guard on each connection). The answer decides the
+on every attempt (the timestamp must be recent), over an HTTP/1.1 client of the
+endpoint's own (``transport``: keep-alive pool, connection limits, connect/read
+timeouts, a total deadline per attempt, the SSRF guard on each connection). The answer decides the
 outcome (see ``responses``): 2xx delivered; 410 and other 4xx
 :class:`~dispatch_aio.Reject`; 429/503 :class:`~dispatch_aio.RetryAfter`; 5xx,
 timeouts and connection errors are ordinary failures, retried.
@@ -30,7 +30,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
-import httpx
 
 from .._consume import ConsumerConfig
 from .._consume._signals import drain_on_signals
@@ -44,7 +43,7 @@ from .._telemetry import Telemetry
 from .config import Endpoint, FanoutConfig, consumer_name_for
 from .responses import check_response
 from .ssrf import Resolver, system_resolve
-from .transport import GuardedTransport
+from .transport import EndpointClient
 
 __all__ = ["Fanout", "run_fanout"]
 
@@ -61,7 +60,7 @@ class _Deliverer:
     """POSTs events to one endpoint and turns the answer into the event's outcome."""
 
     def __init__(
-        self, name: str, endpoint: Endpoint, client: httpx.AsyncClient, telemetry: Telemetry
+        self, name: str, endpoint: Endpoint, client: EndpointClient, telemetry: Telemetry
     ) -> None:
         self.name = name
         self.endpoint = endpoint
@@ -89,16 +88,17 @@ class _Deliverer:
             headers.update(carrier)
             started = time.perf_counter()
             try:
-                async with asyncio.timeout(endpoint.total_timeout):
-                    status, answer_headers, excerpt = await self._post(body, headers)
+                # The client bounds the whole attempt itself: one timer per POST.
+                answer = await self.client.post(body, headers, timeout=endpoint.total_timeout)
+                status = answer.status
                 self.telemetry.observe_delivery_latency(
                     self.name, (time.perf_counter() - started) * 1000.0
                 )
                 check_response(
                     self.name,
                     status,
-                    answer_headers,
-                    excerpt,
+                    answer.headers,
+                    answer.excerpt.decode("utf-8", "replace"),
                     retry_after_cap=endpoint.retry_after_cap,
                 )
                 outcome = "delivered"
@@ -116,30 +116,6 @@ class _Deliverer:
                     outcome=outcome,
                     status=status,
                 )
-
-    async def _post(
-        self, body: bytes, headers: dict[str, str]
-    ) -> tuple[int, Mapping[str, str], str]:
-        async with self.client.stream(
-            "POST", self.endpoint.url, content=body, headers=headers
-        ) as response:
-            excerpt = b""
-            read = 0
-            # Read the answer to its end when it is small: a connection whose answer was
-            # left unread cannot go back to the keep-alive pool, and every POST would
-            # then open a new one. Keep a little of it for a dead letter; a long answer
-            # is cut off (its connection closed) rather than read whole.
-            async for chunk in response.aiter_raw():
-                if len(excerpt) < _EXCERPT_BYTES:
-                    excerpt += chunk[: _EXCERPT_BYTES - len(excerpt)]
-                read += len(chunk)
-                if read > _DRAIN_BYTES:
-                    break
-            return (
-                response.status_code,
-                response.headers,
-                excerpt[:_EXCERPT_BYTES].decode("utf-8", "replace"),
-            )
 
 
 class Fanout:
@@ -172,7 +148,7 @@ class Fanout:
         self.registry = registry if registry is not None else Registry.load()
         self.telemetry = telemetry if telemetry is not None else Telemetry.default()
         self.consumers: dict[str, Consumer] = {}
-        self._clients: list[httpx.AsyncClient] = []
+        self._clients: list[EndpointClient] = []
         self._started = False
         for name, endpoint in config.endpoints.items():
             event_types = config.event_types_for(name, self.registry)
@@ -197,17 +173,12 @@ class Fanout:
                 registry=self.registry,
                 telemetry=self.telemetry,
             )
-            client = httpx.AsyncClient(
-                transport=GuardedTransport(endpoint, resolve=resolve),
-                timeout=httpx.Timeout(
-                    connect=endpoint.connect_timeout,
-                    read=endpoint.read_timeout,
-                    write=endpoint.read_timeout,
-                    pool=endpoint.connect_timeout,
-                ),
-                headers={"user-agent": _USER_AGENT},
-                follow_redirects=False,
-                trust_env=False,
+            client = EndpointClient(
+                endpoint,
+                resolve=resolve,
+                user_agent=_USER_AGENT,
+                excerpt_bytes=_EXCERPT_BYTES,
+                drain_limit=_DRAIN_BYTES,
             )
             self._clients.append(client)
             deliverer = _Deliverer(name, endpoint, client, self.telemetry)

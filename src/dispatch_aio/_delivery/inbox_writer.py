@@ -13,7 +13,8 @@ transaction, and only that row's request sees its error. A database that cannot 
 reached fails every request of the batch (each answers 503 and its sender retries).
 
 A request cancelled while it waits (its client went away) does not take its row out
-of the batch: the row may still commit. That is safe: the sender, having no answer,
+of the batch (only its own future is cancelled, and the flush skips answering it): the
+row may still commit. That is safe: the sender, having no answer,
 sends it again, and the redelivered event_id then answers 200 without a second row.
 """
 
@@ -74,12 +75,12 @@ class InboxWriter:
     async def insert(self, row: InboxRow) -> bool:
         """Queue ``row`` and wait until the transaction that holds it has committed."""
         waiting = _Waiting(row)
-        # Mark a failure as seen even when its caller was cancelled and never reads it.
-        waiting.future.add_done_callback(_observe)
         self._queue.append(waiting)
         if self._flushing is None:
             self._flushing = asyncio.get_running_loop().create_task(self._flush())
-        return await asyncio.shield(waiting.future)
+        # No shield: a cancelled caller cancels only its future; the row stays in its
+        # batch, and the flush skips answering a future that is already done.
+        return await waiting.future
 
     async def _flush(self) -> None:
         """Write batches until the queue is empty; resolve every request taken.
@@ -155,7 +156,8 @@ class InboxWriter:
         for waiting in batch:
             event_id = waiting.row[0]
             # The same event_id twice in one batch: the first request wrote it.
-            waiting.future.set_result(event_id in written)
+            if not waiting.future.done():  # its caller may have been cancelled
+                waiting.future.set_result(event_id in written)
             written.discard(event_id)
         return conn
 
@@ -169,9 +171,3 @@ def _fail(batch: list[_Waiting], exc: Exception) -> None:
     for waiting in batch:
         if not waiting.future.done():
             waiting.future.set_exception(exc)
-
-
-def _observe(future: asyncio.Future[bool]) -> None:
-    if not future.cancelled():
-        with contextlib.suppress(BaseException):
-            future.exception()

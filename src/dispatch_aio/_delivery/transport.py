@@ -1,249 +1,224 @@
-"""An httpx transport that runs the SSRF guard on every new connection, after DNS.
+"""One endpoint's connections: a keep-alive pool, every new connection checked by the SSRF guard.
 
-httpx resolves and connects inside httpcore's network backend, so the guard sits there:
-:class:`GuardedBackend` resolves the host itself, refuses the whole connection when any
-address is refused, and connects to a checked address (never to the name, which a
-second DNS answer could point elsewhere). TLS still verifies the certificate against
-the URL's host name, which httpcore passes separately. Proxies from the environment
-and redirects are never used: either would route around the guard.
+:class:`EndpointClient` POSTs to one origin. A request takes the most recently used
+idle connection, or opens one while fewer than ``max_connections`` are busy, and
+waits otherwise (up to the ``connect_timeout``: PoolTimeout). Opening a connection
+resolves the host itself, refuses the whole connection when any address is refused
+(UnsafeEndpointError), and connects to a checked address, never to the name, which a
+second DNS answer could point elsewhere. TLS still verifies the certificate against
+the URL's host name. Proxies from the environment and redirects are never used:
+either would route around the guard.
+
+A keep-alive connection the server closed just as it was taken (its FIN still in
+flight) fails before any byte of an answer; the request is then sent once more on a
+fresh connection. That is safe here: the inbox is idempotent on the event id.
+
+Failures are httpx's exception types (ConnectError, ConnectTimeout, PoolTimeout,
+ReadTimeout, ReadError, RemoteProtocolError), the names dead letters have always shown.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ssl
-import typing
-from collections.abc import AsyncIterator, Iterable
+from urllib.parse import urlsplit
 
-import anyio
-import httpcore
 import httpx
 
 from .config import Endpoint
+from .http1 import Answer, Connection
 from .ssrf import Resolver, resolve_checked, system_resolve
 
-__all__ = ["GuardedBackend", "GuardedTransport"]
+__all__ = ["EndpointClient"]
 
-_EXCEPTIONS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def _translated(exc: Exception) -> Exception:
-    for source, target in _EXCEPTIONS:
-        if isinstance(exc, source):
-            return target(str(exc) or type(exc).__name__)
-    return exc
+def _forbidden(value: str) -> bool:
+    return "\r" in value or "\n" in value or "\0" in value
 
 
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's network backend with the SSRF guard between resolution and connect."""
+class EndpointClient:
+    """POSTs to one endpoint URL over pooled keep-alive HTTP/1.1 connections.
 
-    def __init__(
-        self, endpoint: str, *, allow_private_network: bool, resolve: Resolver = system_resolve
-    ) -> None:
-        self._endpoint = endpoint
-        self._allow = allow_private_network
-        self._resolve = resolve
-        self._inner = httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        """Resolve ``host``, check every address, connect to the first that answers."""
-        try:
-            with anyio.fail_after(timeout):
-                addresses = await resolve_checked(
-                    self._endpoint,
-                    host,
-                    port,
-                    allow_private_network=self._allow,
-                    resolve=self._resolve,
-                )
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
-        except OSError as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
-        failure: Exception | None = None
-        for address in addresses:
-            try:
-                return await self._inner.connect_tcp(
-                    address, port, timeout, local_address, socket_options
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                failure = exc
-        assert failure is not None
-        raise failure
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        """Refused: fan-out only speaks TCP to checked addresses."""
-        raise httpcore.ConnectError("fan-out does not connect to unix sockets")
-
-    async def sleep(self, seconds: float) -> None:
-        """Sleep (httpcore's retry back-off)."""
-        await self._inner.sleep(seconds)
-
-
-class _ResponseStream(httpx.AsyncByteStream):
-    def __init__(
-        self,
-        stream: typing.AsyncIterable[bytes],
-        on_close: typing.Callable[[], typing.Awaitable[None]],
-    ) -> None:
-        self._stream = stream
-        self._on_close = on_close
-        self._closed = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for part in self._stream:
-                yield part
-        except Exception as exc:
-            translated = _translated(exc)
-            if translated is exc:
-                raise
-            raise translated from exc
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            closer = getattr(self._stream, "aclose", None)
-            if closer is not None:
-                with anyio.CancelScope(shield=True):
-                    await closer()
-        finally:
-            await self._on_close()
-
-
-class GuardedTransport(httpx.AsyncBaseTransport):
-    """A keep-alive connection pool to one endpoint, every connection checked by the guard.
-
-    A lean pool rather than httpcore's: it serves one origin, so a request takes the
-    most recently used idle connection or opens one while fewer than
-    ``max_connections`` are busy, and waits otherwise (``pool`` timeout). httpcore's own
-    pool re-examines every connection for every waiting request, which costs more CPU
-    than the POST itself when dozens of requests are in flight.
+    Cancellation closes the connection of the request cancelled (its answer may still
+    be on the wire); the pool slot is given back either way.
     """
 
-    def __init__(self, endpoint: Endpoint, *, resolve: Resolver = system_resolve) -> None:
-        self._ssl_context: ssl.SSLContext = httpx.create_ssl_context()
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        resolve: Resolver = system_resolve,
+        user_agent: str = "dispatch-aio",
+        excerpt_bytes: int = 512,
+        drain_limit: int = 64 * 1024,
+    ) -> None:
+        parts = urlsplit(endpoint.url)
+        self.url = endpoint.url
+        self._scheme = parts.scheme
+        self._host = parts.hostname or ""
+        self._port = parts.port or _DEFAULT_PORTS[parts.scheme]
+        self._ssl: ssl.SSLContext | None = (
+            httpx.create_ssl_context() if parts.scheme == "https" else None
+        )
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        authority = f"[{self._host}]" if ":" in self._host else self._host
+        if parts.port is not None:
+            authority += f":{parts.port}"
+        self._head = (
+            f"POST {target} HTTP/1.1\r\nhost: {authority}\r\nuser-agent: {user_agent}\r\n"
+        ).encode("ascii")
+        self._allow = endpoint.allow_private_network
+        self._resolve = resolve
+        self._connect_timeout = endpoint.connect_timeout
+        self._read_timeout = endpoint.read_timeout
         self._keepalive_expiry = endpoint.keepalive_expiry
         self._max_idle = endpoint.max_keepalive_connections
-        self._slots = anyio.Semaphore(endpoint.max_connections)
-        self._idle: list[httpcore.AsyncHTTPConnection] = []
+        self._slots = asyncio.Semaphore(endpoint.max_connections)
+        self._excerpt_bytes = excerpt_bytes
+        self._drain_limit = drain_limit
+        self._idle: list[Connection] = []
+        self._busy: set[Connection] = set()
         self._closed = False
-        self._backend = GuardedBackend(
-            endpoint.url, allow_private_network=endpoint.allow_private_network, resolve=resolve
-        )
 
-    async def _take_idle(self) -> httpcore.AsyncHTTPConnection | None:
-        """The most recently used idle connection that is still good; closes stale ones."""
-        while self._idle:
-            connection = self._idle.pop()
-            # has_expired: past keepalive_expiry, or the server closed its end.
-            if connection.is_idle() and not connection.has_expired():
-                return connection
-            await _close_quietly(connection)
-        return None
+    async def post(
+        self,
+        body: bytes,
+        headers: dict[str, str],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (one timer per POST, not two)
+    ) -> Answer:
+        """POST ``body`` with ``headers`` (lower-case names); the answer, read to its end.
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Send one request over a pooled connection (opened, and checked, when needed)."""
-        assert isinstance(request.stream, httpx.AsyncByteStream)
+        ``timeout`` bounds the whole attempt (pool wait, connect, answer): past it,
+        TimeoutError. Raises httpx's transport exceptions, UnsafeEndpointError from the
+        guard, and LocalProtocolError for a header that would break the request apart.
+        """
         if self._closed:
-            raise httpx.ConnectError("the transport is closed")
-        core_request = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
-        timeouts = request.extensions.get("timeout", {})
+            raise httpx.ConnectError("the client is closed")
+        request = self._request(body, headers)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        if self._slots.locked():
+            await self._wait_for_slot(deadline)
+        else:
+            await self._slots.acquire()  # free: no suspension, no timer
         try:
-            with anyio.fail_after(timeouts.get("pool")):
+            connection = self._take_idle()
+            if connection is not None:
+                try:
+                    return await self._send(connection, request, deadline)
+                except (httpx.ReadError, httpx.RemoteProtocolError):
+                    if connection.heard_back or connection.answered == 0:
+                        raise
+                    # A kept-alive connection the server had just closed: once more, anew.
+            return await self._send(await self._open(deadline), request, deadline)
+        finally:
+            self._slots.release()
+
+    def _bounded(self, limit: float, deadline: float | None) -> tuple[float, bool]:
+        """``limit`` cut to what is left before ``deadline``; True when the deadline binds."""
+        if deadline is None:
+            return limit, False
+        left = deadline - asyncio.get_running_loop().time()
+        return (left, True) if left < limit else (limit, False)
+
+    async def _wait_for_slot(self, deadline: float | None) -> None:
+        wait, overall = self._bounded(self._connect_timeout, deadline)
+        try:
+            async with asyncio.timeout(max(wait, 0.0)):
                 await self._slots.acquire()
         except TimeoutError:
+            if overall:
+                raise TimeoutError("the POST took longer than its total timeout") from None
             raise httpx.PoolTimeout("no connection to the endpoint became free") from None
-        connection: httpcore.AsyncHTTPConnection | None = None
+
+    def _request(self, body: bytes, headers: dict[str, str]) -> bytes:
+        lines = [self._head]
+        for name, value in headers.items():
+            if _forbidden(name) or _forbidden(value) or ":" in name:
+                raise httpx.LocalProtocolError(f"header {name!r} cannot be sent")
+            lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+        lines.append(b"content-length: %d\r\n\r\n" % len(body))
+        lines.append(body)
+        return b"".join(lines)
+
+    async def _send(self, connection: Connection, request: bytes, deadline: float | None) -> Answer:
+        self._busy.add(connection)
         try:
-            connection = await self._take_idle()
-            if connection is None:
-                connection = httpcore.AsyncHTTPConnection(
-                    # The URL's origin: scheme, host, and the port (the scheme's default
-                    # when the URL names none).
-                    origin=core_request.url.origin,
-                    ssl_context=self._ssl_context,
-                    keepalive_expiry=self._keepalive_expiry,
-                    network_backend=self._backend,
-                )
-            response = await connection.handle_async_request(core_request)
-        except BaseException as exc:
-            if connection is not None:
-                with anyio.CancelScope(shield=True):
-                    await _close_quietly(connection)
-            self._slots.release()
-            if isinstance(exc, Exception):
-                translated = _translated(exc)
-                if translated is not exc:
-                    raise translated from exc
-            raise
-        assert isinstance(response.stream, typing.AsyncIterable)
-        done = connection
+            answer = await connection.request(
+                request,
+                read_timeout=self._read_timeout,
+                deadline=deadline,
+                excerpt_bytes=self._excerpt_bytes,
+                drain_limit=self._drain_limit,
+            )
+        finally:
+            self._busy.discard(connection)
+        if connection.usable and not self._closed and len(self._idle) < self._max_idle:
+            connection.idle_since = asyncio.get_running_loop().time()
+            self._idle.append(connection)
+        else:
+            connection.close()
+        return answer
 
-        async def give_back() -> None:
-            # The answer is closed: an HTTP/1.1 connection read to its end is idle again
-            # and goes back to the pool; one cut off mid-answer is closed.
-            try:
-                if done.is_idle() and not self._closed and len(self._idle) < self._max_idle:
-                    self._idle.append(done)
-                else:
-                    with anyio.CancelScope(shield=True):
-                        await _close_quietly(done)
-            finally:
-                self._slots.release()
+    def _take_idle(self) -> Connection | None:
+        """The most recently used idle connection still good; closes stale ones."""
+        now = asyncio.get_running_loop().time()
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.usable and now - connection.idle_since < self._keepalive_expiry:
+                return connection
+            connection.close()
+        return None
 
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.headers,
-            stream=_ResponseStream(response.stream, give_back),
-            extensions=response.extensions,
-        )
+    async def _open(self, deadline: float | None) -> Connection:
+        """A new connection to a checked address of the host (ConnectError, ConnectTimeout)."""
+        host, port = self._host, self._port
+        loop = asyncio.get_running_loop()
+        failure: Exception | None = None
+        wait, overall = self._bounded(self._connect_timeout, deadline)
+        try:
+            async with asyncio.timeout(max(wait, 0.0)):
+                try:
+                    addresses = await resolve_checked(
+                        self.url,
+                        host,
+                        port,
+                        allow_private_network=self._allow,
+                        resolve=self._resolve,
+                    )
+                except OSError as exc:
+                    raise httpx.ConnectError(f"cannot resolve {host}: {exc}") from exc
+                for address in addresses:
+                    try:
+                        _, connection = await loop.create_connection(
+                            Connection,
+                            address,
+                            port,
+                            ssl=self._ssl,
+                            server_hostname=host if self._ssl is not None else None,
+                        )
+                    except (OSError, ssl.SSLError) as exc:
+                        failure = exc
+                        continue
+                    return connection
+        except TimeoutError:
+            if overall:
+                raise TimeoutError("the POST took longer than its total timeout") from None
+            raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
+        assert failure is not None
+        raise httpx.ConnectError(str(failure) or type(failure).__name__) from failure
 
     async def aclose(self) -> None:
-        """Close every pooled connection; connections in use close when their answer does."""
+        """Close every connection; a request in flight fails with ReadError. Idempotent."""
         self._closed = True
         idle, self._idle = self._idle, []
-        for connection in idle:
-            await _close_quietly(connection)
-
-
-async def _close_quietly(connection: httpcore.AsyncHTTPConnection) -> None:
-    with contextlib.suppress(Exception):
-        await connection.aclose()
+        for connection in [*idle, *self._busy]:
+            connection.close()
+        with contextlib.suppress(Exception):
+            await asyncio.sleep(0)  # let the transports run their close callbacks
