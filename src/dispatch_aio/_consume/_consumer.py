@@ -566,6 +566,10 @@ class Consumer:
                     )
                     await tg.start(self.listener.run)
                 tg.start_soon(self._crew.retry_clock)
+                # Before any event is read: readied alongside the workers, the connections
+                # held the pool while the first events' groups waited for one (up to a
+                # second in a steady trickle just after start).
+                await self._crew.warm()
                 # Join the group, and take this process's share, before the first read;
                 # only now, with LISTEN up and the read loop next: the others hand a
                 # newcomer its share as soon as it joins, and it must be there to take it.
@@ -594,7 +598,6 @@ class Consumer:
         async with anyio.create_task_group() as workers:
             workers.start_soon(self._reader.run)
             workers.start_soon(self._members.run, self._stop_requested)
-            workers.start_soon(self._crew.warm)
             for _ in range(self._workers):
                 workers.start_soon(self._crew.worker)
             self._started.set()
