@@ -167,7 +167,8 @@ class Workers:
             await release(self.pool, conn, config.commit_timeout)
 
     async def warm(self) -> None:
-        """Open and ready a connection per worker before work arrives; best effort.
+        """Open and ready a connection per worker (and the read loop's) before work
+        arrives; best effort.
 
         Opened lazily, each would be made inside the first group that needs it: in a
         burst, every worker connects at once (a server process each, plus the driver's
@@ -178,7 +179,8 @@ class Workers:
         """
         held: list[asyncpg.Connection] = []
         try:
-            for _ in range(self._workers):
+            # One per worker and one for the read loop: this runs before it starts.
+            for _ in range(self._workers + 1):
                 try:
                     # Not the acquire timeout: a pool busy elsewhere is not waited for.
                     conn: asyncpg.Connection = await self.pool.acquire(timeout=_WARM_WAIT)
