@@ -173,31 +173,34 @@ class Workers:
         Opened lazily, each would be made inside the first group that needs it: in a
         burst, every worker connects at once (a server process each, plus the driver's
         look-up of the array types the outcome statement uses) while its events wait.
-        The connections go back to the pool at once, ready. A pool that cannot give them
-        now (shared, or failing) is left alone: the workers connect when they need to.
-        Cancellation (the consumer stops) gives back what was taken.
+        One task per connection takes it, readies it and gives it back at once: none
+        holds one while waiting for another. The consumer awaits this before its first
+        read, so no event waits behind it. A pool that cannot give one within
+        ``_WARM_WAIT`` (shared, or failing) is left alone: the workers connect when they
+        need to. Cancellation (the consumer stops) gives back what was taken.
         """
-        held: list[asyncpg.Connection] = []
-        try:
+        async with anyio.create_task_group() as tg:
             # One per worker and one for the read loop: this runs before it starts.
             for _ in range(self._workers + 1):
-                try:
-                    # Not the acquire timeout: a pool busy elsewhere is not waited for.
-                    conn: asyncpg.Connection = await self.pool.acquire(timeout=_WARM_WAIT)
-                except Exception as exc:
-                    if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
-                        raise
-                    return
-                held.append(conn)
-                if self._prepare is not None:
-                    await self._prepare(conn)
+                tg.start_soon(self._warm_one)
+
+    async def _warm_one(self) -> None:
+        try:
+            # Not the acquire timeout: a pool busy elsewhere is not waited for.
+            conn: asyncpg.Connection = await self.pool.acquire(timeout=_WARM_WAIT)
         except Exception as exc:
             if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
                 raise
-            logger.debug("could not ready the workers' connections: %s", exc, extra=self._log)
+            return
+        try:
+            if self._prepare is not None:
+                await self._prepare(conn)
+        except Exception as exc:
+            if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
+                raise
+            logger.debug("could not ready a worker's connection: %s", exc, extra=self._log)
         finally:
-            for conn in held:
-                await release(self.pool, conn, self.config.commit_timeout)
+            await release(self.pool, conn, self.config.commit_timeout)
 
     async def _acquire_for(self, group: list[Item]) -> asyncpg.Connection | None:
         """A pool connection, or None (the group requeued) when the pool cannot give one."""
