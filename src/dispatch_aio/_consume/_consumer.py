@@ -671,21 +671,25 @@ class Consumer:
         reader = self._reader
         started = reader.fetch_seq
         reader.replays_due = True  # a replay may have been asked for just before
-        while True:
-            reader.wake.set()
-            waiter = asyncio.ensure_future(reader.idle.wait())
-            try:
-                done, _ = await asyncio.wait(
-                    {waiter, self._runner}, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                waiter.cancel()
-            if self._runner in done:
-                self._raise_failure()
-                raise LifecycleError("the consumer stopped before it was idle")
-            if reader.idle_seq > started:
-                return
-            reader.idle.clear()
+        reader.idle_waiters += 1
+        try:
+            while True:
+                reader.wake.set()
+                waiter = asyncio.ensure_future(reader.idle.wait())
+                try:
+                    done, _ = await asyncio.wait(
+                        {waiter, self._runner}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    waiter.cancel()
+                if self._runner in done:
+                    self._raise_failure()
+                    raise LifecycleError("the consumer stopped before it was idle")
+                if reader.idle_seq > started:
+                    return
+                reader.idle.clear()
+        finally:
+            reader.idle_waiters -= 1
 
     def backlog(self) -> int:
         """Events read but not yet given an outcome (in this process)."""

@@ -8,10 +8,10 @@ LISTEN connection is up), and reconnects with a capped exponential backoff and j
 the database fails. Anything else is a bug and propagates (the consumer fails).
 
 A finished group only *pokes* it: no row became readable by that, so it does not read
-(unless the buffer cap held the last read back, or there is no LISTEN to announce new
-events); it marks the consumer idle when nothing
-is left in flight, and stores moved cursors when due. In a steady trickle that halves the
-reads: one per notification, not one more per finished group.
+(unless the buffer cap held the last read back, there is no LISTEN to announce new events,
+or a ``wait_idle`` waits and nothing is left in flight: idle is only found by a read); it
+stores moved cursors when due. In a steady trickle that halves the reads: one per
+notification, not one more per finished group.
 """
 
 from __future__ import annotations
@@ -119,6 +119,8 @@ class ReadLoop:
         #: Reads begun so far, and the one that last found the consumer idle.
         self.fetch_seq = 0
         self.idle_seq = -1
+        #: wait_idle calls waiting now: a poke that finds nothing in flight then reads.
+        self.idle_waiters = 0
         #: Read the pending replays with the next read.
         self.replays_due = True
         self._replays_read_at = 0.0
@@ -157,7 +159,9 @@ class ReadLoop:
                     await self.capacity.wait()
                     self.wake.set()
                     continue
-                read = self._read_due()
+                # Idle is only ever found by a read: when someone waits for it and nothing
+                # is in flight, a poke reads (otherwise it does not).
+                read = self._read_due() or (self.idle_waiters > 0 and scheduler.idle)
                 full = False
                 if read or self._flush_due():
                     try:
@@ -208,9 +212,8 @@ class ReadLoop:
                             await self._warn_horizon(self._conn)
                 else:
                     held_since = None
-                if scheduler.idle:
-                    # The last read (not full) saw every row committed before it began;
-                    # with nothing in flight, all of those have their outcome.
+                if read and scheduler.idle:
+                    # A read that found nothing new while nothing is in flight.
                     self.idle_seq = self.fetch_seq
                     self.idle.set()
                 await self._sleep_or_wake(self._sleep_for(config.poll_interval))
