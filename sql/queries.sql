@@ -97,12 +97,15 @@ RETURNING event_id
 -- name: consumer_horizon_check
 -- Transaction ids stored at or above the cluster's next id mean the rows came from
 -- another cluster (a logical restore): the visibility rule would hide them forever.
+-- The largest xid per type is the last entry of (event_type, xid, position): the ORDER BY
+-- names the column, qualified, for an unqualified `xid` there would be the bigint output
+-- column, which no index has: a sort of every event of the type, seconds on a long log.
 SELECT
     pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS next_xid,
     (SELECT max(e.xid) FROM unnest($1::text[]) AS t(event_type)
         CROSS JOIN LATERAL (
-            SELECT xid::text::bigint AS xid FROM {{schema}}.dispatcher_event
-            WHERE event_type = t.event_type ORDER BY xid DESC LIMIT 1
+            SELECT d.xid::text::bigint AS xid FROM {{schema}}.dispatcher_event d
+            WHERE d.event_type = t.event_type ORDER BY d.xid DESC LIMIT 1
         ) e) AS max_event_xid,
     (SELECT max(last_xid::text::bigint) FROM {{schema}}.dispatcher_cursor
         WHERE consumer = $2) AS max_cursor_xid
