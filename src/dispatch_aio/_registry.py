@@ -32,6 +32,7 @@ from typing import Any, Final, Literal, cast
 import fastjsonschema
 from pydantic import BaseModel
 
+from ._contracts.fastcheck import with_fast_path
 from ._contracts.models import Mismatch, compare_model_to_schema
 from ._errors import (
     ContractError,
@@ -696,7 +697,10 @@ class _Loader:
                     loaded = self._schema_file(item.payload_schema, payload=True)
                     if loaded is not None:
                         schemas[(event_type, item.version)] = loaded[0]
-                        validators[(event_type, item.version)] = loaded[1]
+                        # Payloads are validated per event on publish and on read.
+                        validators[(event_type, item.version)] = with_fast_path(
+                            loaded[0], loaded[1], _FORMATS
+                        )
 
         if self.problems or envelope_validator is None:
             raise RegistryError(self.problems)
