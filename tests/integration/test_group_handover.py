@@ -221,6 +221,66 @@ async def test_a_read_on_the_wire_while_partitions_are_gained_moves_no_cursor_pa
         await exactly_once_in_order(pool)
 
 
+async def test_wait_idle_does_not_return_while_gained_partitions_are_not_read_yet(
+    pool: asyncpg.Pool, dispatch_dsn: str
+) -> None:
+    """The member task has committed its acquisition of partitions with events waiting,
+    and their stream has not started yet (it reads their stored cursors first): a read
+    in that gap covers only the old partitions and finds nothing, but the consumer is not
+    idle. ``wait_idle`` returns only once the gained partitions' events have outcomes.
+
+    With ``dsn`` the member task steps on a connection of its own, so reads go on while
+    it takes partitions over."""
+    dispatcher = Dispatcher(pool, producer="tests", tenant_id="tnt_tests")
+    async with pool.acquire() as conn:
+        other = LeaseStore("public", NAME, "other:1", lease_timeout=120)
+        a = consumer(pool, lease_timeout=120, dsn=dispatch_dsn)
+        async with a:
+            me = a._leases.member_id
+            await eventually(lambda: _holds(pool, me, 256), within=30, what="all to be held")
+            await other.join(conn)
+
+            async def other_takes_its_share() -> bool:
+                await other.acquire(conn, range(256))
+                return len(await held_by(pool, other.member_id)) == 128
+
+            await eventually(other_takes_its_share, within=30, what="the other's share")
+            gained = await held_by(pool, other.member_id)
+            # Events that only the other's partitions hold; it never handles them.
+            await dispatcher.publish_many(events(await subjects_in(pool, gained, 5)))
+            await asyncio.wait_for(a.wait_idle(), 30)
+            assert await pool.fetchval("SELECT count(*) FROM effects") == 0
+
+            # The takeover stops between its acquisition and the start of the stream.
+            leases = a._leases
+            read_cursors = leases.read_cursors
+            in_the_gap, go = asyncio.Event(), asyncio.Event()
+
+            async def slow_read_cursors(*args: Any, **kwargs: Any) -> Any:
+                in_the_gap.set()
+                await go.wait()
+                return await read_cursors(*args, **kwargs)
+
+            leases.read_cursors = slow_read_cursors  # type: ignore[method-assign]
+            await other.leave(conn)
+            await asyncio.wait_for(in_the_gap.wait(), 30)
+            assert await _holds(pool, me, 256)
+            waiter = asyncio.create_task(a.wait_idle())
+            reads = a._reader.fetch_seq
+            try:
+                # Reads go on in the gap (they find nothing), and none of them is idle.
+                await eventually(
+                    lambda: a._reader.fetch_seq >= reads + 3, within=30, what="reads in the gap"
+                )
+                assert not waiter.done(), "idle while gained partitions were not read"
+            finally:
+                go.set()
+            await asyncio.wait_for(waiter, 30)
+            assert await pool.fetchval("SELECT count(*) FROM effects") == 5
+        assert await pool.fetch("SELECT * FROM cursor_violations") == []
+        await exactly_once_in_order(pool)
+
+
 async def _holds(pool: asyncpg.Pool, member: str, n: int) -> bool:
     return len(await held_by(pool, member)) == n
 

@@ -336,6 +336,8 @@ class Consumer:
             log_extra=self._log,
         )
         self._started = asyncio.Event()
+        #: The last read begun before the stream last took partitions on.
+        self._settled_seq = -1
         self._stop_requested = asyncio.Event()
         self._abort_requested = asyncio.Event()
         self._workers = 0  # set once the pool is checked, after the schema
@@ -484,6 +486,8 @@ class Consumer:
             scheduler.restart_cursors(start)
         fetcher.restart(readable, start)
         reader.cursor_partitions = readable
+        # Reads begun so far covered less than is held now: none of them finds it idle.
+        self._settled_seq = reader.fetch_seq
         reader.wake.set()
 
     def _dedup_hit(self, event_type: str) -> None:
@@ -685,7 +689,7 @@ class Consumer:
                 if self._runner in done:
                     self._raise_failure()
                     raise LifecycleError("the consumer stopped before it was idle")
-                if reader.idle_seq > started:
+                if reader.idle_seq > max(started, self._settled_seq) and not self._members.settling:
                     return
                 reader.idle.clear()
         finally:

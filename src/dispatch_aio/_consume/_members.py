@@ -24,7 +24,7 @@ import asyncpg
 from .._storage import FailureKind, classify
 from .assignment import PARTITION_COUNT
 from .leases_store import LeaseStore
-from .membership import plan
+from .membership import Plan, plan
 
 __all__ = ["Members"]
 
@@ -58,6 +58,8 @@ class Members:
         self.owned: dict[int, int] = {}
         #: Held, but targeted at another member: not read any more, released once idle.
         self.handing_over: set[int] = set()
+        #: A step is taking partitions on (acquired or adopted, their stream not started).
+        self.settling = False
         self.wake = asyncio.Event()
 
     # -- what the fetcher and the runner ask ---------------------------------------
@@ -122,6 +124,21 @@ class Members:
             heartbeat=self.heartbeat,
         )
         self._lose(set(steps.lost))
+        # From before an acquisition commits until the stream covers what it gained,
+        # reads cover less than this process holds: none of them may find it idle.
+        self.settling = bool(
+            steps.adopt or steps.acquire or self.handing_over - set(steps.hand_over)
+        )
+        try:
+            await self._carry_out(conn, steps, epochs)
+        finally:
+            self.settling = False
+        return steps.next_check
+
+    async def _carry_out(
+        self, conn: asyncpg.Connection, steps: Plan, epochs: dict[int, int]
+    ) -> None:
+        store = self.store
         gained: set[int] = set()
         for p in steps.adopt:
             self.owned[p] = epochs[p]
@@ -151,7 +168,6 @@ class Members:
             gained |= set(got)
         if gained:
             await self._on_change(conn, gained)
-        return steps.next_check
 
     def _lose(self, lost: set[int]) -> None:
         """Partitions are not ours any more: forget them at once, with no await between,
