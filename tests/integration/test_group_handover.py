@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import pytest
@@ -279,6 +279,78 @@ async def test_wait_idle_does_not_return_while_gained_partitions_are_not_read_ye
             assert await pool.fetchval("SELECT count(*) FROM effects") == 5
         assert await pool.fetch("SELECT * FROM cursor_violations") == []
         await exactly_once_in_order(pool)
+
+
+async def test_dropping_a_lost_partitions_events_lets_the_read_loop_read_again(
+    pool: asyncpg.Pool,
+) -> None:
+    """The buffer is full, mostly of events of a partition this process then loses, and
+    every worker is busy: dropping those events makes room, and the read loop reads on
+    at once (it does not wait for a running group to finish first)."""
+    dispatcher = Dispatcher(pool, producer="tests", tenant_id="tnt_tests")
+    other = LeaseStore("public", NAME, "other:1", lease_timeout=120)
+    release = asyncio.Event()
+    c = Consumer(
+        pool,
+        name=NAME,
+        concurrency=2,
+        batch_size=2,
+        max_buffered=8,
+        max_group=1,
+        poll_interval=0.2,
+        lease_timeout=120,
+        drain_timeout=10.0,
+    )
+    lost = 200
+
+    @c.on("credit.locked")
+    async def record(event: Event, conn: asyncpg.Connection) -> None:
+        await release.wait()
+        await conn.execute("INSERT INTO effects (event_id) VALUES ($1)", event.event_id)
+
+    blocking = await subjects_in(pool, set(range(100)), 3)
+    async with c:
+        me = c._leases.member_id
+        await eventually(lambda: _holds(pool, me, 256), within=30, what="all to be held")
+        capacity = c._reader.capacity = WatchedEvent()
+        # Two events that occupy both workers, then four of one partition that wait.
+        await dispatcher.publish_many(events(blocking[:2] + await subjects_in(pool, {lost}, 4)))
+        await eventually(lambda: c.backlog() == 6, within=30, what="the buffer to fill")
+        await eventually(lambda: capacity.waiting, within=30, what="the read loop to pause")
+        async with pool.acquire() as conn:
+            await other.join(conn)
+            await conn.execute(
+                "UPDATE dispatcher_lease SET owner = $2, epoch = epoch + 1, "
+                "acquired_at = now() WHERE consumer = $1 AND partition = $3",
+                NAME,
+                other.member_id,
+                lost,
+            )
+        c._members.wake.set()
+        await eventually(lambda: lost not in c._members.owned, within=30, what="the loss")
+        await dispatcher.publish_many(events(blocking[2:]))
+        try:
+            # Read while both groups still run: two running, one more read.
+            await eventually(lambda: c.backlog() == 3, within=10, what="the next read")
+        finally:
+            release.set()
+        async with pool.acquire() as conn:
+            await other.leave(conn)
+        await asyncio.wait_for(c.wait_idle(), 30)
+    assert await pool.fetchval("SELECT count(*) FROM effects") == 7
+
+
+class WatchedEvent(asyncio.Event):
+    """An event that tells whether someone waits on it now."""
+
+    waiting = False
+
+    async def wait(self) -> Literal[True]:
+        self.waiting = True
+        try:
+            return await super().wait()
+        finally:
+            self.waiting = False
 
 
 async def _holds(pool: asyncpg.Pool, member: str, n: int) -> bool:

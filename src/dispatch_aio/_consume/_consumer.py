@@ -463,6 +463,10 @@ class Consumer:
         dropped = self._scheduler.drop(lost)
         if dropped:
             logger.info("%d queued events of lost partitions dropped", dropped, extra=self._log)
+            if len(self._scheduler.inflight) < reader.refill_below:
+                # Room made without a group finishing: a read loop paused on a full
+                # buffer reads on now (it would wait for the next group to end).
+                reader.capacity.set()
 
     async def _partitions_changed(self, conn: asyncpg.Connection, gained: set[int]) -> None:
         """Leases gained, or some to hand over: read what is held (minus what is handed
