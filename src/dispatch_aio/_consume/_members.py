@@ -16,17 +16,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import asyncpg
 
-from .._storage import FailureKind, classify
+from .._storage import FailureKind, classify, terminate
 from .assignment import PARTITION_COUNT
 from .leases_store import LeaseStore
 from .membership import Plan, plan
 
-__all__ = ["Members"]
+__all__ = ["MemberConnection", "Members"]
 
 logger = logging.getLogger("dispatch_aio.consumer")
 
@@ -223,6 +223,55 @@ class Members:
         """After draining: release every lease and leave (the others take over at once)."""
         await self.store.leave(conn)
         self.owned.clear()
+
+
+class MemberConnection:
+    """A connection for one step of the member task that no worker competes for.
+
+    With ``dsn``, one of its own, made as the LISTEN connection is (and made again after
+    a failure); otherwise the read loop's pool connection between two reads (``borrow``).
+    Either way the pool keeps its ``concurrency + 2`` sizing. (``listen_connect`` is the
+    LISTEN connection's factory and stays that: it is called once per session.)
+    """
+
+    def __init__(
+        self,
+        dsn: str | None,
+        borrow: Callable[[], contextlib.AbstractAsyncContextManager[asyncpg.Connection]],
+        *,
+        close_timeout: float,
+    ) -> None:
+        self._dsn = dsn
+        self._borrow = borrow
+        self._close_timeout = close_timeout
+        self._conn: asyncpg.Connection | None = None
+
+    @contextlib.asynccontextmanager
+    async def __call__(self) -> AsyncIterator[asyncpg.Connection]:
+        """The connection for one step; a failure inside makes a new one next time."""
+        if self._dsn is None:
+            async with self._borrow() as conn:
+                yield conn
+            return
+        conn = self._conn
+        if conn is None or conn.is_closed():
+            conn = self._conn = await asyncpg.connect(self._dsn)
+        try:
+            yield conn
+        except BaseException:
+            # The statement may have left it broken: make a new one next time.
+            self._conn = None
+            terminate(conn)
+            raise
+
+    async def aclose(self) -> None:
+        """Close the connection of its own, if one was made (never raises)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await asyncio.wait_for(conn.close(), self._close_timeout)
+            except Exception:
+                terminate(conn)  # closing is a courtesy: the server ends it either way
 
 
 def _ranges(parts: Iterable[int]) -> str:
