@@ -139,11 +139,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def server_pids(conn: asyncpg.Connection) -> list[int]:
-    """The server processes of this database's connections (the workers' and ours)."""
+    """The server processes of the workers' connections (not ours: it publishes)."""
     return [
         r[0]
         for r in await conn.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
     ]
 
