@@ -28,6 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import _common as common
 import asyncpg
@@ -37,7 +38,9 @@ WORKER = "_scale_worker:make"
 EVENT_TYPE = "credit.locked"
 EFFECTS_DDL = (
     "CREATE TABLE effects (id bigserial PRIMARY KEY, event_id text NOT NULL, "
-    "subject text NOT NULL, position bigint NOT NULL, pid integer NOT NULL)"
+    "subject text NOT NULL, position bigint NOT NULL, pid integer NOT NULL, "
+    # When the handler ran (the timeline); a default, so the handler's statement is as before.
+    "at timestamptz NOT NULL DEFAULT clock_timestamp())"
 )
 START_TIMEOUT = 60.0
 DRAIN_TIMEOUT = 600.0
@@ -123,6 +126,92 @@ class Drain:
     processes: int
     rate: float
     per_process: list[int]
+    timeline: list[str]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of process ``pid`` so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def server_pids(conn: asyncpg.Connection) -> list[int]:
+    """The server processes of the workers' connections (not ours: it publishes)."""
+    return [
+        r[0]
+        for r in await conn.fetch(
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    ]
+
+
+LEASES = "SELECT partition, owner, epoch, acquired_at FROM dispatcher_lease WHERE consumer = $1"
+
+
+async def timeline(
+    conn: asyncpg.Connection,
+    name: str,
+    workers: list[Worker],
+    committed_at: float,
+    leases_before: list[asyncpg.Record],
+    cpu_before: dict[int, float],
+    cpu_after: dict[int, float],
+    server_cpu: float,
+) -> list[str]:
+    """Per process, relative to the backlog's commit: when it joined, when it took its
+    last partition, its first and last handled event, events handled, CPU used in the
+    drain; then the partitions that moved during the drain and the server's CPU."""
+    members = {
+        r["member_id"]: r
+        for r in await conn.fetch(
+            "SELECT member_id, pid, started_at FROM dispatcher_member WHERE consumer = $1", name
+        )
+    }
+    effects = {
+        r["pid"]: r
+        for r in await conn.fetch(
+            "SELECT pid, count(*) AS n, min(at) AS first, max(at) AS last FROM effects GROUP BY pid"
+        )
+    }
+    after = {r["partition"]: r for r in await conn.fetch(LEASES, name)}
+    moved = sum(
+        1
+        for r in leases_before
+        if (a := after.get(r["partition"])) is None or a["epoch"] != r["epoch"]
+    )
+    held: dict[str, list[asyncpg.Record]] = {}
+    for r in leases_before:
+        held.setdefault(r["owner"], []).append(r)
+
+    def rel(at: Any) -> str:
+        return "-" if at is None else f"{at.timestamp() - committed_at:+.3f}"
+
+    lines = []
+    for worker in workers:
+        pid = worker.process.pid
+        member = next((m for m in members.values() if m["pid"] == pid), None)
+        leases = held.get(member["member_id"], []) if member else []
+        last_lease = max((r["acquired_at"] for r in leases if r["acquired_at"]), default=None)
+        e = effects.get(pid)
+        n = e["n"] if e else 0
+        cpu = cpu_after.get(pid, 0.0) - cpu_before.get(pid, 0.0)
+        per_event = f"{cpu / n * 1000:.2f}" if n else "-"
+        lines.append(
+            f"pid {pid}: joined {rel(member['started_at'] if member else None)} s, "
+            f"{len(leases)} partitions (last taken {rel(last_lease)} s), "
+            f"events {n} from {rel(e['first'] if e else None)} to "
+            f"{rel(e['last'] if e else None)} s, CPU {cpu:.2f} s ({per_event} ms/event)"
+        )
+    total = sum(r["n"] for r in effects.values()) or 1
+    lines.append(
+        f"partitions moved during the drain: {moved}; server CPU {server_cpu:.2f} s "
+        f"({server_cpu / total * 1000:.2f} ms/event)"
+    )
+    return lines
 
 
 async def drain(
@@ -153,10 +242,14 @@ async def drain(
         await wait_balanced(pool, name, processes)
         publisher = common.dispatcher(pool)
         async with pool.acquire() as conn:
+            leases_before = await conn.fetch(LEASES, name)
+            pg_pids = await server_pids(conn)
+            cpu_before = {p: cpu_seconds(p) for p in pg_pids + [w.process.pid for w in workers]}
             async with conn.transaction():
                 for start in range(0, len(specs), 1000):
                     await publisher.publish_many(specs[start : start + 1000], conn=conn)  # type: ignore[arg-type]
             committed = time.perf_counter()
+            committed_at = time.time()
             deadline = committed + DRAIN_TIMEOUT
             while True:
                 done = await conn.fetchval(
@@ -169,14 +262,26 @@ async def drain(
                     raise TimeoutError(f"{label}: {done} of {sizes.events} after {DRAIN_TIMEOUT}s")
                 await asyncio.sleep(poll_delay(done, sizes.events, now - committed))
             finished = time.perf_counter()
+            cpu_after = {p: cpu_seconds(p) for p in cpu_before}
+            server_cpu = sum(cpu_after[p] - cpu_before[p] for p in pg_pids)
             await check_effects(conn, sizes.events, label)
             rows = await conn.fetch("SELECT pid, count(*) AS n FROM effects GROUP BY pid")
+            lines = await timeline(
+                conn,
+                name,
+                workers,
+                committed_at,
+                leases_before,
+                cpu_before,
+                cpu_after,
+                server_cpu,
+            )
     finally:
         for worker in workers:
             await worker.stop()
         await pool.close()
     per_process = sorted((r["n"] for r in rows), reverse=True)
-    return Drain(label, processes, sizes.events / (finished - committed), per_process)
+    return Drain(label, processes, sizes.events / (finished - committed), per_process, lines)
 
 
 def poll_delay(done: int, total: int, elapsed: float) -> float:
@@ -313,6 +418,8 @@ async def run(sizes: Sizes, quick: bool) -> int:
         for r in results:
             share = ", ".join(str(n) for n in r.per_process)
             print(f"{r.label:8} {r.rate:9,.0f} events/s   effects per process: {share}")
+            for line in r.timeline:
+                print(f"           {line}")
         print()
         print("== (c) rebalance ==")
         log("rebalance")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import pytest
@@ -219,6 +219,138 @@ async def test_a_read_on_the_wire_while_partitions_are_gained_moves_no_cursor_pa
             await asyncio.wait_for(a.wait_idle(), 60)
         assert await pool.fetch("SELECT * FROM cursor_violations") == []
         await exactly_once_in_order(pool)
+
+
+async def test_wait_idle_does_not_return_while_gained_partitions_are_not_read_yet(
+    pool: asyncpg.Pool, dispatch_dsn: str
+) -> None:
+    """The member task has committed its acquisition of partitions with events waiting,
+    and their stream has not started yet (it reads their stored cursors first): a read
+    in that gap covers only the old partitions and finds nothing, but the consumer is not
+    idle. ``wait_idle`` returns only once the gained partitions' events have outcomes.
+
+    With ``dsn`` the member task steps on a connection of its own, so reads go on while
+    it takes partitions over."""
+    dispatcher = Dispatcher(pool, producer="tests", tenant_id="tnt_tests")
+    async with pool.acquire() as conn:
+        other = LeaseStore("public", NAME, "other:1", lease_timeout=120)
+        a = consumer(pool, lease_timeout=120, dsn=dispatch_dsn)
+        async with a:
+            me = a._leases.member_id
+            await eventually(lambda: _holds(pool, me, 256), within=30, what="all to be held")
+            await other.join(conn)
+
+            async def other_takes_its_share() -> bool:
+                await other.acquire(conn, range(256))
+                return len(await held_by(pool, other.member_id)) == 128
+
+            await eventually(other_takes_its_share, within=30, what="the other's share")
+            gained = await held_by(pool, other.member_id)
+            # Events that only the other's partitions hold; it never handles them.
+            await dispatcher.publish_many(events(await subjects_in(pool, gained, 5)))
+            await asyncio.wait_for(a.wait_idle(), 30)
+            assert await pool.fetchval("SELECT count(*) FROM effects") == 0
+
+            # The takeover stops between its acquisition and the start of the stream.
+            leases = a._leases
+            read_cursors = leases.read_cursors
+            in_the_gap, go = asyncio.Event(), asyncio.Event()
+
+            async def slow_read_cursors(*args: Any, **kwargs: Any) -> Any:
+                in_the_gap.set()
+                await go.wait()
+                return await read_cursors(*args, **kwargs)
+
+            leases.read_cursors = slow_read_cursors  # type: ignore[method-assign]
+            await other.leave(conn)
+            await asyncio.wait_for(in_the_gap.wait(), 30)
+            assert await _holds(pool, me, 256)
+            waiter = asyncio.create_task(a.wait_idle())
+            reads = a._reader.fetch_seq
+            try:
+                # Reads go on in the gap (they find nothing), and none of them is idle.
+                await eventually(
+                    lambda: a._reader.fetch_seq >= reads + 3, within=30, what="reads in the gap"
+                )
+                assert not waiter.done(), "idle while gained partitions were not read"
+            finally:
+                go.set()
+            await asyncio.wait_for(waiter, 30)
+            assert await pool.fetchval("SELECT count(*) FROM effects") == 5
+        assert await pool.fetch("SELECT * FROM cursor_violations") == []
+        await exactly_once_in_order(pool)
+
+
+async def test_dropping_a_lost_partitions_events_lets_the_read_loop_read_again(
+    pool: asyncpg.Pool,
+) -> None:
+    """The buffer is full, mostly of events of a partition this process then loses, and
+    every worker is busy: dropping those events makes room, and the read loop reads on
+    at once (it does not wait for a running group to finish first)."""
+    dispatcher = Dispatcher(pool, producer="tests", tenant_id="tnt_tests")
+    other = LeaseStore("public", NAME, "other:1", lease_timeout=120)
+    release = asyncio.Event()
+    c = Consumer(
+        pool,
+        name=NAME,
+        concurrency=2,
+        batch_size=2,
+        max_buffered=8,
+        max_group=1,
+        poll_interval=0.2,
+        lease_timeout=120,
+        drain_timeout=10.0,
+    )
+    lost = 200
+
+    @c.on("credit.locked")
+    async def record(event: Event, conn: asyncpg.Connection) -> None:
+        await release.wait()
+        await conn.execute("INSERT INTO effects (event_id) VALUES ($1)", event.event_id)
+
+    blocking = await subjects_in(pool, set(range(100)), 3)
+    async with c:
+        me = c._leases.member_id
+        await eventually(lambda: _holds(pool, me, 256), within=30, what="all to be held")
+        capacity = c._reader.capacity = WatchedEvent()
+        # Two events that occupy both workers, then four of one partition that wait.
+        await dispatcher.publish_many(events(blocking[:2] + await subjects_in(pool, {lost}, 4)))
+        await eventually(lambda: c.backlog() == 6, within=30, what="the buffer to fill")
+        await eventually(lambda: capacity.waiting, within=30, what="the read loop to pause")
+        async with pool.acquire() as conn:
+            await other.join(conn)
+            await conn.execute(
+                "UPDATE dispatcher_lease SET owner = $2, epoch = epoch + 1, "
+                "acquired_at = now() WHERE consumer = $1 AND partition = $3",
+                NAME,
+                other.member_id,
+                lost,
+            )
+        c._members.wake.set()
+        await eventually(lambda: lost not in c._members.owned, within=30, what="the loss")
+        await dispatcher.publish_many(events(blocking[2:]))
+        try:
+            # Read while both groups still run: two running, one more read.
+            await eventually(lambda: c.backlog() == 3, within=10, what="the next read")
+        finally:
+            release.set()
+        async with pool.acquire() as conn:
+            await other.leave(conn)
+        await asyncio.wait_for(c.wait_idle(), 30)
+    assert await pool.fetchval("SELECT count(*) FROM effects") == 7
+
+
+class WatchedEvent(asyncio.Event):
+    """An event that tells whether someone waits on it now."""
+
+    waiting = False
+
+    async def wait(self) -> Literal[True]:
+        self.waiting = True
+        try:
+            return await super().wait()
+        finally:
+            self.waiting = False
 
 
 async def _holds(pool: asyncpg.Pool, member: str, n: int) -> bool:

@@ -257,3 +257,40 @@ def test_drop_forgets_queued_events_of_lost_partitions_only() -> None:
     assert sorted(s.inflight) == [1, 3]
     s.release([running])
     assert [i.position for i in s.take_group()] == [3]
+
+
+def test_an_event_read_again_after_its_partition_came_back_is_queued_once_more() -> None:
+    """Its partition was lost (queued events dropped) and gained again while an earlier
+    event of the type still runs: the dropped entry is still in the type's heap when the
+    event is read again. Both entries share a key; the consumer must not fail on them,
+    and the stored cursor must stay below the event until it is handled."""
+    s = scheduler(workers=1, max_group=1)
+
+    def read(position: int, subject: str, partition: int) -> None:
+        r = row(position, subject)
+        item = make(r)
+        item.partition = partition
+        s.read(r, lambda _r, it=item: it)
+
+    read(1, "a", 9)
+    read(2, "b", 7)
+    read(3, "c", 9)
+    [running] = s.take_group()  # a's event holds the type's mark below it
+    assert running.position == 1
+    assert s.drop({7}) == 1
+    s.restart_cursors((0, 0))
+    read(2, "b", 7)  # the partition came back: its stream reads from its cursor again
+    read(3, "c", 9)
+    s.set_bound((5, 5))
+    s.complete(running, Outcome.HANDLED)
+    s.release([running])
+    s.advance()
+    assert s.moved_cursors() == {TYPE: (2, 1)}  # below b's event, read again
+    groups = [s.take_group(), s.take_group()]
+    assert sorted(i.position for g in groups for i in g) == [2, 3]
+    for group in groups:
+        for item in group:
+            s.complete(item, Outcome.HANDLED)
+        s.release(group)
+    s.advance()
+    assert s.moved_cursors() == {TYPE: (3, 3)}

@@ -12,7 +12,9 @@ Shape of a running consumer (one anyio task group, in a runner task of its own):
   run them with the **group runner** (``_runner``): handlers in one transaction, one
   commit; **outcomes** (``_outcomes``) carries each event's outcome out: statistics,
   logs, retries with their stored counts, dead letters;
-- the **retry clock** (``_workers``) unparks subjects when their retry is due.
+- the **retry clock** (``_workers``) unparks subjects when their retry is due;
+- the **member task** (``_members``) keeps this process's partition leases, and the
+  **hand-over** (``_handover``) makes the read path follow what it holds.
 
 Failures are classified at the driver boundary (``_storage``): infrastructure failures
 reconnect with a capped exponential backoff and jitter and run the work again (no
@@ -28,11 +30,10 @@ are shielded from cancellation and bounded by ``commit_timeout``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import anyio
@@ -49,21 +50,21 @@ from .._errors import (
 from .._migrate import check_schema
 from .._registry import Registry
 from .._sql import channel_for, lease_channel_for, replay_channel_for
-from .._storage import FailureKind, classify, release, terminate
+from .._storage import FailureKind, classify, release
 from .._storage._consumer_store import ConsumerStore
 from .._telemetry import Telemetry
 from .._typed import payload_model_of
 from ._config import ConsumerConfig, HandlerOptions
 from ._fetcher import Fetcher
+from ._handover import HandOver
 from ._listener import Listener
-from ._members import Members
+from ._members import MemberConnection, Members
 from ._outcomes import ConsumerStats
 from ._reader import ReadLoop
 from ._runner import GroupRunner, Handler, Subscription
 from ._scheduler import Scheduler
 from ._signals import drain_on_signals
 from ._workers import WorkBell, Workers
-from .assignment import PARTITION_COUNT
 from .leases_store import LeaseStore, default_member_id
 from .streams_store import StreamsStore
 
@@ -132,7 +133,6 @@ class Consumer:
         self.listener: Listener | None = None
         self._listen_connect = listen_connect
         self._dsn = dsn
-        self._member_conn: asyncpg.Connection | None = None
         self._subscriptions: dict[str, Subscription] = {}
         self._state = ConsumerState.NEW
         self._failure: BaseException | None = None
@@ -325,14 +325,17 @@ class Consumer:
             default_member_id(),  # one per Consumer: two of one name are two members
             lease_timeout=config.lease_timeout,
         )
+        self._member_connection = MemberConnection(
+            self._dsn, lambda: self._reader.borrow(), close_timeout=config.commit_timeout
+        )
         self._members = Members(
             self._leases,
             heartbeat=config.heartbeat,
             step_limit=min(config.commit_timeout, config.lease_timeout / 2),
             connection=self._member_connection,
             busy=lambda: self._scheduler.busy_partitions(),
-            on_change=self._partitions_changed,
-            on_lost=self._partitions_lost,
+            on_change=lambda conn, gained: self._handover.changed(conn, gained),
+            on_lost=lambda lost: self._handover.lost(lost),
             log_extra=self._log,
         )
         self._started = asyncio.Event()
@@ -391,6 +394,15 @@ class Consumer:
             log_extra=self._log,
             leases=self._leases,
         )
+        self._handover = HandOver(
+            members=self._members,
+            leases=self._leases,
+            fetcher=self._fetcher,
+            scheduler=self._scheduler,
+            reader=self._reader,
+            event_types=self.event_types,
+            log_extra=self._log,
+        )
         self._group_runner = GroupRunner(
             name=self.name,
             config=config,
@@ -416,75 +428,6 @@ class Consumer:
             prepare=self._leases.prepare,
             workers=self._workers,
         )
-
-    @contextlib.asynccontextmanager
-    async def _member_connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A connection for one step of the member task that no worker competes for.
-
-        With ``dsn``, one of its own, made as the LISTEN connection is (and made again
-        after a failure); otherwise the read loop's pool connection between two reads.
-        Either way the pool keeps its ``concurrency + 2`` sizing. (``listen_connect`` is
-        the LISTEN connection's factory and stays that: it is called once per session.)
-        """
-        if self._dsn is None:
-            async with self._reader.borrow() as conn:
-                yield conn
-            return
-        conn = self._member_conn
-        if conn is None or conn.is_closed():
-            conn = self._member_conn = await asyncpg.connect(self._dsn)
-        try:
-            yield conn
-        except BaseException:
-            # The statement may have left it broken: make a new one next time.
-            self._member_conn = None
-            terminate(conn)
-            raise
-
-    async def _close_member_connection(self) -> None:
-        conn, self._member_conn = self._member_conn, None
-        if conn is not None:
-            try:
-                await asyncio.wait_for(conn.close(), self.config.commit_timeout)
-            except Exception:
-                terminate(conn)  # closing is a courtesy: the server ends it either way
-
-    def _partitions_lost(self, lost: set[int]) -> None:
-        """Leases lost or released: stop reading and storing cursors for them, and drop
-        their queued events. Synchronous: no cursor of theirs is stored after this."""
-        reader = self._reader
-        current = reader.cursor_partitions
-        reader.cursor_partitions = frozenset(
-            (set(range(PARTITION_COUNT)) if current is None else set(current)) - lost
-        )
-        self._fetcher.restart(self._members.readable(), None)
-        dropped = self._scheduler.drop(lost)
-        if dropped:
-            logger.info("%d queued events of lost partitions dropped", dropped, extra=self._log)
-
-    async def _partitions_changed(self, conn: asyncpg.Connection, gained: set[int]) -> None:
-        """Leases gained, or some to hand over: read what is held (minus what is handed
-        over) from now on; gained partitions from their stored cursors."""
-        reader, fetcher, scheduler = self._reader, self._fetcher, self._scheduler
-        readable = self._members.readable()
-        # At once, before any await: stop reading what is handed over (a read on the wire
-        # is dropped), and read nothing gained before its stream starts from its cursor.
-        before = fetcher.partitions
-        kept = _intersect(before, readable)
-        if kept != before:
-            fetcher.restart(kept, None)
-            reader.cursor_partitions = kept
-        # Cursors moved so far hold for the partitions the stream still covers.
-        with contextlib.suppress(Exception):
-            await reader.flush_cursors(conn)
-        start: tuple[int, int] | None = None
-        if gained:
-            stored = await self._leases.read_cursors(conn, self.event_types, gained)
-            start = min([fetcher.stream.low_water(), *stored.values()])
-            scheduler.restart_cursors(start)
-        fetcher.restart(readable, start)
-        reader.cursor_partitions = readable
-        reader.wake.set()
 
     def _dedup_hit(self, event_type: str) -> None:
         self.stats.dedup_hits += 1
@@ -616,7 +559,7 @@ class Consumer:
                 # them to expire).
                 async with self.pool.acquire(timeout=self.config.acquire_timeout) as conn:
                     await self._members.leave(conn)
-                await self._close_member_connection()
+                await self._member_connection.aclose()
             except Exception as exc:
                 if classify(exc, handler=False) is not FailureKind.INFRASTRUCTURE:
                     raise
@@ -685,7 +628,7 @@ class Consumer:
                 if self._runner in done:
                     self._raise_failure()
                     raise LifecycleError("the consumer stopped before it was idle")
-                if reader.idle_seq > started:
+                if self._handover.idle_counts(reader.idle_seq, started):
                     return
                 reader.idle.clear()
         finally:
@@ -698,13 +641,6 @@ class Consumer:
     def buffered(self) -> int:
         """Events held in memory (at most about ``max_buffered`` per type, plus a batch)."""
         return self._scheduler.buffered()
-
-
-def _intersect(a: frozenset[int] | None, b: frozenset[int] | None) -> frozenset[int] | None:
-    """Partitions in both sets, None standing for all of them."""
-    if a is None:
-        return b
-    return a if b is None else a & b
 
 
 def _connections(count: int) -> str:

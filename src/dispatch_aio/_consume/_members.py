@@ -16,17 +16,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import asyncpg
 
-from .._storage import FailureKind, classify
+from .._storage import FailureKind, classify, terminate
 from .assignment import PARTITION_COUNT
 from .leases_store import LeaseStore
-from .membership import plan
+from .membership import Plan, plan
 
-__all__ = ["Members"]
+__all__ = ["MemberConnection", "Members"]
 
 logger = logging.getLogger("dispatch_aio.consumer")
 
@@ -58,6 +58,8 @@ class Members:
         self.owned: dict[int, int] = {}
         #: Held, but targeted at another member: not read any more, released once idle.
         self.handing_over: set[int] = set()
+        #: A step is taking partitions on (acquired or adopted, their stream not started).
+        self.settling = False
         self.wake = asyncio.Event()
 
     # -- what the fetcher and the runner ask ---------------------------------------
@@ -122,6 +124,21 @@ class Members:
             heartbeat=self.heartbeat,
         )
         self._lose(set(steps.lost))
+        # From before an acquisition commits until the stream covers what it gained,
+        # reads cover less than this process holds: none of them may find it idle.
+        self.settling = bool(
+            steps.adopt or steps.acquire or self.handing_over - set(steps.hand_over)
+        )
+        try:
+            await self._carry_out(conn, steps, epochs)
+        finally:
+            self.settling = False
+        return steps.next_check
+
+    async def _carry_out(
+        self, conn: asyncpg.Connection, steps: Plan, epochs: dict[int, int]
+    ) -> None:
+        store = self.store
         gained: set[int] = set()
         for p in steps.adopt:
             self.owned[p] = epochs[p]
@@ -151,7 +168,6 @@ class Members:
             gained |= set(got)
         if gained:
             await self._on_change(conn, gained)
-        return steps.next_check
 
     def _lose(self, lost: set[int]) -> None:
         """Partitions are not ours any more: forget them at once, with no await between,
@@ -207,6 +223,55 @@ class Members:
         """After draining: release every lease and leave (the others take over at once)."""
         await self.store.leave(conn)
         self.owned.clear()
+
+
+class MemberConnection:
+    """A connection for one step of the member task that no worker competes for.
+
+    With ``dsn``, one of its own, made as the LISTEN connection is (and made again after
+    a failure); otherwise the read loop's pool connection between two reads (``borrow``).
+    Either way the pool keeps its ``concurrency + 2`` sizing. (``listen_connect`` is the
+    LISTEN connection's factory and stays that: it is called once per session.)
+    """
+
+    def __init__(
+        self,
+        dsn: str | None,
+        borrow: Callable[[], contextlib.AbstractAsyncContextManager[asyncpg.Connection]],
+        *,
+        close_timeout: float,
+    ) -> None:
+        self._dsn = dsn
+        self._borrow = borrow
+        self._close_timeout = close_timeout
+        self._conn: asyncpg.Connection | None = None
+
+    @contextlib.asynccontextmanager
+    async def __call__(self) -> AsyncIterator[asyncpg.Connection]:
+        """The connection for one step; a failure inside makes a new one next time."""
+        if self._dsn is None:
+            async with self._borrow() as conn:
+                yield conn
+            return
+        conn = self._conn
+        if conn is None or conn.is_closed():
+            conn = self._conn = await asyncpg.connect(self._dsn)
+        try:
+            yield conn
+        except BaseException:
+            # The statement may have left it broken: make a new one next time.
+            self._conn = None
+            terminate(conn)
+            raise
+
+    async def aclose(self) -> None:
+        """Close the connection of its own, if one was made (never raises)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await asyncio.wait_for(conn.close(), self._close_timeout)
+            except Exception:
+                terminate(conn)  # closing is a courtesy: the server ends it either way
 
 
 def _ranges(parts: Iterable[int]) -> str:

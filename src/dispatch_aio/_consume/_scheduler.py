@@ -75,6 +75,12 @@ class Item:
     #: Its subject's partition (ADR 0006); -1 for a replay (not fenced).
     partition: int = -1
 
+    def __lt__(self, other: Item) -> bool:
+        # Only asked when one event is in a type's heap twice: dropped with a partition
+        # this process lost (done), then read again once the partition came back. The
+        # done entry goes first and is popped; the one read again holds the mark.
+        return self.done and not other.done
+
 
 @dataclass(slots=True, eq=False)
 class _Subject:

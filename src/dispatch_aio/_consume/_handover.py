@@ -1,0 +1,116 @@
+"""Partitions changing hands, carried into the read path (ADR 0006, part B).
+
+The member task (``_members``) decides what this process holds; :class:`HandOver` makes
+the fetcher, the scheduler and the read loop follow, with the guarantees the design
+needs:
+
+- a lost or released partition is forgotten at once, with no await in between: no
+  cursor of it is stored after that, and its queued events are dropped (the new owner
+  reads them from its stored cursor);
+- a partition handed over is not read any more before its in-flight events finish;
+- a gained partition is read from its stored cursor (the stream restarts there; a read
+  on the wire meanwhile is dropped by the fetcher);
+- while partitions are being taken on, no read finds the consumer idle
+  (:meth:`HandOver.idle_counts`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from ._fetcher import Fetcher
+from ._members import Members
+from ._reader import ReadLoop
+from ._scheduler import Scheduler
+from .assignment import PARTITION_COUNT
+from .leases_store import LeaseStore
+
+__all__ = ["HandOver"]
+
+logger = logging.getLogger("dispatch_aio.consumer")
+
+
+class HandOver:
+    """The read path's side of a change of partitions: :meth:`lost` and :meth:`changed`."""
+
+    def __init__(
+        self,
+        *,
+        members: Members,
+        leases: LeaseStore,
+        fetcher: Fetcher,
+        scheduler: Scheduler,
+        reader: ReadLoop,
+        event_types: Sequence[str],
+        log_extra: dict[str, Any],
+    ) -> None:
+        self._members = members
+        self._leases = leases
+        self._fetcher = fetcher
+        self._scheduler = scheduler
+        self._reader = reader
+        self._event_types = list(event_types)
+        self._log = log_extra
+        #: The last read begun before the stream last took partitions on.
+        self._settled_seq = -1
+
+    def lost(self, lost: set[int]) -> None:
+        """Leases lost or released: stop reading and storing cursors for them, and drop
+        their queued events. Synchronous: no cursor of theirs is stored after this."""
+        reader, scheduler = self._reader, self._scheduler
+        current = reader.cursor_partitions
+        reader.cursor_partitions = frozenset(
+            (set(range(PARTITION_COUNT)) if current is None else set(current)) - lost
+        )
+        self._fetcher.restart(self._members.readable(), None)
+        dropped = scheduler.drop(lost)
+        if dropped:
+            logger.info("%d queued events of lost partitions dropped", dropped, extra=self._log)
+            if len(scheduler.inflight) < reader.refill_below:
+                # Room made without a group finishing: a read loop paused on a full
+                # buffer reads on now (it would wait for the next group to end).
+                reader.capacity.set()
+
+    async def changed(self, conn: asyncpg.Connection, gained: set[int]) -> None:
+        """Leases gained, or some to hand over: read what is held (minus what is handed
+        over) from now on; gained partitions from their stored cursors."""
+        reader, fetcher, scheduler = self._reader, self._fetcher, self._scheduler
+        readable = self._members.readable()
+        # At once, before any await: stop reading what is handed over (a read on the wire
+        # is dropped), and read nothing gained before its stream starts from its cursor.
+        before = fetcher.partitions
+        kept = _intersect(before, readable)
+        if kept != before:
+            fetcher.restart(kept, None)
+            reader.cursor_partitions = kept
+        # Cursors moved so far hold for the partitions the stream still covers.
+        with contextlib.suppress(Exception):
+            await reader.flush_cursors(conn)
+        start: tuple[int, int] | None = None
+        if gained:
+            stored = await self._leases.read_cursors(conn, self._event_types, gained)
+            start = min([fetcher.stream.low_water(), *stored.values()])
+            scheduler.restart_cursors(start)
+        fetcher.restart(readable, start)
+        reader.cursor_partitions = readable
+        # Reads begun so far covered less than is held now: none of them finds it idle.
+        self._settled_seq = reader.fetch_seq
+        reader.wake.set()
+
+    def idle_counts(self, idle_seq: int, since: int) -> bool:
+        """Whether the read numbered ``idle_seq``, which found nothing, shows the consumer
+        idle for a waiter that started at read ``since``: begun after that, after the
+        stream last took partitions on, and not while a step is taking more on."""
+        return idle_seq > max(since, self._settled_seq) and not self._members.settling
+
+
+def _intersect(a: frozenset[int] | None, b: frozenset[int] | None) -> frozenset[int] | None:
+    """Partitions in both sets, None standing for all of them."""
+    if a is None:
+        return b
+    return a if b is None else a & b
