@@ -412,3 +412,19 @@ async def test_serve_inbox_says_which_http_parser_uvicorn_runs(dispatch_dsn: str
             )
         assert response.status_code == 200, response.text
         assert [row["event_id"] for row in await event_rows(service.pool)] == [sent.event_id]
+
+
+async def test_the_payload_is_stored_as_signed_not_encoded_again(
+    client: httpx.AsyncClient, dispatch_pool: asyncpg.Pool
+) -> None:
+    # 20.000 is an integer to JSON Schema; Python would read it as 20.0 and write it
+    # back so. The stored payload is the one the sender signed, decimals and all.
+    sent = envelope()
+    body = body_of(sent).replace(b'"locked_credits":2', b'"locked_credits":20.000')
+    response = await client.post(URL, content=body, headers=signed(body, sent.event_id))
+    assert response.status_code == 200, response.text
+    stored = await dispatch_pool.fetchval(
+        "SELECT payload ->> 'locked_credits' FROM dispatcher_event WHERE event_id = $1",
+        sent.event_id,
+    )
+    assert stored == "20.000"
