@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import signal
 import sys
@@ -63,7 +62,11 @@ class Settings:
     concurrency: int
 
 
-FULL = Settings(backlog=20_000, latency_events=3_000, rate=100.0, concurrency=32)
+# Concurrency 64: POSTs in flight at once. The inbox commits what arrives together in one
+# transaction, and a commit costs PostgreSQL about as much as a few dozen rows: twice the
+# requests in flight roughly halves the receiver's commits per event. Each worker holds a
+# sender pool connection during its POST, so the pool is sized to match.
+FULL = Settings(backlog=20_000, latency_events=3_000, rate=100.0, concurrency=64)
 QUICK = Settings(backlog=500, latency_events=200, rate=100.0, concurrency=16)
 
 
@@ -127,11 +130,12 @@ async def serve(dsn: str, secret: str) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with serve_inbox(dsn, secrets=[secret]) as service:
-        print(f"port {service.port}", flush=True)
+        # The parser uvicorn actually loaded in this process: the figure depends on it.
+        print(f"port {service.port} {service.http_parser}", flush=True)
         await stop.wait()
 
 
-async def start_inbox(dsn: str, secret: str) -> tuple[asyncio.subprocess.Process, str]:
+async def start_inbox(dsn: str, secret: str) -> tuple[asyncio.subprocess.Process, str, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         SCRIPT,
@@ -144,7 +148,8 @@ async def start_inbox(dsn: str, secret: str) -> tuple[asyncio.subprocess.Process
     line = await asyncio.wait_for(process.stdout.readline(), timeout=60)
     if not line.startswith(b"port "):
         raise RuntimeError(f"the inbox did not start: {line!r}")
-    return process, f"http://127.0.0.1:{int(line.split()[1])}/dispatch/inbox"
+    _, port, parser = line.decode().split()
+    return process, f"http://127.0.0.1:{int(port)}/dispatch/inbox", parser
 
 
 def fanout_config(url: str, secret: str, settings: Settings) -> FanoutConfig:
@@ -260,9 +265,6 @@ async def run(settings: Settings, quick: bool) -> None:
         print("== settings ==")
         print(f"  {common.machine_summary()}")
         print(f"  PostgreSQL {await server.server_version()}, fsync on")
-        # uvicorn picks httptools when it is installed (a deployment choice): say which.
-        parser = "httptools" if importlib.util.find_spec("httptools") else "h11"
-        print(f"  inbox: plain ASGI endpoint on uvicorn, {parser} HTTP parser")
         print(
             f"  backlog {settings.backlog} events, latency {settings.latency_events} events at "
             f"{settings.rate:g}/s, endpoint concurrency {settings.concurrency}"
@@ -271,7 +273,10 @@ async def run(settings: Settings, quick: bool) -> None:
         secret = generate_secret()
         sender_dsn = await server.create_database("fanout_sender")
         receiver_dsn = await server.create_database("fanout_receiver")
-        inbox, url = await start_inbox(receiver_dsn, secret)
+        inbox, url, parser = await start_inbox(receiver_dsn, secret)
+        # uvicorn picks httptools when it is installed (the bench extra installs it, as
+        # uvicorn[standard] does): the inbox process says which one it runs.
+        print(f"  inbox: plain ASGI endpoint on uvicorn, {parser} HTTP parser")
         config = fanout_config(url, secret, settings)
         sender = await common.open_pool(sender_dsn, settings.concurrency + 4)
         try:

@@ -62,10 +62,12 @@ FROM unnest(
 -- An event received from another service keeps its original event_id (and producer,
 -- tenant, occurred_at, traceparent); a redelivery meets the event_id key and writes
 -- nothing. The insert trigger still sets xid and position, and notifies, as for publish.
+-- $12 is the request's whole (validated) body: the payload is stored as it was signed,
+-- taken out here rather than encoded again in Python.
 INSERT INTO {{schema}}.dispatcher_event (
     event_id, event_type, schema_version, tenant_id, producer, subject, actor,
     occurred_at, correlation_id, causation_id, traceparent, payload, xid, position
-) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, '0', 0)
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb -> 'payload', '0', 0)
 ON CONFLICT ON CONSTRAINT dispatcher_event_event_id_key DO NOTHING
 RETURNING position
 
@@ -73,20 +75,21 @@ RETURNING position
 -- Events received together, inserted in one statement and so committed together (one
 -- WAL flush and one notification for all). Rows go in by the subject's advisory-lock
 -- key, so two such statements never wait on each other's locks in opposite orders; a
--- redelivered event_id writes nothing, and only the event_ids written come back.
+-- redelivered event_id writes nothing, and only the event_ids written come back. $12
+-- holds the requests' whole bodies, as in inbox_insert_event.
 INSERT INTO {{schema}}.dispatcher_event (
     event_id, event_type, schema_version, tenant_id, producer, subject, actor,
     occurred_at, correlation_id, causation_id, traceparent, payload, xid, position
 )
 SELECT e.event_id, e.event_type, e.schema_version, e.tenant_id, e.producer, e.subject,
-       e.actor, e.occurred_at, e.correlation_id, e.causation_id, e.traceparent, e.payload,
-       '0'::xid8, 0
+       e.actor, e.occurred_at, e.correlation_id, e.causation_id, e.traceparent,
+       e.body -> 'payload', '0'::xid8, 0
 FROM unnest(
     $1::text[], $2::text[], $3::integer[], $4::text[], $5::text[], $6::text[], $7::text[],
     $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::jsonb[]
 ) WITH ORDINALITY AS e(
     event_id, event_type, schema_version, tenant_id, producer, subject, actor,
-    occurred_at, correlation_id, causation_id, traceparent, payload, ord
+    occurred_at, correlation_id, causation_id, traceparent, body, ord
 )
 ORDER BY hashtext(e.subject), e.ord
 ON CONFLICT ON CONSTRAINT dispatcher_event_event_id_key DO NOTHING

@@ -140,11 +140,23 @@ def inbox_app(pool: asyncpg.Pool, **options: Any) -> FastAPI:
 
 @dataclass(frozen=True, slots=True)
 class ReceivingService:
-    """A running inbox: its URL (``http://127.0.0.1:<port>/dispatch/inbox``) and its pool."""
+    """A running inbox: its URL (``http://127.0.0.1:<port>/dispatch/inbox``) and its pool.
+
+    ``http_parser`` names the HTTP/1.1 implementation uvicorn chose: ``httptools`` when
+    that package is installed (as ``uvicorn[standard]`` installs it), else ``h11``.
+    """
 
     url: str
     port: int
     pool: asyncpg.Pool
+    http_parser: str = "h11"
+
+
+def _parser_name(config: Any) -> str:
+    """``httptools`` or ``h11``: which protocol class uvicorn loaded for ``http="auto"``."""
+    protocol = getattr(config, "http_protocol_class", None)
+    module = getattr(protocol, "__module__", "")
+    return "httptools" if "httptools" in module else "h11" if "h11" in module else module
 
 
 @contextlib.asynccontextmanager
@@ -197,7 +209,12 @@ async def serve_inbox(
                 await asyncio.sleep(0.01)
             path = options.get("path", DEFAULT_INBOX_PATH)
             display = f"[{host}]" if ":" in host else host
-            yield ReceivingService(url=f"http://{display}:{bound}{path}", port=bound, pool=pool)
+            yield ReceivingService(
+                url=f"http://{display}:{bound}{path}",
+                port=bound,
+                pool=pool,
+                http_parser=_parser_name(server.config),
+            )
         finally:
             server.should_exit = True
             await task

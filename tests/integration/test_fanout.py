@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -130,6 +131,35 @@ async def test_each_post_is_signed_and_carries_the_trace(
     assert f"{client[0].context.span_id:016x}" == headers["traceparent"].split("-")[2]
     assert client[0].attributes is not None
     assert client[0].attributes["http.response.status_code"] == 200
+
+
+async def test_without_tracing_each_post_passes_the_events_own_trace_on(
+    dispatch_pool: asyncpg.Pool,
+) -> None:
+    provider = TracerProvider()
+    traced = Dispatcher(
+        dispatch_pool,
+        producer="revenue",
+        tenant_id="tnt_sguild",
+        telemetry=Telemetry(tracer_provider=provider),
+    )
+    envelope = await traced.publish(
+        "credit.locked", locked_payload(), subject=uid("per"), actor="system:revenue"
+    )
+    assert envelope.traceparent is not None
+    untraced = Telemetry(tracer_provider=trace.NoOpTracerProvider())
+    assert not untraced.tracing_enabled()
+    subscriber = ScriptedSubscriber()
+    async with serve_in_process(subscriber) as port:
+        subscriber.port = port
+        config = FanoutConfig.from_mapping(fanout_config({"coaching": subscriber.url}))
+        await drain_fanout(Fanout(dispatch_pool, config, registry=REGISTRY, telemetry=untraced))
+    [headers] = subscriber.headers
+    assert headers["traceparent"] == envelope.traceparent
+    [received] = subscriber.received
+    assert received == envelope.to_json_dict()
+    [raw] = subscriber.bodies
+    assert WebhookSecrets([SECRET]).verify(headers, raw, now=time.time()) == envelope.event_id
 
 
 async def test_posts_reuse_their_keep_alive_connection(

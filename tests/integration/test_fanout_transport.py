@@ -283,3 +283,49 @@ async def test_endpoint_client_times_out_a_silent_server_and_a_trickling_one() -
             done.set()
             server.close()
             await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("read_timeout", "total", "expected", "says"),
+    [
+        (0.3, None, httpx.ReadTimeout, "no answer within"),
+        (60.0, 0.3, TimeoutError, "total timeout"),
+    ],
+    ids=["read-timeout", "total-timeout"],
+)
+async def test_a_kept_alive_connection_still_times_out_a_later_silent_answer(
+    read_timeout: float, total: float | None, expected: type[Exception], says: str
+) -> None:
+    # Answers the first requests of a connection at once, then goes silent. The timer set
+    # by the earlier requests is kept on the connection: it must still end the last one
+    # in time, whether its read timeout binds or a total timeout shorter than the timer.
+    answered = 0
+    done = asyncio.Event()
+
+    async def then_silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        while await reader.read(65536):
+            if answered == 3:
+                await done.wait()
+                break
+            answered += 1
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        writer.close()
+
+    server = await asyncio.start_server(then_silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = endpoint_client(port, read_timeout=read_timeout, max_connections=1)
+    try:
+        for _ in range(3):
+            assert (await client.post(b"{}", {})).status == 200
+        with pytest.raises(expected, match=says):
+            # A generous guard, not a timing: a timer left at the earlier 60 s would trip
+            # it, and its TimeoutError says nothing.
+            async with asyncio.timeout(20.0):
+                await client.post(b"{}", {}, timeout=total)
+    finally:
+        await client.aclose()
+        done.set()
+        server.close()
+        await server.wait_closed()
+    assert answered == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import random
 import time
@@ -19,7 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from dispatch_aio import Consumer, Event, Registry, Telemetry, generate_secret
-from dispatch_aio.inbox import inbox_app, inbox_asgi
+from dispatch_aio.inbox import inbox_app, inbox_asgi, serve_inbox
 from dispatch_aio.testing import drain
 
 from .delivery_helpers import SECRET, body_of, envelope, event_rows, signed
@@ -395,3 +396,35 @@ async def test_a_client_gone_mid_body_gets_no_answer_and_writes_nothing(
     await app(scope, receive, send)
     assert answered == []
     assert await event_rows(dispatch_pool) == []
+
+
+async def test_serve_inbox_says_which_http_parser_uvicorn_runs(dispatch_dsn: str) -> None:
+    # uvicorn takes httptools when it is importable, h11 otherwise: benchmark figures
+    # depend on which, so the running service reports it.
+    expected = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    async with serve_inbox(dispatch_dsn, secrets=[SECRET], registry=REGISTRY) as service:
+        assert service.http_parser == expected
+        sent = envelope()
+        body = body_of(sent)
+        async with httpx.AsyncClient() as http:
+            response = await http.post(
+                service.url, content=body, headers=signed(body, sent.event_id)
+            )
+        assert response.status_code == 200, response.text
+        assert [row["event_id"] for row in await event_rows(service.pool)] == [sent.event_id]
+
+
+async def test_the_payload_is_stored_as_signed_not_encoded_again(
+    client: httpx.AsyncClient, dispatch_pool: asyncpg.Pool
+) -> None:
+    # 20.000 is an integer to JSON Schema; Python would read it as 20.0 and write it
+    # back so. The stored payload is the one the sender signed, decimals and all.
+    sent = envelope()
+    body = body_of(sent).replace(b'"locked_credits":2', b'"locked_credits":20.000')
+    response = await client.post(URL, content=body, headers=signed(body, sent.event_id))
+    assert response.status_code == 200, response.text
+    stored = await dispatch_pool.fetchval(
+        "SELECT payload ->> 'locked_credits' FROM dispatcher_event WHERE event_id = $1",
+        sent.event_id,
+    )
+    assert stored == "20.000"

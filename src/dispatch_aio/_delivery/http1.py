@@ -335,17 +335,21 @@ class Connection(asyncio.Protocol):
         self._read_timeout = read_timeout
         self._deadline = deadline
         self._last_data = loop.time()
-        self._timer = loop.call_at(self._due(), self._check_silence)
+        due = self._due()
+        timer = self._timer
+        # The timer of an earlier request is kept while it is due no later than this
+        # one's limit: firing early, it finds the new limit and sets itself again. So a
+        # busy connection sets one timer per read_timeout, not one per request.
+        if timer is None or timer.when() > due:
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(due, self._check_silence)
         try:
             transport.write(data)
             answer = await waiter
         except BaseException:
             self.close()
             raise
-        finally:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
         self._waiter = None
         self.answered += 1
         if not answer.reusable:
@@ -355,6 +359,9 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         """Close the connection (a request waiting on it fails)."""
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.transport is not None:
             self.transport.close()
         waiter = self._waiter

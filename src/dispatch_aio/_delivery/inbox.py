@@ -57,7 +57,6 @@ logger = logging.getLogger("dispatch_aio.inbox")
 DEFAULT_MAX_BODY_BYTES = DEFAULT_MAX_PAYLOAD_BYTES + 64 * 1024
 
 _SIGNED_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,13 +88,18 @@ def _no_constants(name: str) -> Any:
     raise _Malformed(f"{name} is not JSON")
 
 
-def _parse(body: bytes) -> Any:
+# Built once: json.loads with hooks would build a new decoder for every request.
+_decode = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants).decode
+
+
+def _parse(body: bytes) -> tuple[Any, str]:
+    """The body's JSON data, and the body as text."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise _Malformed("the body is not UTF-8") from None
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        return _decode(text), text
     except _Malformed:
         raise
     except (ValueError, RecursionError) as exc:
@@ -185,7 +189,7 @@ class Inbox:
             # The same answer whatever failed: a caller learns nothing about the check.
             return InboxResponse(401, "unauthorized", {"error": "unauthorized"})
         try:
-            data = _parse(body)
+            data, text = _parse(body)
         except _Malformed as exc:
             return InboxResponse(400, "malformed", {"error": "malformed body", "detail": str(exc)})
         try:
@@ -196,9 +200,9 @@ class Inbox:
             return _invalid("envelope", "$.event_type", str(exc))
         except UnknownSchemaVersionError as exc:
             return _invalid("envelope", "$.schema_version", str(exc))
-        return await self._store(envelope)
+        return await self._store(envelope, text)
 
-    def _validate(self, msg_id: str, data: Any, body: bytes) -> tuple[Envelope, str]:
+    def _validate(self, msg_id: str, data: Any, body: bytes) -> Envelope:
         registry = self.registry
         registry.validate_envelope(data)
         event_type, version = data["event_type"], data["schema_version"]
@@ -221,10 +225,11 @@ class Inbox:
                 f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]
             )
             raise EventValidationError(event_type, version, path, error["msg"]) from None
-        return envelope, _dumps(data["payload"])
+        return envelope
 
-    async def _store(self, built: tuple[Envelope, str]) -> InboxResponse:
-        envelope, payload = built
+    async def _store(self, envelope: Envelope, body: str) -> InboxResponse:
+        # The payload goes in as the body holds it: PostgreSQL takes it out of the
+        # (validated) envelope, with no second encoding here.
         row: InboxRow = (
             envelope.event_id,
             envelope.event_type,
@@ -237,7 +242,7 @@ class Inbox:
             envelope.correlation_id,
             envelope.causation_id,
             envelope.traceparent,
-            payload,
+            body,
         )
         try:
             written = await self._writer.insert(row)

@@ -35,13 +35,14 @@ from .._sql import queries
 __all__ = ["InboxRow", "InboxWriter"]
 
 #: (event_id, event_type, schema_version, tenant_id, producer, subject, actor,
-#: occurred_at, correlation_id, causation_id, traceparent, payload JSON)
+#: occurred_at, correlation_id, causation_id, traceparent, the request's body: the
+#: validated envelope as JSON text, whose payload PostgreSQL stores as sent)
 InboxRow = tuple[
     str, str, int, str, str, str, str, datetime, str | None, str | None, str | None, str
 ]
 
 _MAX_ROWS = 256
-#: Payload bytes per batch: a few large events are not held in one statement's arrays.
+#: Body characters per batch: a few large events are not held in one statement's arrays.
 _MAX_BYTES = 4 * 1024 * 1024
 
 
