@@ -423,6 +423,7 @@ class GroupRunner:
 
     def _finish(self, group: list[Item]) -> None:
         self.stats.groups_committed += 1
+        handled: list[Item] = []
         for item in group:
             if item.done:
                 continue  # finished by another process of this consumer
@@ -431,4 +432,5 @@ class GroupRunner:
             elif item.dead_letter is not None:
                 self.outcomes.account(item, Outcome.DEAD_LETTERED)
             else:
-                self.outcomes.account(item, Outcome.HANDLED)
+                handled.append(item)
+        self.outcomes.handled(handled)

@@ -306,6 +306,27 @@ class Scheduler:
         if cursor is not None:
             self._advance(cursor)
 
+    def complete_handled(self, items: list[Item]) -> None:
+        """:meth:`complete` with ``Outcome.HANDLED`` for each of ``items`` (not replays).
+
+        One call per group: each type's cursor moves once, after all of them.
+        """
+        inflight, recent = self.inflight, self._recent
+        types: set[str] = set()
+        for item in items:
+            item.done = True
+            item.row = item.event = item.dead_letter = None
+            inflight.pop(item.position, None)
+            recent[item.position] = None
+            types.add(item.event_type)
+        while len(recent) > _RECENT_LIMIT:
+            recent.popitem(last=False)
+        cursors = self.cursors
+        for event_type in types:
+            cursor = cursors.get(event_type)
+            if cursor is not None:
+                self._advance(cursor)
+
     def release(self, group: list[Item]) -> None:
         """The group is over: its subjects are free and their next events can run."""
         subjects = self.subjects
