@@ -147,6 +147,8 @@ class GroupRunner:
             return is_usable(conn)
         try:
             failure: tuple[Item, BaseException] | None = None
+            # Looked up once per group (it is kept for a second anyway).
+            tracing = self.telemetry.tracing_enabled()
             for item in group:
                 if item.dead_letter is not None or item.succeeded:
                     continue
@@ -156,7 +158,7 @@ class GroupRunner:
                     async with asyncio.timeout(self._limit):
                         await transaction.start()
                 try:
-                    await self._call(subscription, item, conn, deadline)
+                    await self._call(subscription, item, conn, deadline, tracing)
                 except Exception as exc:
                     if is_infrastructure(exc, conn):
                         raise _RerunGroup from exc
@@ -278,6 +280,7 @@ class GroupRunner:
         item: Item,
         conn: asyncpg.Connection,
         deadline: HandlerDeadline,
+        tracing: bool,
     ) -> None:
         item.attempts += 1
         event = item.event
@@ -287,7 +290,7 @@ class GroupRunner:
         end_to_end_ms = (started - event.occurred_at.timestamp()) * 1000.0
         telemetry = self.telemetry
         try:
-            if telemetry.tracing_enabled():
+            if tracing:
                 with telemetry.consume_span(
                     event_type=item.event_type,
                     event_id=item.event_id,
@@ -301,8 +304,10 @@ class GroupRunner:
                     except Exception as exc:
                         telemetry.mark_error(span, exc)
                         raise
+            elif subscription.wants_conn:
+                await deadline.limit(subscription.handler(event, conn), subscription.timeout)
             else:
-                await self._invoke(subscription, event, conn, deadline)
+                await deadline.limit(subscription.handler(event), subscription.timeout)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
