@@ -204,8 +204,15 @@ class Scheduler:
         subject = self.subjects.get(item.subject)
         if subject is None:
             subject = self.subjects[item.subject] = _Subject()
-        bisect.insort(subject.items, item, key=_by_position)
-        self._mark_ready(item.subject, subject)
+        items = subject.items
+        # Reads come in position order: the new event usually goes last, and appending it
+        # spares the search (whose key is a Python call per step).
+        if not items or items[-1].position < item.position:
+            items.append(item)
+        else:
+            bisect.insort(items, item, key=_by_position)
+        if not (subject.busy or subject.parked or subject.queued):
+            self._mark_ready(item.subject, subject)
 
     def begin_replay(self, dead_letter_id: str) -> bool:
         """Claim a replay; False when it is already in flight here."""
