@@ -43,6 +43,7 @@ from ._errors import (
     UnknownSchemaVersionError,
 )
 from ._resources import bundled_contracts_dir
+from ._schema_fast import with_fast_path
 
 __all__ = [
     "CONTRACTS_ENV_VAR",
@@ -155,7 +156,11 @@ _CHECKED_FORMATS: Final = frozenset(
 
 
 def _compile(schema: Mapping[str, Any]) -> _Validator:
-    return fastjsonschema.compile(dict(schema), formats=_FORMATS, use_default=False)
+    # Behind a fast path that only accepts (_schema_fast): the consumer validates every
+    # payload it reads, and fastjsonschema's verdict and message are kept for the rest.
+    return with_fast_path(
+        schema, fastjsonschema.compile(dict(schema), formats=_FORMATS, use_default=False)
+    )
 
 
 # --------------------------------------------------------------------------- public records

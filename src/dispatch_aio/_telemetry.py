@@ -217,10 +217,12 @@ class Telemetry:
         span.record_exception(exc)
         span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
 
-    def consumed(self, event_type: str, consumer: str, producer: str, outcome: str) -> None:
-        """Count an event's outcome (handled, dead_lettered)."""
+    def consumed(
+        self, event_type: str, consumer: str, producer: str, outcome: str, count: int = 1
+    ) -> None:
+        """Count ``count`` events' outcome (handled, dead_lettered)."""
         self.consume_count.add(
-            1,
+            count,
             {
                 "event_type": event_type,
                 "consumer": consumer,

@@ -102,6 +102,25 @@ def test_complete_moves_the_low_water_mark_over_the_finished_prefix_only() -> No
     assert s.idle
 
 
+def test_complete_handled_is_complete_for_each_event_of_a_group() -> None:
+    s = scheduler(workers=1, max_group=10)
+    for position, subject in ((1, "a"), (2, "b"), (3, "a"), (4, "c")):
+        s.read(row(position, subject), make)
+    group = s.take_group()
+    first = [i for i in group if i.position != 1]
+    s.complete_handled(first)
+    assert all(i.done and i.row is None and i.event is None for i in first)
+    assert sorted(s.inflight) == [1]
+    assert s.moved_cursors() == {TYPE: (1, 0)}  # 1 has no outcome yet
+    s.complete_handled([i for i in group if i.position == 1])
+    assert s.moved_cursors() == {TYPE: (4, 4)}
+    s.release(group)
+    for position in (1, 2, 3, 4):  # an overlapping read sees them again: all done
+        s.read(row(position, "a" if position in (1, 3) else "x"), make)
+    assert s.take_group() == []
+    assert s.idle
+
+
 def test_retry_parks_the_subject_until_due_on_the_injected_clock() -> None:
     clock = Clock()
     s = scheduler(clock=clock, workers=1, max_group=10)

@@ -9,6 +9,7 @@ runner (``_runner``) decides which; this module only carries it out.
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 from dataclasses import dataclass
@@ -129,6 +130,34 @@ class Outcomes:
                 extra={**fields, "reason": letter.error_type},
             )
         self.scheduler.complete(item, outcome)
+
+    def handled(self, items: list[Item]) -> None:
+        """:meth:`account` with ``Outcome.HANDLED`` for each of ``items``, once per group.
+
+        The same statistics, counts and log lines; the outcome counter gets one call per
+        (type, producer) instead of one per event, and the scheduler one call.
+        """
+        if not items:
+            return
+        name = self.name
+        self.stats.handled += len(items)
+        counts: collections.Counter[tuple[str, str]] = collections.Counter(
+            (item.event_type, item.row["producer"]) for item in items
+        )
+        consumed = self.telemetry.consumed
+        for (event_type, producer), count in counts.items():
+            consumed(event_type, name, producer, "handled", count)
+        if logger.isEnabledFor(logging.DEBUG):  # once per event: build nothing otherwise
+            for item in items:
+                fields = event_fields(name, item.event_type, item.event_id, item.attempts)
+                logger.debug(
+                    "handled event %s (%s)%s",
+                    item.event_id,
+                    item.event_type,
+                    tagged(fields),
+                    extra=fields,
+                )
+        self.scheduler.complete_handled(items)
 
     async def fail(self, failed: Item, exc: BaseException, conn: asyncpg.Connection | None) -> None:
         """The event's own failure: retry it later, or dead-letter it."""

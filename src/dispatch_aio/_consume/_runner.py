@@ -147,6 +147,8 @@ class GroupRunner:
             return is_usable(conn)
         try:
             failure: tuple[Item, BaseException] | None = None
+            # Looked up once per group (it is kept for a second anyway).
+            tracing = self.telemetry.tracing_enabled()
             for item in group:
                 if item.dead_letter is not None or item.succeeded:
                     continue
@@ -156,7 +158,7 @@ class GroupRunner:
                     async with asyncio.timeout(self._limit):
                         await transaction.start()
                 try:
-                    await self._call(subscription, item, conn, deadline)
+                    await self._call(subscription, item, conn, deadline, tracing)
                 except Exception as exc:
                     if is_infrastructure(exc, conn):
                         raise _RerunGroup from exc
@@ -278,6 +280,7 @@ class GroupRunner:
         item: Item,
         conn: asyncpg.Connection,
         deadline: HandlerDeadline,
+        tracing: bool,
     ) -> None:
         item.attempts += 1
         event = item.event
@@ -287,7 +290,7 @@ class GroupRunner:
         end_to_end_ms = (started - event.occurred_at.timestamp()) * 1000.0
         telemetry = self.telemetry
         try:
-            if telemetry.tracing_enabled():
+            if tracing:
                 with telemetry.consume_span(
                     event_type=item.event_type,
                     event_id=item.event_id,
@@ -302,7 +305,24 @@ class GroupRunner:
                         telemetry.mark_error(span, exc)
                         raise
             else:
-                await self._invoke(subscription, event, conn, deadline)
+                handling = (
+                    subscription.handler(event, conn)
+                    if subscription.wants_conn
+                    else subscription.handler(event)
+                )
+                if subscription.timeout is None:
+                    await handling
+                else:
+                    # deadline.limit taken apart: one coroutine less per event.
+                    deadline.start(subscription.timeout)
+                    try:
+                        await handling
+                    except asyncio.CancelledError:
+                        if deadline.expired():
+                            raise TimeoutError from None  # a handler failure
+                        raise
+                    finally:
+                        deadline.end()
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -423,6 +443,7 @@ class GroupRunner:
 
     def _finish(self, group: list[Item]) -> None:
         self.stats.groups_committed += 1
+        handled: list[Item] = []
         for item in group:
             if item.done:
                 continue  # finished by another process of this consumer
@@ -431,4 +452,5 @@ class GroupRunner:
             elif item.dead_letter is not None:
                 self.outcomes.account(item, Outcome.DEAD_LETTERED)
             else:
-                self.outcomes.account(item, Outcome.HANDLED)
+                handled.append(item)
+        self.outcomes.handled(handled)

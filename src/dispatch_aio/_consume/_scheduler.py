@@ -210,8 +210,15 @@ class Scheduler:
         subject = self.subjects.get(item.subject)
         if subject is None:
             subject = self.subjects[item.subject] = _Subject()
-        bisect.insort(subject.items, item, key=_by_position)
-        self._mark_ready(item.subject, subject)
+        items = subject.items
+        # Reads come in position order: the new event usually goes last, and appending it
+        # spares the search (whose key is a Python call per step).
+        if not items or items[-1].position < item.position:
+            items.append(item)
+        else:
+            bisect.insort(items, item, key=_by_position)
+        if not (subject.busy or subject.parked or subject.queued):
+            self._mark_ready(item.subject, subject)
 
     def begin_replay(self, dead_letter_id: str) -> bool:
         """Claim a replay; False when it is already in flight here."""
@@ -311,6 +318,27 @@ class Scheduler:
         cursor = self.cursors.get(item.event_type)
         if cursor is not None:
             self._advance(cursor)
+
+    def complete_handled(self, items: list[Item]) -> None:
+        """:meth:`complete` with ``Outcome.HANDLED`` for each of ``items`` (not replays).
+
+        One call per group: each type's cursor moves once, after all of them.
+        """
+        inflight, recent = self.inflight, self._recent
+        types: set[str] = set()
+        for item in items:
+            item.done = True
+            item.row = item.event = item.dead_letter = None
+            inflight.pop(item.position, None)
+            recent[item.position] = None
+            types.add(item.event_type)
+        while len(recent) > _RECENT_LIMIT:
+            recent.popitem(last=False)
+        cursors = self.cursors
+        for event_type in types:
+            cursor = cursors.get(event_type)
+            if cursor is not None:
+                self._advance(cursor)
 
     def release(self, group: list[Item]) -> None:
         """The group is over: its subjects are free and their next events can run."""
