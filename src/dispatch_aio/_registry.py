@@ -43,7 +43,6 @@ from ._errors import (
     UnknownSchemaVersionError,
 )
 from ._resources import bundled_contracts_dir
-from ._schema_fast import with_fast_path
 
 __all__ = [
     "CONTRACTS_ENV_VAR",
@@ -156,11 +155,7 @@ _CHECKED_FORMATS: Final = frozenset(
 
 
 def _compile(schema: Mapping[str, Any]) -> _Validator:
-    # Behind a fast path that only accepts (_schema_fast): the consumer validates every
-    # payload it reads, and fastjsonschema's verdict and message are kept for the rest.
-    return with_fast_path(
-        schema, fastjsonschema.compile(dict(schema), formats=_FORMATS, use_default=False)
-    )
+    return fastjsonschema.compile(dict(schema), formats=_FORMATS, use_default=False)
 
 
 # --------------------------------------------------------------------------- public records

@@ -1,4 +1,4 @@
-"""The fast accepting path in front of fastjsonschema: same verdicts, same errors."""
+"""The fast accepting path in front of fastjsonschema, on random mutations: same verdicts."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 import fastjsonschema
 import pytest
 
+from dispatch_aio._contracts.fastcheck import with_fast_path as _with_fast_path
 from dispatch_aio._registry import _FORMATS, Registry
 from dispatch_aio._resources import bundled_contracts_dir
-from dispatch_aio._schema_fast import with_fast_path
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -23,6 +23,10 @@ class Str(str):
 
 class Int(int):
     pass
+
+
+def with_fast_path(schema: dict[str, Any], validator: Any) -> Any:
+    return _with_fast_path(schema, validator, _FORMATS)
 
 
 def full_validator(schema: dict[str, Any]) -> Any:
@@ -131,7 +135,6 @@ def test_optional_properties_and_additional_ones_get_the_same_verdicts(
     [
         {"properties": {"n": {"type": "number"}}},
         {"properties": {"n": {"type": "integer", "exclusiveMinimum": 0}}},
-        {"properties": {"n": {"type": "integer", "minimum": 0.5}}},
         {"properties": {"n": {"type": "string", "format": "email"}}},
         {"properties": {"n": {"type": "string", "enum": ["a", 1]}}},
         {"properties": {"n": {"type": ["string", "null"]}}},
@@ -140,8 +143,6 @@ def test_optional_properties_and_additional_ones_get_the_same_verdicts(
         {"properties": {"n": True}},
         {"additionalProperties": {"type": "string"}},
         {"minProperties": 1},
-        {"required": ["missing"]},
-        {"$schema": "http://json-schema.org/draft-04/schema#"},
     ],
 )
 def test_schemas_outside_the_shape_keep_fastjsonschema_alone(change: dict[str, Any]) -> None:
