@@ -157,6 +157,11 @@ WHERE NOT EXISTS (
 ON CONFLICT (consumer, event_id) DO NOTHING
 RETURNING event_id
 
+-- name: consumer_outcomes_of
+-- Markers of some events, after a commit whose answer was lost: which of them committed.
+SELECT event_id, outcome FROM {{schema}}.dispatcher_dedup
+WHERE consumer = $1 AND event_id = ANY($2::text[])
+
 -- name: consumer_record_dead_letters
 INSERT INTO {{schema}}.dispatcher_dead_letter (
     dead_letter_id, consumer, event_id, event_type, schema_version, tenant_id, subject,

@@ -9,6 +9,11 @@ error, silences that link, and closes it only ``close_after`` seconds later: the
 that a real server sends right after the error is held back. In that window asyncpg's
 protocol is left mid-state and its next call raises ``InternalClientError`` ("cannot
 switch to state ...") rather than ``InterfaceError``.
+
+``lose_commit_reply(after=marker)`` loses the answer to a commit: on the first link whose
+client has sent ``marker`` (a table name its transaction writes), the next ``COMMIT``
+reaches the server, which commits, but its reply never reaches the client, and the link
+is closed: the client cannot know whether its transaction committed.
 """
 
 from __future__ import annotations
@@ -47,6 +52,11 @@ class TcpProxy:
         # Links silenced by forge_termination(): (client writer, server writer) pairs.
         self._links: dict[asyncio.StreamWriter, asyncio.StreamWriter] = {}
         self._silenced: set[asyncio.StreamWriter] = set()
+        # lose_commit_reply(): the marker to wait for, the links that sent it, commits lost.
+        self._commit_marker: bytes | None = None
+        self._marked: set[asyncio.StreamWriter] = set()
+        self._close_after = 0.2
+        self.lost_commits = 0
 
     @property
     def port(self) -> int:
@@ -99,6 +109,38 @@ class TcpProxy:
             loop.call_later(close_after, server_w.close)
             hit += 1
         return hit
+
+    def lose_commit_reply(self, *, after: bytes, close_after: float = 0.2) -> None:
+        """Arm: the next COMMIT on a link that has sent ``after`` commits, unanswered.
+
+        The server gets the COMMIT and commits; the link's server-to-client direction is
+        silenced from then on and both sockets close ``close_after`` seconds later. Fires
+        once; ``lost_commits`` counts it.
+        """
+        self._commit_marker = after
+        self._close_after = close_after
+
+    def _inspect(self, data: bytes, server_w: asyncio.StreamWriter) -> None:
+        """Client-to-server bytes of one link, for lose_commit_reply()."""
+        marker = self._commit_marker
+        if marker is None:
+            return
+        if server_w not in self._marked:
+            if marker in data:
+                self._marked.add(server_w)
+            return
+        if _COMMIT_QUERY not in data:  # not a word inside another statement's text
+            return
+        client_w = next((c for c, s in self._links.items() if s is server_w), None)
+        if client_w is None:
+            return
+        self._commit_marker = None
+        self._marked.clear()
+        self.lost_commits += 1
+        self._silenced.add(client_w)  # the server's reply is dropped on its way back
+        loop = asyncio.get_running_loop()
+        loop.call_later(self._close_after, client_w.close)
+        loop.call_later(self._close_after, server_w.close)
 
     async def aclose(self) -> None:
         if self._server is not None:
@@ -169,7 +211,13 @@ class TcpProxy:
                     self.dropped_bytes += len(data)
                     continue
                 writer.write(data)
+                if writer in self._links.values():
+                    self._inspect(data, writer)
                 await writer.drain()
+
+
+#: A simple-protocol Query message "COMMIT;", as asyncpg sends it for a transaction.
+_COMMIT_QUERY = b"Q" + struct.pack("!i", 4 + len(b"COMMIT;\x00")) + b"COMMIT;\x00"
 
 
 def _error_response(*, severity: str, code: str, text: str) -> bytes:

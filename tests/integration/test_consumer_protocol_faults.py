@@ -199,3 +199,68 @@ async def test_a_read_lost_in_a_half_open_connection_is_abandoned_and_retried(
 async def _pool_through(proxy: TcpProxy, dsn: str, size: int = 3) -> AsyncIterator[asyncpg.Pool]:
     async with asyncpg.create_pool(min_size=size, max_size=size, **proxy.connect_args(dsn)) as pool:
         yield pool
+
+
+async def test_a_commit_whose_answer_is_lost_is_not_run_again(
+    dispatch_postgres: TestPostgres,
+    dispatch_pool: asyncpg.Pool,
+    dispatcher: Dispatcher,
+    dispatch_dsn: str,
+) -> None:
+    """The server commits a group but the connection dies before the client hears it.
+
+    The consumer cannot know whether the commit happened; it runs the group again. It must
+    first ask the database which of those events are already handled: a handler whose
+    write hits its own unique key would otherwise fail again and again, and the event,
+    handled once already, would end as a dead letter.
+    """
+    await dispatch_pool.execute(
+        "CREATE TABLE IF NOT EXISTS lost_commit_effects (event_id text PRIMARY KEY)"
+    )
+    calls: collections.Counter[str] = collections.Counter()
+    async with TcpProxy(**_upstream(dispatch_postgres)) as proxy:  # type: ignore[arg-type]
+        connect_args = proxy.connect_args(dispatch_dsn)
+        async with asyncpg.create_pool(min_size=3, max_size=3, **connect_args) as pool:
+            consumer = Consumer(
+                pool,
+                name="lost-commit",
+                concurrency=1,
+                poll_interval=0.2,
+                retry_delays=(30.0, 30.0),
+            )
+
+            @consumer.on("credit.locked")
+            async def on_locked(event: Event, conn: asyncpg.Connection) -> None:
+                calls[event.event_id] += 1
+                await conn.execute(
+                    "INSERT INTO lost_commit_effects (event_id) VALUES ($1)", event.event_id
+                )
+
+            proxy.lose_commit_reply(after=b"lost_commit_effects")
+            async with consumer:
+                envelope = await dispatcher.publish(
+                    "credit.locked", locked_payload(), subject=uid("per"), actor="system:tests"
+                )
+                await asyncio.wait_for(consumer.wait_idle(), timeout=20)
+                stats = consumer.stats
+                assert (stats.dead_lettered, stats.retried) == (0, 0)
+    assert proxy.lost_commits == 1
+    # It committed once, with its marker; the run after the lost answer saw the marker.
+    assert (
+        await dispatch_pool.fetchval(
+            "SELECT count(*) FROM lost_commit_effects WHERE event_id = $1", envelope.event_id
+        )
+        == 1
+    )
+    assert calls[envelope.event_id] == 1
+    rows = await dispatch_pool.fetch(
+        "SELECT outcome FROM dispatcher_dedup WHERE consumer = 'lost-commit'"
+    )
+    assert [r["outcome"] for r in rows] == ["handled"]
+    attempts = await dispatch_pool.fetchval(
+        "SELECT count(*) FROM dispatcher_attempt WHERE consumer = 'lost-commit'"
+    )
+    dead = await dispatch_pool.fetchval(
+        "SELECT count(*) FROM dispatcher_dead_letter WHERE consumer = 'lost-commit'"
+    )
+    assert (attempts, dead) == (0, 0)

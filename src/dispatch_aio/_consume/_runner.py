@@ -145,7 +145,12 @@ class GroupRunner:
                 head, f"{letter.error_type}: {letter.error_message}", conn
             )
             return is_usable(conn)
+        committing = False
         try:
+            if any(i.in_doubt for i in group):
+                group = await self._settle_doubt(group, conn)
+                if not group:
+                    return is_usable(conn)
             failure: tuple[Item, BaseException] | None = None
             # Looked up once per group (it is kept for a second anyway).
             tracing = self.telemetry.tracing_enabled()
@@ -181,6 +186,7 @@ class GroupRunner:
             # The library's own statements are bounded like its commit: on a connection
             # whose peer vanished (a partition, a dead NAT entry) they would otherwise
             # wait for TCP to give up. TimeoutError is infrastructure: the group reruns.
+            committing = True  # from here on a lost connection leaves the outcome unknown
             async with asyncio.timeout(self._limit):
                 if transaction is None and statements > 1:
                     transaction = conn.transaction()
@@ -210,6 +216,9 @@ class GroupRunner:
                 FailureKind.INFRASTRUCTURE
             ):
                 self._undo(ran)
+                if committing:
+                    for item in group:
+                        item.in_doubt = True
                 self.scheduler.requeue(group)
                 logger.warning(
                     "database failed under a group of %d events (%s: %s); they will run again",
@@ -238,6 +247,33 @@ class GroupRunner:
             self._undo(ran)
             self.scheduler.requeue(group)
             raise
+
+    async def _settle_doubt(self, group: list[Item], conn: asyncpg.Connection) -> list[Item]:
+        """The part of ``group`` still to run, after a commit whose answer was lost.
+
+        The server may have committed it: the events whose marker is stored are finished
+        with that outcome, without running their handlers again (a handler's own unique
+        key would otherwise fail the event, handled already, until it is dead-lettered).
+        A failure here is the connection's: the group runs again, still in doubt.
+        """
+        doubtful = [i for i in group if i.in_doubt and i.replay_of is None]
+        async with asyncio.timeout(self._limit):
+            stored = await self.store.outcomes_of(conn, [i.event_id for i in doubtful])
+        for item in group:
+            item.in_doubt = False
+        if not stored:
+            return group
+        for item in doubtful:
+            outcome = stored.get(item.event_id)
+            if outcome is None:
+                continue
+            if outcome == "handled" and item.dead_letter is None:
+                self.outcomes.account(item, Outcome.HANDLED)
+            elif outcome == "dead_lettered" and item.dead_letter is not None:
+                self.outcomes.account(item, Outcome.DEAD_LETTERED)
+            else:  # finished otherwise than this run meant to: by another process
+                self.outcomes.account(item, Outcome.DONE_ELSEWHERE)
+        return [i for i in group if not i.done]
 
     async def _commit_failed(self, group: list[Item], exc: asyncpg.PostgresError) -> bool:
         """The group's outcomes could not be committed, for a reason of its own."""

@@ -71,6 +71,8 @@ class Item:
     replay_of: str | None = None
     #: Run alone in its group (a replay, or a suspect after a group failed to commit).
     isolate: bool = False
+    #: Its group's commit was under way when the connection failed: it may have committed.
+    in_doubt: bool = False
     done: bool = False
     #: Its subject's partition (ADR 0006); -1 for a replay (not fenced).
     partition: int = -1

@@ -78,6 +78,11 @@ class ConsumerStore:
         )
         return {r[0] for r in rows}
 
+    async def outcomes_of(self, conn: asyncpg.Connection, event_ids: list[str]) -> dict[str, str]:
+        """Stored outcomes (``handled``, ``dead_lettered``) of those of ``event_ids`` with one."""
+        rows = await conn.fetch(self.q.consumer_outcomes_of, self.consumer, event_ids)
+        return {r["event_id"]: r["outcome"] for r in rows}
+
     async def record_dead_letters(
         self, conn: asyncpg.Connection, letters: Sequence[DeadLetterRow]
     ) -> None:
