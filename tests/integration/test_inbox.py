@@ -14,6 +14,9 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -428,3 +431,28 @@ async def test_the_payload_is_stored_as_signed_not_encoded_again(
         sent.event_id,
     )
     assert stored == "20.000"
+
+
+@pytest.mark.parametrize("tracing", [False, True], ids=["untraced", "traced"])
+async def test_the_inbox_counts_each_outcome_with_tracing_on_or_off(
+    dispatch_pool: asyncpg.Pool, tracing: bool
+) -> None:
+    reader = InMemoryMetricReader()
+    telemetry = Telemetry(
+        meter_provider=MeterProvider(metric_readers=[reader]),
+        tracer_provider=TracerProvider() if tracing else trace.NoOpTracerProvider(),
+    )
+    assert telemetry.tracing_enabled() is tracing
+    app = inbox_asgi(dispatch_pool, secrets=[SECRET], registry=REGISTRY, telemetry=telemetry)
+    sent = envelope()
+    body = body_of(sent)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+        for headers in (signed(body, sent.event_id),) * 2 + ({},):
+            await http.post(URL, content=body, headers=headers)
+    counted = {
+        dict(point.attributes)["outcome"]: point.value
+        for metric in reader.get_metrics_data().resource_metrics[0].scope_metrics[0].metrics
+        if metric.name == "dispatcher.inbox.count"
+        for point in metric.data.data_points
+    }
+    assert counted == {"accepted": 1, "duplicate": 1, "unauthorized": 1}

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+from opentelemetry import trace
 from pydantic import ValidationError
 
 from .._dispatcher import DEFAULT_MAX_PAYLOAD_BYTES, _has_nul
@@ -170,9 +171,15 @@ class Inbox:
                 signed[lowered] = value
             elif lowered == "traceparent":
                 traceparent = value
-        with self.telemetry.inbox_span(traceparent) as span:
+        telemetry = self.telemetry
+        if not telemetry.tracing_enabled():
+            # No span to make: the outcome is counted without entering its context.
             response = await self._receive(signed, duplicated, body, now)
-            self.telemetry.inbox_result(span, response.outcome, response.status)
+            telemetry.inbox_result(trace.INVALID_SPAN, response.outcome, response.status)
+            return response
+        with telemetry.inbox_span(traceparent) as span:
+            response = await self._receive(signed, duplicated, body, now)
+            telemetry.inbox_result(span, response.outcome, response.status)
             return response
 
     async def _receive(
