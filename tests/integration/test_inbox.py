@@ -8,6 +8,7 @@ import json
 import random
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -456,3 +457,25 @@ async def test_the_inbox_counts_each_outcome_with_tracing_on_or_off(
         for point in metric.data.data_points
     }
     assert counted == {"accepted": 1, "duplicate": 1, "unauthorized": 1}
+
+
+@pytest.mark.parametrize(
+    ("spelled", "stored"),
+    [
+        ("2026-05-09T19:00:00Z", datetime(2026, 5, 9, 19, tzinfo=UTC)),
+        ("2026-05-09T19:00:00.5Z", datetime(2026, 5, 9, 19, 0, 0, 500000, tzinfo=UTC)),
+        # Beyond microseconds the digits are cut, not rounded (as pydantic reads them).
+        ("2024-02-29T23:59:59.999999999Z", datetime(2024, 2, 29, 23, 59, 59, 999999, UTC)),
+    ],
+)
+async def test_occurred_at_is_stored_as_the_sender_spelled_it(
+    client: httpx.AsyncClient, dispatch_pool: asyncpg.Pool, spelled: str, stored: datetime
+) -> None:
+    sent = envelope()
+    data = sent.to_json_dict()
+    data["occurred_at"] = spelled
+    body = body_of(data)
+    response = await client.post(URL, content=body, headers=signed(body, sent.event_id))
+    assert response.status_code == 200, response.text
+    [row] = await event_rows(dispatch_pool)
+    assert row["occurred_at"] == stored
