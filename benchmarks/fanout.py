@@ -12,7 +12,9 @@
     trigger on the receiver's table arrives at commit), p50/p95/p99.
 
 One embedded PostgreSQL with fsync on holds both databases (sender and receiver); the
-fan-out runs in this process, the inbox in a uvicorn subprocess of its own.
+fan-out runs in this process, the inbox in a uvicorn subprocess of its own, on the HTTP
+parser uvicorn picks (httptools, from the bench extra, else h11: printed as reported by
+the inbox process). CPU time per event of each process is printed with the rate.
 """
 
 from __future__ import annotations

@@ -8,12 +8,16 @@ import json
 import random
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -428,3 +432,50 @@ async def test_the_payload_is_stored_as_signed_not_encoded_again(
         sent.event_id,
     )
     assert stored == "20.000"
+
+
+@pytest.mark.parametrize("tracing", [False, True], ids=["untraced", "traced"])
+async def test_the_inbox_counts_each_outcome_with_tracing_on_or_off(
+    dispatch_pool: asyncpg.Pool, tracing: bool
+) -> None:
+    reader = InMemoryMetricReader()
+    telemetry = Telemetry(
+        meter_provider=MeterProvider(metric_readers=[reader]),
+        tracer_provider=TracerProvider() if tracing else trace.NoOpTracerProvider(),
+    )
+    assert telemetry.tracing_enabled() is tracing
+    app = inbox_asgi(dispatch_pool, secrets=[SECRET], registry=REGISTRY, telemetry=telemetry)
+    sent = envelope()
+    body = body_of(sent)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+        for headers in (signed(body, sent.event_id),) * 2 + ({},):
+            await http.post(URL, content=body, headers=headers)
+    counted = {
+        dict(point.attributes)["outcome"]: point.value
+        for metric in reader.get_metrics_data().resource_metrics[0].scope_metrics[0].metrics
+        if metric.name == "dispatcher.inbox.count"
+        for point in metric.data.data_points
+    }
+    assert counted == {"accepted": 1, "duplicate": 1, "unauthorized": 1}
+
+
+@pytest.mark.parametrize(
+    ("spelled", "stored"),
+    [
+        ("2026-05-09T19:00:00Z", datetime(2026, 5, 9, 19, tzinfo=UTC)),
+        ("2026-05-09T19:00:00.5Z", datetime(2026, 5, 9, 19, 0, 0, 500000, tzinfo=UTC)),
+        # Beyond microseconds the digits are cut, not rounded (as pydantic reads them).
+        ("2024-02-29T23:59:59.999999999Z", datetime(2024, 2, 29, 23, 59, 59, 999999, UTC)),
+    ],
+)
+async def test_occurred_at_is_stored_as_the_sender_spelled_it(
+    client: httpx.AsyncClient, dispatch_pool: asyncpg.Pool, spelled: str, stored: datetime
+) -> None:
+    sent = envelope()
+    data = sent.to_json_dict()
+    data["occurred_at"] = spelled
+    body = body_of(data)
+    response = await client.post(URL, content=body, headers=signed(body, sent.event_id))
+    assert response.status_code == 200, response.text
+    [row] = await event_rows(dispatch_pool)
+    assert row["occurred_at"] == stored
