@@ -162,6 +162,11 @@ RETURNING event_id
 SELECT event_id, outcome FROM {{schema}}.dispatcher_dedup
 WHERE consumer = $1 AND event_id = ANY($2::text[])
 
+-- name: consumer_replays_succeeded
+-- Replays, after a commit whose answer was lost: which of them committed as succeeded.
+SELECT dead_letter_id FROM {{schema}}.dispatcher_dead_letter
+WHERE consumer = $1 AND dead_letter_id = ANY($2::text[]) AND replay_status = 'succeeded'
+
 -- name: consumer_record_dead_letters
 INSERT INTO {{schema}}.dispatcher_dead_letter (
     dead_letter_id, consumer, event_id, event_type, schema_version, tenant_id, subject,

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from dispatch_aio import Consumer, ConsumerState, Dispatcher, Event
+from dispatch_aio import Consumer, ConsumerState, DeadLetters, Dispatcher, Event
 from dispatch_aio.pytest_plugin import TestPostgres
 
 from .helpers import eventually, locked_payload, uid
@@ -264,3 +264,54 @@ async def test_a_commit_whose_answer_is_lost_is_not_run_again(
         "SELECT count(*) FROM dispatcher_dead_letter WHERE consumer = 'lost-commit'"
     )
     assert (attempts, dead) == (0, 0)
+
+
+async def test_a_replay_whose_commit_answer_is_lost_is_not_run_again(
+    dispatch_postgres: TestPostgres,
+    dispatch_pool: asyncpg.Pool,
+    dispatcher: Dispatcher,
+    dispatch_dsn: str,
+) -> None:
+    """The same for a replayed dead letter: its succeeded replay is found, not run again."""
+    await dispatch_pool.execute(
+        "CREATE TABLE IF NOT EXISTS lost_replay_effects (event_id text PRIMARY KEY)"
+    )
+    broken = {"yes": True}
+    calls: collections.Counter[str] = collections.Counter()
+    async with TcpProxy(**_upstream(dispatch_postgres)) as proxy:  # type: ignore[arg-type]
+        connect_args = proxy.connect_args(dispatch_dsn)
+        async with asyncpg.create_pool(min_size=3, max_size=3, **connect_args) as pool:
+            consumer = Consumer(
+                pool, name="lost-replay", concurrency=1, poll_interval=0.2, retry_delays=()
+            )
+
+            @consumer.on("credit.locked")
+            async def on_locked(event: Event, conn: asyncpg.Connection) -> None:
+                calls[event.event_id] += 1
+                # The replay's statement text differs (a prepared one is sent without it):
+                # the proxy waits for it on the replay's link.
+                note = "first run" if broken["yes"] else "replay"
+                await conn.execute(
+                    f"INSERT INTO lost_replay_effects (event_id) VALUES ($1) -- {note}",
+                    event.event_id,
+                )
+                if broken["yes"]:
+                    raise RuntimeError("the projection is read-only")
+
+            dead_letters = DeadLetters(dispatch_pool)
+            async with consumer:
+                envelope = await dispatcher.publish(
+                    "credit.locked", locked_payload(), subject=uid("per"), actor="system:tests"
+                )
+                await asyncio.wait_for(consumer.wait_idle(), timeout=20)
+                [letter] = (await dead_letters.list("lost-replay")).items
+                broken["yes"] = False
+                calls.clear()
+                proxy.lose_commit_reply(after=b"-- replay")
+                await dead_letters.replay(letter.dead_letter_id, replayed_by="ops:tests")
+                await eventually(lambda: consumer.stats.replayed == 1, within=20, what="the replay")
+    assert proxy.lost_commits == 1
+    assert calls[envelope.event_id] == 1
+    row = await dead_letters.get(letter.dead_letter_id)
+    assert (row.replay_status, row.replay_error) == ("succeeded", None)
+    assert await dispatch_pool.fetchval("SELECT count(*) FROM lost_replay_effects") == 1

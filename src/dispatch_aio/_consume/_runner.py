@@ -257,12 +257,21 @@ class GroupRunner:
         A failure here is the connection's: the group runs again, still in doubt.
         """
         doubtful = [i for i in group if i.in_doubt and i.replay_of is None]
+        replays = [i for i in group if i.in_doubt and i.replay_of is not None]
         async with asyncio.timeout(self._limit):
             stored = await self.store.outcomes_of(conn, [i.event_id for i in doubtful])
+            replayed = (
+                await self.store.replays_succeeded(conn, [i.replay_of for i in replays])  # type: ignore[misc]
+                if replays
+                else set()
+            )
         for item in group:
             item.in_doubt = False
-        if not stored:
+        if not stored and not replayed:
             return group
+        for item in replays:
+            if item.replay_of in replayed:
+                self.outcomes.account(item, Outcome.REPLAYED)
         for item in doubtful:
             outcome = stored.get(item.event_id)
             if outcome is None:

@@ -83,6 +83,13 @@ class ConsumerStore:
         rows = await conn.fetch(self.q.consumer_outcomes_of, self.consumer, event_ids)
         return {r["event_id"]: r["outcome"] for r in rows}
 
+    async def replays_succeeded(
+        self, conn: asyncpg.Connection, dead_letter_ids: list[str]
+    ) -> set[str]:
+        """Those of ``dead_letter_ids`` whose replay is recorded as succeeded."""
+        rows = await conn.fetch(self.q.consumer_replays_succeeded, self.consumer, dead_letter_ids)
+        return {r[0] for r in rows}
+
     async def record_dead_letters(
         self, conn: asyncpg.Connection, letters: Sequence[DeadLetterRow]
     ) -> None:
