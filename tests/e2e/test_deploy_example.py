@@ -139,6 +139,17 @@ async def test_compose_commands_migrate_serve_and_work(
             await eventually(held, within=60, what="a worker to handle the event", every=0.1)
         finally:
             await conn.close()
+        # Every replica serves (and has its SIGTERM handler) before the stop below: a
+        # replica still importing would die of the signal's default action.
+        replicas = services["worker"]["deploy"]["replicas"]
+
+        def workers_started() -> bool:
+            return all(
+                "consumer started" in (logs / f"worker-{r}.log").read_text()
+                for r in range(replicas)
+            )
+
+        await eventually(workers_started, within=60, what="every worker replica to start")
         running = [n for n, p in processes.items() if n != "migrate" and p.returncode is None]
         assert len(running) == 3, _logs(logs)  # app and both workers are still serving
     finally:
