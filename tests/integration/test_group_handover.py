@@ -281,6 +281,58 @@ async def test_wait_idle_does_not_return_while_gained_partitions_are_not_read_ye
         await exactly_once_in_order(pool)
 
 
+async def test_partitions_whose_stream_failed_to_start_are_started_by_the_next_step(
+    pool: asyncpg.Pool, dispatch_dsn: str
+) -> None:
+    """The connection fails after the acquisition committed, while the gained partitions'
+    stored cursors are read: the partitions are held, their stream did not start. The
+    member task's next step starts it from their cursors (without, they stayed held and
+    unread: their events never ran, and wait_idle found the consumer idle)."""
+    dispatcher = Dispatcher(pool, producer="tests", tenant_id="tnt_tests")
+    async with pool.acquire() as conn:
+        other = LeaseStore("public", NAME, "other:1", lease_timeout=120)
+        a = consumer(pool, lease_timeout=3, dsn=dispatch_dsn)
+        async with a:
+            me = a._leases.member_id
+            await eventually(lambda: _holds(pool, me, 256), within=30, what="all to be held")
+            await other.join(conn)
+
+            async def other_takes_its_share() -> bool:
+                await other.heartbeat(conn)
+                await other.acquire(conn, range(256))
+                return len(await held_by(pool, other.member_id)) == 128
+
+            await eventually(other_takes_its_share, within=30, what="the other's share")
+            gained = await held_by(pool, other.member_id)
+            await dispatcher.publish_many(events(await subjects_in(pool, gained, 5)))
+
+            leases = a._leases
+            read_cursors = leases.read_cursors
+            failed = asyncio.Event()
+
+            async def failing_read_cursors(*args: Any, **kwargs: Any) -> Any:
+                if not failed.is_set():
+                    failed.set()
+                    raise asyncpg.exceptions.ConnectionDoesNotExistError("connection lost")
+                return await read_cursors(*args, **kwargs)
+
+            leases.read_cursors = failing_read_cursors  # type: ignore[method-assign]
+            await other.leave(conn)
+            await asyncio.wait_for(failed.wait(), 30)
+            await eventually(
+                lambda: _count(pool, "SELECT count(*) FROM effects", 5),
+                within=30,
+                what="the gained partitions' events",
+            )
+            await asyncio.wait_for(a.wait_idle(), 30)
+        assert await pool.fetch("SELECT * FROM cursor_violations") == []
+        await exactly_once_in_order(pool)
+
+
+async def _count(pool: asyncpg.Pool, sql: str, expected: int) -> bool:
+    return int(await pool.fetchval(sql)) == expected
+
+
 async def test_dropping_a_lost_partitions_events_lets_the_read_loop_read_again(
     pool: asyncpg.Pool,
 ) -> None:

@@ -105,8 +105,13 @@ class HandOver:
     def idle_counts(self, idle_seq: int, since: int) -> bool:
         """Whether the read numbered ``idle_seq``, which found nothing, shows the consumer
         idle for a waiter that started at read ``since``: begun after that, after the
-        stream last took partitions on, and not while a step is taking more on."""
-        return idle_seq > max(since, self._settled_seq) and not self._members.settling
+        stream last took partitions on, and not while partitions held are not read yet."""
+        members = self._members
+        return (
+            idle_seq > max(since, self._settled_seq)
+            and not members.settling
+            and not members.unstarted
+        )
 
 
 def _intersect(a: frozenset[int] | None, b: frozenset[int] | None) -> frozenset[int] | None:

@@ -60,13 +60,16 @@ class Members:
         self.handing_over: set[int] = set()
         #: A step is taking partitions on (acquired or adopted, their stream not started).
         self.settling = False
+        #: Held, but their stream failed to start (the step failed): not read until a
+        #: later step starts it from their cursors.
+        self.unstarted: set[int] = set()
         self.wake = asyncio.Event()
 
     # -- what the fetcher and the runner ask ---------------------------------------
 
     def readable(self) -> frozenset[int] | None:
         """Partitions to read; None when this process reads them all (no filter)."""
-        parts = set(self.owned) - self.handing_over
+        parts = set(self.owned) - self.handing_over - self.unstarted
         if len(parts) == PARTITION_COUNT:
             return None
         return frozenset(parts)
@@ -127,7 +130,10 @@ class Members:
         # From before an acquisition commits until the stream covers what it gained,
         # reads cover less than this process holds: none of them may find it idle.
         self.settling = bool(
-            steps.adopt or steps.acquire or self.handing_over - set(steps.hand_over)
+            steps.adopt
+            or steps.acquire
+            or self.unstarted
+            or self.handing_over - set(steps.hand_over)
         )
         try:
             await self._carry_out(conn, steps, epochs)
@@ -139,7 +145,8 @@ class Members:
         self, conn: asyncpg.Connection, steps: Plan, epochs: dict[int, int]
     ) -> None:
         store = self.store
-        gained: set[int] = set()
+        # Held since a step that failed before their stream started: start it now.
+        gained: set[int] = self.unstarted & set(self.owned)
         for p in steps.adopt:
             self.owned[p] = epochs[p]
             gained.add(p)
@@ -167,7 +174,14 @@ class Members:
             self.owned.update(got)
             gained |= set(got)
         if gained:
-            await self._on_change(conn, gained)
+            self.unstarted -= gained
+            try:
+                await self._on_change(conn, gained)
+            except BaseException:
+                # Committed as ours, not read: kept out of the read (and of the stored
+                # cursors) until a later step starts their stream from their cursors.
+                self.unstarted |= gained & set(self.owned)
+                raise
 
     def _lose(self, lost: set[int]) -> None:
         """Partitions are not ours any more: forget them at once, with no await between,
@@ -177,6 +191,7 @@ class Members:
         for p in lost:
             self.owned.pop(p, None)
             self.handing_over.discard(p)
+            self.unstarted.discard(p)
         self._on_lost(lost)
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -223,6 +238,7 @@ class Members:
         """After draining: release every lease and leave (the others take over at once)."""
         await self.store.leave(conn)
         self.owned.clear()
+        self.unstarted.clear()
 
 
 class MemberConnection:
