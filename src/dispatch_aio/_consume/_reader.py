@@ -129,6 +129,8 @@ class ReadLoop:
         #: When the last read began, and whether the buffer cap held it back.
         self._read_at = 0.0
         self._capped = False
+        #: Nothing was in flight when the last read began (so no cap held it back).
+        self._began_idle = False
         #: The pool connection held for reading, and the lock that lends it out between
         #: two reads (the member task heartbeats on it: no pool slot of its own).
         self._conn: asyncpg.Connection | None = None
@@ -212,8 +214,10 @@ class ReadLoop:
                             await self._warn_horizon(self._conn)
                 else:
                     held_since = None
-                if read and scheduler.idle:
-                    # A read that found nothing new while nothing is in flight.
+                if read and self._began_idle and scheduler.idle:
+                    # A read that found nothing new while nothing was in flight, from its
+                    # start: one begun behind an event still running may have been held
+                    # back by the buffer cap, and that event may have finished meanwhile.
                     self.idle_seq = self.fetch_seq
                     self.idle.set()
                 await self._sleep_or_wake(self._sleep_for(config.poll_interval))
@@ -307,6 +311,7 @@ class ReadLoop:
         self.wake.read = False
         self.fetch_seq += 1
         self._read_at = time.monotonic()
+        self._began_idle = self._scheduler.idle
         result = await self._fetcher.read(conn)
         self._capped = self._scheduler.at_cap()
         self._stats.fetches += 1
