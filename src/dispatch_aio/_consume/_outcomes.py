@@ -81,18 +81,9 @@ class Outcomes:
         """One call per outcome: statistics, telemetry, log, then the scheduler."""
         stats, telemetry, name = self.stats, self.telemetry, self.name
         if outcome is Outcome.HANDLED:
-            stats.handled += 1
-            telemetry.consumed(item.event_type, name, item.row["producer"], "handled")
-            if logger.isEnabledFor(logging.DEBUG):  # once per event: build nothing otherwise
-                fields = event_fields(name, item.event_type, item.event_id, item.attempts)
-                logger.debug(
-                    "handled event %s (%s)%s",
-                    item.event_id,
-                    item.event_type,
-                    tagged(fields),
-                    extra=fields,
-                )
-        elif outcome is Outcome.DONE_ELSEWHERE:
+            self.handled([item])
+            return
+        if outcome is Outcome.DONE_ELSEWHERE:
             stats.dedup_hits += 1
             telemetry.dedup_hit(item.event_type, name)
         elif outcome is Outcome.REPLAYED:

@@ -302,27 +302,19 @@ class Scheduler:
 
     def complete(self, item: Item, outcome: Outcome) -> None:
         """``item`` has its outcome: it leaves the in-flight set; cursors may move."""
-        item.done = True
-        # Only position and xid stay (in a cursor entry): the payload is let go now.
-        item.row = item.event = item.dead_letter = None
         if outcome is Outcome.REPLAYED or outcome is Outcome.REPLAY_FAILED:
+            item.done = True
+            item.row = item.event = item.dead_letter = None
             if item.replay_of is not None:
                 self.replays.discard(item.replay_of)
             subject = self.subjects.get(item.subject)
             if subject is not None and not subject.items and not subject.busy:
                 del self.subjects[item.subject]
             return
-        self.inflight.pop(item.position, None)
-        recent = self._recent
-        recent[item.position] = None
-        if len(recent) > _RECENT_LIMIT:
-            recent.popitem(last=False)
-        cursor = self.cursors.get(item.event_type)
-        if cursor is not None:
-            self._advance(cursor)
+        self.complete_handled([item])
 
     def complete_handled(self, items: list[Item]) -> None:
-        """:meth:`complete` with ``Outcome.HANDLED`` for each of ``items`` (not replays).
+        """:meth:`complete` for each of ``items``, none of them a replay.
 
         One call per group: each type's cursor moves once, after all of them.
         """
@@ -330,6 +322,7 @@ class Scheduler:
         types: set[str] = set()
         for item in items:
             item.done = True
+            # Only position and xid stay (in a cursor entry): the payload is let go now.
             item.row = item.event = item.dead_letter = None
             inflight.pop(item.position, None)
             recent[item.position] = None
