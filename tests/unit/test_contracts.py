@@ -25,7 +25,7 @@ from jsonschema import Draft202012Validator
 from rfc3339_validator import validate_rfc3339
 
 from dispatch_aio import InvalidEnvelopeError, InvalidPayloadError, Registry
-from dispatch_aio._registry import _is_rfc3339_datetime
+from dispatch_aio._contracts.schema_rules import is_rfc3339_datetime
 from dispatch_aio._resources import bundled_contracts_dir
 
 CONTRACTS = bundled_contracts_dir()
@@ -760,18 +760,18 @@ def test_trailing_newline_is_refused(registry: Registry) -> None:
     | datetimes_rfc3339()
 )
 def test_date_time_checker_matches_reference(text: str) -> None:
-    assert _is_rfc3339_datetime(text) == validate_rfc3339(text.upper())
+    assert is_rfc3339_datetime(text) == validate_rfc3339(text.upper())
 
 
 def test_date_time_checker_edges() -> None:
-    assert _is_rfc3339_datetime("2024-02-29T23:59:59.999999999Z")
-    assert _is_rfc3339_datetime("2026-05-01t10:00:00z")
-    assert not _is_rfc3339_datetime("2026-02-29T10:00:00Z")
-    assert not _is_rfc3339_datetime("1900-02-29T10:00:00Z")
-    assert not _is_rfc3339_datetime("2026-05-01T10:00:00Z\n")
+    assert is_rfc3339_datetime("2024-02-29T23:59:59.999999999Z")
+    assert is_rfc3339_datetime("2026-05-01t10:00:00z")
+    assert not is_rfc3339_datetime("2026-02-29T10:00:00Z")
+    assert not is_rfc3339_datetime("1900-02-29T10:00:00Z")
+    assert not is_rfc3339_datetime("2026-05-01T10:00:00Z\n")
     now = datetime.now(UTC)
-    assert _is_rfc3339_datetime(now.isoformat().replace("+00:00", "Z"))
-    assert _is_rfc3339_datetime((now + timedelta(hours=5)).astimezone().isoformat())
+    assert is_rfc3339_datetime(now.isoformat().replace("+00:00", "Z"))
+    assert is_rfc3339_datetime((now + timedelta(hours=5)).astimezone().isoformat())
 
 
 def test_example_paths_are_inside_contracts() -> None:

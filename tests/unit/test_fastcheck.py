@@ -10,7 +10,7 @@ import pytest
 
 from dispatch_aio import InvalidPayloadError, Registry
 from dispatch_aio._contracts.fastcheck import with_fast_path
-from dispatch_aio._registry import _FORMATS
+from dispatch_aio._contracts.schema_rules import FORMATS
 
 UUID = "019dd49c-ae04-726a-8f7f-021e87f3ba00"
 
@@ -20,7 +20,7 @@ class Text(str):
 
 
 def _compile(schema: dict[str, Any]) -> Any:
-    return fastjsonschema.compile(copy.deepcopy(schema), formats=_FORMATS, use_default=False)
+    return fastjsonschema.compile(copy.deepcopy(schema), formats=FORMATS, use_default=False)
 
 
 def _outcome(validate: Any, data: Any) -> str:
@@ -76,7 +76,7 @@ VARIANTS: list[dict[str, Any]] = [
 @pytest.mark.parametrize("data", VARIANTS, ids=range(len(VARIANTS)))
 def test_the_check_and_the_validator_agree_on_every_value(data: Any) -> None:
     full = _compile(FLAT)
-    fast = with_fast_path(FLAT, full, _FORMATS)
+    fast = with_fast_path(FLAT, full, FORMATS)
     assert fast is not full
     assert _outcome(fast, data) == _outcome(full, data)
 
@@ -84,7 +84,7 @@ def test_the_check_and_the_validator_agree_on_every_value(data: Any) -> None:
 def test_extra_keys_where_allowed_are_left_to_the_validator() -> None:
     schema = {**FLAT, "additionalProperties": True}
     full = _compile(schema)
-    fast = with_fast_path(schema, full, _FORMATS)
+    fast = with_fast_path(schema, full, FORMATS)
     assert _outcome(fast, {**GOOD, "extra": [1]}) == "ok"
 
 
@@ -105,7 +105,7 @@ def test_schemas_beyond_the_flat_shape_keep_the_validator_alone(change: dict[str
     schema = {**FLAT, **change}
     schema["properties"] = {**FLAT["properties"], **change.get("properties", {})}
     full = _compile(schema)
-    assert with_fast_path(schema, full, _FORMATS) is full
+    assert with_fast_path(schema, full, FORMATS) is full
 
 
 def test_every_bundled_schema_agrees_on_its_examples_and_their_breakages() -> None:
@@ -115,7 +115,7 @@ def test_every_bundled_schema_agrees_on_its_examples_and_their_breakages() -> No
         for version in registry.versions(event_type):
             schema = registry.payload_schema(event_type, version)
             full = _compile(schema)
-            fast = with_fast_path(schema, full, _FORMATS)
+            fast = with_fast_path(schema, full, FORMATS)
             covered += fast is not full
             for example in schema.get("examples", []):
                 cases = [example]

@@ -11,7 +11,8 @@ import fastjsonschema
 import pytest
 
 from dispatch_aio._contracts.fastcheck import with_fast_path as _with_fast_path
-from dispatch_aio._registry import _FORMATS, Registry
+from dispatch_aio._contracts.schema_rules import FORMATS
+from dispatch_aio._registry import Registry
 from dispatch_aio._resources import bundled_contracts_dir
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
@@ -26,11 +27,11 @@ class Int(int):
 
 
 def with_fast_path(schema: dict[str, Any], validator: Any) -> Any:
-    return _with_fast_path(schema, validator, _FORMATS)
+    return _with_fast_path(schema, validator, FORMATS)
 
 
 def full_validator(schema: dict[str, Any]) -> Any:
-    return fastjsonschema.compile(schema, formats=_FORMATS, use_default=False)
+    return fastjsonschema.compile(schema, formats=FORMATS, use_default=False)
 
 
 def verdict(validate: Any, data: Any) -> tuple[str, Any]:
