@@ -80,6 +80,8 @@ def _fields_set_by_types() -> dict[tuple[type, ...], frozenset[str]]:
 
 _FIELDS_SET_BY_TYPES = _fields_set_by_types()
 _PUBLISHED_VALUES = itemgetter(*_BEFORE_OCCURRED, "occurred_at", *_AFTER_OCCURRED)
+#: The plain fields of a stored row, in one call (a row is read once per consumed event).
+_ROW_VALUES = itemgetter(*PLAIN_FIELDS)
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
 
 
@@ -133,17 +135,17 @@ def occurred_at(micros: int | None) -> datetime:
         ) from None
 
 
-def event_from_row(row: Any, payload: dict[str, Any]) -> Event:
+def event_from_row(row: Any, payload: dict[str, Any], attempt: int = 1) -> Event:
     """An Event from a row (``occurred_us``, ``position``) and its parsed, valid payload.
 
     What ``model_construct`` does minus its per-field default handling (every field is
     given): this runs once per consumed event.
     """
-    values = {name: row[name] for name in PLAIN_FIELDS}
+    values = dict(zip(PLAIN_FIELDS, _ROW_VALUES(row), strict=True))
     values["occurred_at"] = occurred_at(row["occurred_us"])
     values["payload"] = payload
     values["position"] = row["position"]
-    values["attempt"] = 1
+    values["attempt"] = attempt
     return _construct(Event, values, set(_EVENT_FIELDS))
 
 

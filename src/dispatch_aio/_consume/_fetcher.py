@@ -17,11 +17,10 @@ from typing import Any
 
 import asyncpg
 
-from .._errors import ContractError
 from .._registry import Registry
 from .._storage._consumer_store import ConsumerStore
-from .._typed import PayloadModel, with_model_payload
-from ._codec import build_event, dead_letter_row, parse_payload
+from .._typed import PayloadModel
+from ._codec import DECODE_ERRORS, EventDecoder, dead_letter_row
 from ._scheduler import Item, Scheduler
 from .horizon import Key, Stream
 from .streams_store import StreamsStore, partition_mask
@@ -43,7 +42,7 @@ class ReadResult:
 
 
 class Fetcher:
-    """Reads events for a scheduler, decoding each into an :class:`Item`."""
+    """Reads events for a scheduler, each into an :class:`Item` (decoded when it runs)."""
 
     def __init__(
         self,
@@ -67,11 +66,11 @@ class Fetcher:
         #: Bumped by every restart: a read that was on the wire meanwhile is dropped.
         self._generation = 0
         self._scheduler = scheduler
-        self._registry = registry
         self._batch_size = batch_size
         self._limit = batch_size
         self._on_dedup_hit = on_dedup_hit
-        self._payload_models = dict(payload_models or {})
+        #: Builds a row's Event (the group runner calls it right before the handler).
+        self.decode = EventDecoder(registry, payload_models or {})
 
     async def read(self, conn: asyncpg.Connection) -> ReadResult:
         """Read the next batch on ``conn`` (one statement, in a read-only transaction)."""
@@ -143,6 +142,12 @@ class Fetcher:
             if not scheduler.begin_replay(dead_letter_id):
                 continue
             item = self._make_item(row)
+            try:
+                # Decoded now: a replay that still cannot be decoded fails as a replay
+                # (the group runner looks before running it), not as a new dead letter.
+                item.event = self.decode(row, item.attempts + 1)
+            except DECODE_ERRORS as exc:
+                item.dead_letter = dead_letter_row(row, exc, attempts=item.attempts)
             item.replay_of = dead_letter_id
             item.isolate = True
             # A replay is outside the subject's order: it runs on a lane of its own.
@@ -150,32 +155,16 @@ class Fetcher:
             scheduler.add(item, track=False)
 
     def _make_item(self, row: Any) -> Item:
-        item = Item(
-            position=row["position"],
-            xid=row["xid"],
-            event_id=row["event_id"],
-            event_type=row["event_type"],
-            subject=row["subject"],
-            row=row,
-            attempts=row["attempts"] or 0,
+        # Not decoded here: the group runner builds the Event right before its handler
+        # runs (see EventDecoder), and dead-letters the row then if it cannot.
+        return Item(
+            row["position"],
+            row["xid"],
+            row["event_id"],
+            row["event_type"],
+            row["subject"],
+            row,
+            None,
+            row["attempts"] or 0,
             partition=row.get("partition", -1),
         )
-        try:
-            item.event = self._decode(row)
-        except (ContractError, ValueError, RecursionError, TypeError) as exc:
-            # Retrying cannot fix a payload: dead-letter it at once.
-            item.dead_letter = dead_letter_row(row, exc, attempts=item.attempts)
-        return item
-
-    def _decode(self, row: Any) -> Any:
-        payload = parse_payload(row["payload"])
-        if not isinstance(payload, dict):
-            raise ValueError("payload is not a JSON object")
-        self._registry.validate_payload(row["event_type"], row["schema_version"], payload)
-        event = build_event(row, payload)
-        model = self._payload_models.get(row["event_type"])
-        if model is not None:
-            # Parsed here, so that a payload the handler's model refuses (a ValueError)
-            # is dead-lettered at once, like one that fails its schema.
-            event = with_model_payload(event, model)
-        return event
