@@ -11,9 +11,9 @@ stay below.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import asyncpg
 
@@ -25,7 +25,36 @@ from ._scheduler import Item, Scheduler
 from .horizon import Key, Stream
 from .streams_store import StreamsStore, partition_mask
 
-__all__ = ["Fetcher", "ReadResult"]
+__all__ = ["Fetcher", "ReadResult", "RowKeys"]
+
+
+class RowKeys(Sequence[Key]):
+    """The ``(xid, position)`` keys of rows, each made when asked for.
+
+    :meth:`~.horizon.Stream.advance` looks at a read's length and its last key only: a
+    list of every key would be thousands of tuples per read of a backlog, made and
+    freed again at once.
+    """
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: Sequence[Any]) -> None:
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, index: int) -> Key: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Key]: ...
+
+    def __getitem__(self, index: int | slice) -> Key | list[Key]:
+        if isinstance(index, slice):
+            return [(r["xid"], r["position"]) for r in self._rows[index]]
+        row = self._rows[index]
+        return (row["xid"], row["position"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +136,13 @@ class Fetcher:
                     hits += 1
                     if on_hit is not None:
                         on_hit(row["event_type"])
-        stream.advance(result.snapshot, got.watched_keys, got.range_keys, limit)
+        range_rows = got.range_rows
+        stream.advance(
+            result.snapshot,
+            RowKeys(got.watched_rows),
+            None if range_rows is None else RowKeys(range_rows),
+            limit,
+        )
         scheduler.set_bound(stream.low_water())
         scheduler.advance()
         full = not stream.caught_up
