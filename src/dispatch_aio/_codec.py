@@ -80,8 +80,6 @@ def _fields_set_by_types() -> dict[tuple[type, ...], frozenset[str]]:
 
 _FIELDS_SET_BY_TYPES = _fields_set_by_types()
 _PUBLISHED_VALUES = itemgetter(*_BEFORE_OCCURRED, "occurred_at", *_AFTER_OCCURRED)
-#: The plain fields of a stored row, in one call (a row is read once per consumed event).
-_ROW_VALUES = itemgetter(*PLAIN_FIELDS)
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
 
 
@@ -139,13 +137,30 @@ def event_from_row(row: Any, payload: dict[str, Any], attempt: int = 1) -> Event
     """An Event from a row (``occurred_us``, ``position``) and its parsed, valid payload.
 
     What ``model_construct`` does minus its per-field default handling (every field is
-    given): this runs once per consumed event.
+    given): this runs once per consumed event, so the fields are spelled out (a dict
+    display costs half a comprehension over PLAIN_FIELDS; a test holds the two equal).
     """
-    values = dict(zip(PLAIN_FIELDS, _ROW_VALUES(row), strict=True))
-    values["occurred_at"] = occurred_at(row["occurred_us"])
-    values["payload"] = payload
-    values["position"] = row["position"]
-    values["attempt"] = attempt
+    micros = row["occurred_us"]
+    try:
+        when = _EPOCH + timedelta(0, 0, micros)
+    except (OverflowError, TypeError):
+        when = occurred_at(micros)  # raises UndecodableEventError, saying why
+    values = {
+        "event_id": row["event_id"],
+        "event_type": row["event_type"],
+        "schema_version": row["schema_version"],
+        "tenant_id": row["tenant_id"],
+        "producer": row["producer"],
+        "subject": row["subject"],
+        "actor": row["actor"],
+        "correlation_id": row["correlation_id"],
+        "causation_id": row["causation_id"],
+        "traceparent": row["traceparent"],
+        "occurred_at": when,
+        "payload": payload,
+        "position": row["position"],
+        "attempt": attempt,
+    }
     return _construct(Event, values, set(_EVENT_FIELDS))
 
 

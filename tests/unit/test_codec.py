@@ -177,3 +177,22 @@ def test_the_decoder_parses_a_typed_handlers_model_and_refuses_what_it_refuses()
     event = EventDecoder(Registry.load(), {"credit.locked": Loose})(row, 2)
     assert isinstance(event.payload, Loose)
     assert event.attempt == 2
+
+
+def test_a_row_gives_every_field_of_the_event_in_the_field_lists_order() -> None:
+    from dispatch_aio import Event
+
+    event = event_from_row(stored(envelope()), {"a": 1}, 4)
+    assert list(event.__dict__) == [*PLAIN_FIELDS, "occurred_at", "payload", "position", "attempt"]
+    assert set(event.__dict__) == set(Event.model_fields)
+    assert event.attempt == 4
+
+
+def test_a_row_with_an_unrepresentable_occurred_at_is_undecodable() -> None:
+    from dispatch_aio._codec import UndecodableEventError
+
+    row = stored(envelope())
+    for micros in (None, 10**20, -(10**20)):
+        row["occurred_us"] = micros
+        with pytest.raises(UndecodableEventError):
+            event_from_row(row, {"a": 1})
