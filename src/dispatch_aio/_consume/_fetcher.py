@@ -193,13 +193,12 @@ class Fetcher:
         # Not decoded here: the group runner builds the Event right before its handler
         # runs (see EventDecoder), and dead-letters the row then if it cannot.
         return Item(
-            row["position"],
-            row["xid"],
-            row["event_id"],
-            row["event_type"],
-            row["subject"],
-            row,
-            None,
-            row["attempts"] or 0,
+            position=row["position"],
+            xid=row["xid"],
+            event_id=row["event_id"],
+            event_type=row["event_type"],
+            subject=row["subject"],
+            row=row,
+            attempts=row["attempts"] or 0,
             partition=row.get("partition", -1),
         )
