@@ -133,17 +133,34 @@ def occurred_at(micros: int | None) -> datetime:
         ) from None
 
 
-def event_from_row(row: Any, payload: dict[str, Any]) -> Event:
+def event_from_row(row: Any, payload: dict[str, Any], attempt: int = 1) -> Event:
     """An Event from a row (``occurred_us``, ``position``) and its parsed, valid payload.
 
     What ``model_construct`` does minus its per-field default handling (every field is
-    given): this runs once per consumed event.
+    given): this runs once per consumed event, so the fields are spelled out (a dict
+    display costs half a comprehension over PLAIN_FIELDS; a test holds the two equal).
     """
-    values = {name: row[name] for name in PLAIN_FIELDS}
-    values["occurred_at"] = occurred_at(row["occurred_us"])
-    values["payload"] = payload
-    values["position"] = row["position"]
-    values["attempt"] = 1
+    micros = row["occurred_us"]
+    try:
+        when = _EPOCH + timedelta(0, 0, micros)
+    except (OverflowError, TypeError):
+        when = occurred_at(micros)  # raises UndecodableEventError, saying why
+    values = {
+        "event_id": row["event_id"],
+        "event_type": row["event_type"],
+        "schema_version": row["schema_version"],
+        "tenant_id": row["tenant_id"],
+        "producer": row["producer"],
+        "subject": row["subject"],
+        "actor": row["actor"],
+        "correlation_id": row["correlation_id"],
+        "causation_id": row["causation_id"],
+        "traceparent": row["traceparent"],
+        "occurred_at": when,
+        "payload": payload,
+        "position": row["position"],
+        "attempt": attempt,
+    }
     return _construct(Event, values, set(_EVENT_FIELDS))
 
 

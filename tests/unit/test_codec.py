@@ -107,3 +107,92 @@ def test_the_payload_parser_falls_back_for_what_only_json_loads_reads() -> None:
     assert parse_payload('{"a": "\\ud800"}') == {"a": "\ud800"}  # a lone surrogate escape
     with pytest.raises(json.JSONDecodeError):  # json's message, with its position
         parse_payload('{"a": ')
+
+
+# -- the consumer's decoder (rows to the Event a handler gets) -------------------------
+
+
+def registry_row(payload: object) -> dict[str, object]:
+    """A stored row of a registered type holding ``payload`` as its JSON text."""
+    from dispatch_aio import Registry
+
+    registry = Registry.load()
+    version = registry.current_version("credit.locked")
+    row = stored(envelope())
+    row["schema_version"] = version
+    row["payload"] = json.dumps(
+        payload if payload is not None else registry.example_payload("credit.locked", version)
+    )
+    return row
+
+
+def test_the_decoder_builds_the_event_as_the_attempt_it_is_told() -> None:
+    from dispatch_aio import Registry
+    from dispatch_aio._consume._codec import EventDecoder
+
+    row = registry_row(None)
+    event = EventDecoder(Registry.load(), {})(row, 3)
+    assert event.attempt == 3
+    assert event.position == 7
+    assert event.payload == json.loads(str(row["payload"]))
+    assert event.occurred_at == WHEN
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"payload": "[1]"}, "not a JSON object"),
+        ({"payload": '{"a": '}, "Expecting value"),
+        ({"payload": json.dumps({"unexpected": 1})}, "payload"),
+        ({"occurred_us": None}, "infinite"),
+    ],
+)
+def test_the_decoder_refuses_a_row_with_one_of_its_decode_errors(
+    change: dict[str, object], error: str
+) -> None:
+    from dispatch_aio import Registry
+    from dispatch_aio._consume._codec import DECODE_ERRORS, EventDecoder
+
+    row = {**registry_row(None), **change}
+    with pytest.raises(DECODE_ERRORS, match=error):
+        EventDecoder(Registry.load(), {})(row)
+
+
+def test_the_decoder_parses_a_typed_handlers_model_and_refuses_what_it_refuses() -> None:
+    import pydantic
+
+    from dispatch_aio import Registry
+    from dispatch_aio._consume._codec import DECODE_ERRORS, EventDecoder
+
+    class Strict(pydantic.BaseModel):
+        not_in_the_payload: str
+
+    row = registry_row(None)
+    with pytest.raises(DECODE_ERRORS):
+        EventDecoder(Registry.load(), {"credit.locked": Strict})(row)
+
+    class Loose(pydantic.BaseModel):
+        person_id: str
+
+    event = EventDecoder(Registry.load(), {"credit.locked": Loose})(row, 2)
+    assert isinstance(event.payload, Loose)
+    assert event.attempt == 2
+
+
+def test_a_row_gives_every_field_of_the_event_in_the_field_lists_order() -> None:
+    from dispatch_aio import Event
+
+    event = event_from_row(stored(envelope()), {"a": 1}, 4)
+    assert list(event.__dict__) == [*PLAIN_FIELDS, "occurred_at", "payload", "position", "attempt"]
+    assert set(event.__dict__) == set(Event.model_fields)
+    assert event.attempt == 4
+
+
+def test_a_row_with_an_unrepresentable_occurred_at_is_undecodable() -> None:
+    from dispatch_aio._codec import UndecodableEventError
+
+    row = stored(envelope())
+    for micros in (None, 10**20, -(10**20)):
+        row["occurred_us"] = micros
+        with pytest.raises(UndecodableEventError):
+            event_from_row(row, {"a": 1})

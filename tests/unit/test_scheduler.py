@@ -280,9 +280,9 @@ def test_drop_forgets_queued_events_of_lost_partitions_only() -> None:
 
 def test_an_event_read_again_after_its_partition_came_back_is_queued_once_more() -> None:
     """Its partition was lost (queued events dropped) and gained again while an earlier
-    event of the type still runs: the dropped entry is still in the type's heap when the
-    event is read again. Both entries share a key; the consumer must not fail on them,
-    and the stored cursor must stay below the event until it is handled."""
+    event of the type still runs: the dropped entry is still among the type's pending
+    events when the event is read again. Both entries share a key; the consumer must not
+    fail on them, and the stored cursor must stay below the event until it is handled."""
     s = scheduler(workers=1, max_group=1)
 
     def read(position: int, subject: str, partition: int) -> None:
@@ -313,3 +313,35 @@ def test_an_event_read_again_after_its_partition_came_back_is_queued_once_more()
         s.release(group)
     s.advance()
     assert s.moved_cursors() == {TYPE: (3, 3)}
+
+
+def test_the_mark_stays_below_the_first_unfinished_key_whatever_the_read_order() -> None:
+    """Rows of an ended transaction (a smaller xid) and pulled rows arrive after larger
+    keys; events finish in any order. The stored cursor is always just below the
+    smallest unfinished key (or at the largest read), and never moves back."""
+    import random
+
+    for seed in range(200):
+        rng = random.Random(seed)
+        s = scheduler(workers=1, max_group=1)
+        keys = rng.sample(range(1, 40), 12)  # xids, some equal to others' positions
+        rows = [
+            row(position, f"s{position}", xid=xid)
+            for position, xid in zip(range(1, 13), keys, strict=True)
+        ]
+        rng.shuffle(rows)
+        for r in rows:
+            s.read(r, make)
+        s.set_bound((100, 0))
+        items = list(s.inflight.values())
+        rng.shuffle(items)
+        committed = (0, 0)
+        for done, item in enumerate(items, start=1):
+            s.complete(item, Outcome.HANDLED)
+            left = [(i.xid, i.position) for i in items[done:]]
+            expected = max((r["xid"], r["position"]) for r in rows)  # the largest read
+            if left:
+                xid, position = min(left)
+                expected = min(expected, (xid, position - 1))
+            committed = max(committed, expected)
+            assert s.cursors[TYPE].committed == committed, seed

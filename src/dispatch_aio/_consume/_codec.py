@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import traceback
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic_core import from_json
@@ -21,12 +22,18 @@ from .._codec import (
     occurred_at,
 )
 from .._codec import event_from_row as build_event
+from .._envelope import Event
+from .._errors import ContractError
 from .._ids import new_id
+from .._registry import Registry
 from .._storage._consumer_store import DeadLetterRow
+from .._typed import PayloadModel, with_model_payload
 
 __all__ = [
+    "DECODE_ERRORS",
     "MAX_MESSAGE",
     "MAX_TRACEBACK",
+    "EventDecoder",
     "UndecodableEventError",
     "build_event",
     "dead_letter_row",
@@ -37,6 +44,42 @@ __all__ = [
 
 MAX_MESSAGE = 4_000
 MAX_TRACEBACK = 16_000
+
+#: What :class:`EventDecoder` raises for a row that can never become an Event (a payload
+#: that is not JSON, fails its schema or the handler's model, a value Python cannot
+#: represent): retrying cannot fix it, the event is dead-lettered at once.
+DECODE_ERRORS = (ContractError, ValueError, RecursionError, TypeError)
+
+
+class EventDecoder:
+    """Builds the :class:`Event` a handler gets from the row read; pure.
+
+    Called right before the handler runs, not when the row is read: an Event held in the
+    read-ahead buffer would only outlive the collector's young generation and cost every
+    later collection (and its memory) until its turn. Raises one of
+    :data:`DECODE_ERRORS` when the row cannot be decoded.
+    """
+
+    __slots__ = ("_models", "_registry")
+
+    def __init__(self, registry: Registry, payload_models: Mapping[str, PayloadModel]) -> None:
+        self._registry = registry
+        self._models = dict(payload_models)
+
+    def __call__(self, row: Any, attempt: int = 1) -> Event:
+        """The Event of ``row``, as attempt ``attempt``; see :data:`DECODE_ERRORS`."""
+        payload = parse_payload(row["payload"])
+        if not isinstance(payload, dict):
+            raise ValueError("payload is not a JSON object")
+        event_type = row["event_type"]
+        self._registry.validate_payload(event_type, row["schema_version"], payload)
+        event = build_event(row, payload, attempt)
+        model = self._models.get(event_type)
+        if model is not None:
+            # Parsed here, so that a payload the handler's model refuses (a ValueError)
+            # is dead-lettered at once, like one that fails its schema.
+            event = with_model_payload(event, model)
+        return event
 
 
 def parse_payload(text: str) -> Any:

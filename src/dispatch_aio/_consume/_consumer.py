@@ -411,6 +411,7 @@ class Consumer:
             store=self._store,
             stats=self.stats,
             telemetry=self.telemetry,
+            decode=self._fetcher.decode,
             leases=self._leases,
             members=self._members,
         )

@@ -11,22 +11,50 @@ stay below.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import asyncpg
 
-from .._errors import ContractError
 from .._registry import Registry
 from .._storage._consumer_store import ConsumerStore
-from .._typed import PayloadModel, with_model_payload
-from ._codec import build_event, dead_letter_row, parse_payload
+from .._typed import PayloadModel
+from ._codec import DECODE_ERRORS, EventDecoder, dead_letter_row
 from ._scheduler import Item, Scheduler
 from .horizon import Key, Stream
 from .streams_store import StreamsStore, partition_mask
 
-__all__ = ["Fetcher", "ReadResult"]
+__all__ = ["Fetcher", "ReadResult", "RowKeys"]
+
+
+class RowKeys(Sequence[Key]):
+    """The ``(xid, position)`` keys of rows, each made when asked for.
+
+    :meth:`~.horizon.Stream.advance` looks at a read's length and its last key only: a
+    list of every key would be thousands of tuples per read of a backlog, made and
+    freed again at once.
+    """
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: Sequence[Any]) -> None:
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, index: int) -> Key: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Key]: ...
+
+    def __getitem__(self, index: int | slice) -> Key | list[Key]:
+        if isinstance(index, slice):
+            return [(r["xid"], r["position"]) for r in self._rows[index]]
+        row = self._rows[index]
+        return (row["xid"], row["position"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +71,7 @@ class ReadResult:
 
 
 class Fetcher:
-    """Reads events for a scheduler, decoding each into an :class:`Item`."""
+    """Reads events for a scheduler, each into an :class:`Item` (decoded when it runs)."""
 
     def __init__(
         self,
@@ -67,11 +95,11 @@ class Fetcher:
         #: Bumped by every restart: a read that was on the wire meanwhile is dropped.
         self._generation = 0
         self._scheduler = scheduler
-        self._registry = registry
         self._batch_size = batch_size
         self._limit = batch_size
         self._on_dedup_hit = on_dedup_hit
-        self._payload_models = dict(payload_models or {})
+        #: Builds a row's Event (the group runner calls it right before the handler).
+        self.decode = EventDecoder(registry, payload_models or {})
 
     async def read(self, conn: asyncpg.Connection) -> ReadResult:
         """Read the next batch on ``conn`` (one statement, in a read-only transaction)."""
@@ -108,7 +136,13 @@ class Fetcher:
                     hits += 1
                     if on_hit is not None:
                         on_hit(row["event_type"])
-        stream.advance(result.snapshot, got.watched_keys, got.range_keys, limit)
+        range_rows = got.range_rows
+        stream.advance(
+            result.snapshot,
+            RowKeys(got.watched_rows),
+            None if range_rows is None else RowKeys(range_rows),
+            limit,
+        )
         scheduler.set_bound(stream.low_water())
         scheduler.advance()
         full = not stream.caught_up
@@ -143,6 +177,12 @@ class Fetcher:
             if not scheduler.begin_replay(dead_letter_id):
                 continue
             item = self._make_item(row)
+            try:
+                # Decoded now: a replay that still cannot be decoded fails as a replay
+                # (the group runner looks before running it), not as a new dead letter.
+                item.event = self.decode(row, item.attempts + 1)
+            except DECODE_ERRORS as exc:
+                item.dead_letter = dead_letter_row(row, exc, attempts=item.attempts)
             item.replay_of = dead_letter_id
             item.isolate = True
             # A replay is outside the subject's order: it runs on a lane of its own.
@@ -150,7 +190,9 @@ class Fetcher:
             scheduler.add(item, track=False)
 
     def _make_item(self, row: Any) -> Item:
-        item = Item(
+        # Not decoded here: the group runner builds the Event right before its handler
+        # runs (see EventDecoder), and dead-letters the row then if it cannot.
+        return Item(
             position=row["position"],
             xid=row["xid"],
             event_id=row["event_id"],
@@ -160,22 +202,3 @@ class Fetcher:
             attempts=row["attempts"] or 0,
             partition=row.get("partition", -1),
         )
-        try:
-            item.event = self._decode(row)
-        except (ContractError, ValueError, RecursionError, TypeError) as exc:
-            # Retrying cannot fix a payload: dead-letter it at once.
-            item.dead_letter = dead_letter_row(row, exc, attempts=item.attempts)
-        return item
-
-    def _decode(self, row: Any) -> Any:
-        payload = parse_payload(row["payload"])
-        if not isinstance(payload, dict):
-            raise ValueError("payload is not a JSON object")
-        self._registry.validate_payload(row["event_type"], row["schema_version"], payload)
-        event = build_event(row, payload)
-        model = self._payload_models.get(row["event_type"])
-        if model is not None:
-            # Parsed here, so that a payload the handler's model refuses (a ValueError)
-            # is dead-lettered at once, like one that fails its schema.
-            event = with_model_payload(event, model)
-        return event

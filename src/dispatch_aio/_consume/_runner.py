@@ -37,7 +37,7 @@ from .._storage._consumer_store import ConsumerStore, DeadLetterRow
 from .._storage._driver import FailureKind, keeps_connection
 from .._telemetry import Telemetry
 from .._typed import PayloadModel
-from ._codec import MAX_MESSAGE, storable
+from ._codec import DECODE_ERRORS, MAX_MESSAGE, EventDecoder, dead_letter_row, storable
 from ._config import ConsumerConfig
 from ._deadline import HandlerDeadline
 from ._members import Members
@@ -90,9 +90,11 @@ class GroupRunner:
         store: ConsumerStore,
         stats: ConsumerStats,
         telemetry: Telemetry,
+        decode: EventDecoder,
         leases: LeaseStore | None = None,
         members: Members | None = None,
     ) -> None:
+        self.decode = decode
         self.leases = leases
         self.members = members
         self.name = name
@@ -154,16 +156,27 @@ class GroupRunner:
             failure: tuple[Item, BaseException] | None = None
             # Looked up once per group (it is kept for a second anyway).
             tracing = self.telemetry.tracing_enabled()
+            decode = self.decode
             for item in group:
                 if item.dead_letter is not None or item.succeeded:
                     continue
+                event = item.event  # only a replay's is built ahead (see read_replays)
+                if event is None:
+                    try:
+                        # Built now, not when read: see EventDecoder. Not kept on the
+                        # item: it goes when the handler is done with it.
+                        event = decode(item.row, item.attempts + 1)
+                    except DECODE_ERRORS as exc:
+                        # Retrying cannot fix a payload: dead-letter it with this group.
+                        item.dead_letter = dead_letter_row(item.row, exc, attempts=item.attempts)
+                        continue
                 subscription = self.subscriptions[item.event_type]
                 if subscription.wants_conn and transaction is None:
                     transaction = conn.transaction()
                     async with asyncio.timeout(self._limit):
                         await transaction.start()
                 try:
-                    await self._call(subscription, item, conn, deadline, tracing)
+                    await self._call(subscription, item, event, conn, deadline, tracing)
                 except Exception as exc:
                     if is_infrastructure(exc, conn):
                         raise _RerunGroup from exc
@@ -323,12 +336,12 @@ class GroupRunner:
         self,
         subscription: Subscription,
         item: Item,
+        event: Any,
         conn: asyncpg.Connection,
         deadline: HandlerDeadline,
         tracing: bool,
     ) -> None:
         item.attempts += 1
-        event = item.event
         if item.attempts != event.attempt:
             event = item.event = event.model_copy(update={"attempt": item.attempts})
         started = time.time()

@@ -5,10 +5,11 @@ What it holds:
 - **per-subject queues**: events of one subject, in position (commit) order; only the
   head of a subject runs, and a subject runs in one group at a time (``busy``);
 - the **ready queue**: subjects whose head can run now;
-- **per-type low-water marks** (ADR 0006): for each event type, a heap of the events
-  read without an outcome; the committed cursor (what is stored) is the smaller of the
-  reader's bound (:meth:`~Scheduler.set_bound`: below every id still in progress) and
-  just below the first unfinished event, and never moves backwards;
+- **per-type low-water marks** (ADR 0006): for each event type, the events read
+  without an outcome, in (xid, position) order; the committed cursor (what is stored)
+  is the smaller of the reader's bound (:meth:`~Scheduler.set_bound`: below every id
+  still in progress) and just below the first unfinished event, and never moves
+  backwards;
 - the **retry heap**: subjects parked until their head's retry is due, on an injectable
   clock;
 - the **in-flight** set (read, no outcome yet) and the **recently done** set (so that a
@@ -77,12 +78,6 @@ class Item:
     #: Its subject's partition (ADR 0006); -1 for a replay (not fenced).
     partition: int = -1
 
-    def __lt__(self, other: Item) -> bool:
-        # Only asked when one event is in a type's heap twice: dropped with a partition
-        # this process lost (done), then read again once the partition came back. The
-        # done entry goes first and is popped; the one read again holds the mark.
-        return self.done and not other.done
-
 
 @dataclass(slots=True, eq=False)
 class _Subject:
@@ -100,13 +95,35 @@ class _TypeCursor:
     flushed: tuple[int, int]
     #: Stored when the consumer started: rows at or below it had their outcome then.
     start: tuple[int, int]
-    #: (xid, position, item) of events read here; finished ones leave it from the top
+    #: Events read here, in (xid, position) order; finished ones leave it from the front
     #: (lazily), so a stuck head keeps those behind it: that is what the cap bounds.
-    pending: list[tuple[int, int, Item]] = field(default_factory=list)
+    pending: collections.deque[Item] = field(default_factory=collections.deque)
 
 
 def _by_position(item: Item) -> int:
     return item.position
+
+
+def _by_key(item: Item) -> tuple[int, int]:
+    return (item.xid, item.position)
+
+
+def _hold(pending: collections.deque[Item], item: Item) -> None:
+    """Add ``item`` to a type's pending events, keeping them in (xid, position) order.
+
+    Reads mostly come in that order: the event goes last, with no entry of its own (a
+    heap needs a key tuple per event, and a search at every pop). An ended transaction's
+    rows or a pulled row may go earlier; an event read again after its partition came
+    back goes after its finished entry, which leaves first.
+    """
+    if pending:
+        last = pending[-1]
+        xid = item.xid
+        if last.xid > xid or (last.xid == xid and last.position > item.position):
+            at = bisect.bisect_right(pending, (xid, item.position), key=_by_key)
+            pending.insert(at, item)
+            return
+    pending.append(item)
 
 
 class Scheduler:
@@ -190,7 +207,7 @@ class Scheduler:
         if position in self.inflight or position in self._recent:
             return False
         item = make(row)
-        heapq.heappush(cursor.pending, (xid, position, item))
+        _hold(cursor.pending, item)
         self.add(item)
         return False
 
@@ -202,7 +219,7 @@ class Scheduler:
         item = make(row)
         cursor = self.cursors.get(item.event_type)
         if cursor is not None:
-            heapq.heappush(cursor.pending, (item.xid, position, item))
+            _hold(cursor.pending, item)
         self.add(item)
 
     def add(self, item: Item, *, track: bool = True) -> None:
@@ -445,7 +462,7 @@ class Scheduler:
         for cursor in self.cursors.values():
             self._advance(cursor)
             if cursor.pending and len(cursor.pending) > held:
-                best, held = cursor.pending[0][2], len(cursor.pending)
+                best, held = cursor.pending[0], len(cursor.pending)
         return best
 
     # -- internals ---------------------------------------------------------------------
@@ -459,14 +476,14 @@ class Scheduler:
 
     def _advance(self, cursor: _TypeCursor) -> None:
         pending = cursor.pending
-        while pending and pending[0][2].done:
-            heapq.heappop(pending)
+        while pending and pending[0].done:
+            pending.popleft()
         # Not above the last row of the type read: every row of the type between it and
         # the bound was read, so both say the same, and a real row's key is what status,
         # retention and the horizon check at start expect (the bound's may be xmax).
         mark = cursor.read if self.bound is None else min(self.bound, cursor.read)
         if pending:
-            xid, position, _ = pending[0]
-            mark = min(mark, (xid, position - 1))
+            head = pending[0]
+            mark = min(mark, (head.xid, head.position - 1))
         if mark > cursor.committed:
             cursor.committed = mark
