@@ -11,6 +11,11 @@
 (d) dispatch-aio's drain of the same backlog behind a long history (events its cursor
     has passed) versus on a table holding only the backlog.
 
+Every drain also reports what it cost per event, measured the same way for both systems
+outside the timed window: CPU of this process and of the server's processes, WAL bytes,
+write transactions. On a small machine the two compete for the same cores, so those say
+why one round was slower than another better than the rates can.
+
 Both systems get one database each on one embedded PostgreSQL with fsync on, an
 asyncpg pool of the same size, the standard asyncio event loop, and settled tables
 (VACUUM ANALYZE + CHECKPOINT before measuring). Drains run ``--rounds`` times, the
