@@ -590,9 +590,12 @@ SELECT r.kind, r.stream, r.position, r.xid::text::bigint AS xid, r.event_id, r.e
        r.correlation_id, r.causation_id, r.traceparent, r.payload::text AS payload,
        r.partition,
        -- Probes by primary key, one per row read: the cost follows the batch, never the
-       -- size of the consumer's markers (a join may hash or loop over all of them).
-       EXISTS (SELECT 1 FROM {{schema}}.dispatcher_dedup d
-               WHERE d.consumer = $9 AND d.event_id = r.event_id) AS handled,
+       -- size of the consumer's markers (a join may hash or loop over all of them, and so
+       -- may an EXISTS: planned while the markers looked few, as after a TRUNCATE or for a
+       -- new consumer, it became a hashed subplan reading every marker on every read, kept
+       -- for the connection's life by the generic plan). A scalar subquery is never hashed.
+       coalesce((SELECT true FROM {{schema}}.dispatcher_dedup d
+                 WHERE d.consumer = $9 AND d.event_id = r.event_id), false) AS handled,
        (SELECT a.attempts FROM {{schema}}.dispatcher_attempt a
         WHERE a.consumer = $9 AND a.event_id = r.event_id) AS attempts,
        NULL::bigint AS snapshot_xmin, NULL::bigint AS snapshot_xmax, NULL::bigint[] AS xip

@@ -22,6 +22,7 @@ HEADINGS = (
     "== (c) end-to-end latency ==",
     "== (d) drain behind a long history ==",
     "== instrumentation overhead ==",
+    "== cost per event ==",
     "== goals ==",
 )
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from typing import Any
+
 import asyncpg
 import pytest
 
@@ -52,3 +56,63 @@ async def test_horizon_check_reads_the_last_index_entry_per_type(
         )
         assert row["max_event_xid"] == expected
         assert row["next_xid"] > expected
+
+
+def _plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", ()):
+        yield from _plan_nodes(child)
+
+
+FETCH_ARGS = (
+    ["credit.locked", "credit.reserved"],  # types
+    [0],  # frontier xid per stream
+    [0],  # frontier position per stream
+    [None],  # partition mask per stream: all
+    [],  # watched: stream, xid, position
+    [],
+    [],
+    1000,  # limit
+    "c",  # consumer
+)
+
+
+async def test_fetch_probes_markers_per_row_read(dispatch_pool: asyncpg.Pool) -> None:
+    # Whether a row read is handled is a probe of the marker's primary key per row. The
+    # read's plan is generic and kept for the connection's life; planned while the
+    # markers table looked small (a new consumer, or a TRUNCATE), an EXISTS became a
+    # hashed subplan that read every marker of the consumer on every read.
+    query = queries("public").consumer_fetch_streams
+    async with dispatch_pool.acquire() as conn:
+        await conn.execute(FILL)
+        await conn.execute("ANALYZE dispatcher_event")
+        await conn.execute("TRUNCATE dispatcher_dedup, dispatcher_attempt")
+        await conn.execute(
+            "INSERT INTO dispatcher_dedup (consumer, event_id, outcome) "
+            "SELECT 'c', 'evt_' || i, 'handled' FROM generate_series(2, 3000, 2) AS i"
+        )
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        statement = await conn.prepare(query)
+        [plan] = json.loads(
+            await conn.fetchval(
+                f"EXPLAIN (FORMAT JSON) EXECUTE {statement.get_name()}("
+                "ARRAY['credit.locked', 'credit.reserved'], ARRAY[0]::bigint[], "
+                "ARRAY[0]::bigint[], ARRAY[NULL]::bytea[], '{}'::bigint[], '{}'::bigint[], "
+                "'{}'::bigint[], 1000, 'c')"
+            )
+        )
+        probes = [
+            node
+            for node in _plan_nodes(plan["Plan"])
+            if "dispatcher_dedup" in (node.get("Relation Name"), node.get("Index Name"))
+        ]
+        assert probes, plan
+        for node in probes:
+            assert "event_id" in node.get("Index Cond", ""), json.dumps(node, indent=1)
+        rows = await statement.fetch(*FETCH_ARGS)
+        read = [r for r in rows if r["kind"] == 1]
+        assert len(read) == 1000
+        marked = {f"evt_{i}" for i in range(2, 3001, 2)}
+        assert all(r["handled"] == (r["event_id"] in marked) for r in read)
+        assert any(r["handled"] for r in read)
+        assert not all(r["handled"] for r in read)
