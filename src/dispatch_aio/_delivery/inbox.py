@@ -100,13 +100,14 @@ def _parse(body: bytes) -> tuple[Any, str]:
     except UnicodeDecodeError:
         raise _Malformed("the body is not UTF-8") from None
     # pydantic's parser (a dependency already) takes a third of the standard decoder's
-    # time but keeps the last of duplicate keys without a word. So its data is used only
-    # when writing it back out gives the body's very bytes, as a fan-out body does (it is
-    # written by that serializer): a duplicate key, dropped, would make it shorter.
-    # Anything else (other spacing or escapes, NaN, deep nesting) goes to the strict
-    # decoder, which decides and says what is wrong.
+    # time (only keys cached: values are mostly ids, each seen once), but keeps the last
+    # of duplicate keys without a word. So its data is used only when writing it back
+    # out gives the body's very bytes, as a fan-out body does (written by that
+    # serializer): a duplicate key, dropped, would make it shorter. Anything else (other
+    # spacing or escapes, NaN, deep nesting) goes to the strict decoder, which decides
+    # and says what is wrong.
     try:
-        data = from_json(text, allow_inf_nan=False)
+        data = from_json(text, allow_inf_nan=False, cache_strings="keys")
     except ValueError:
         pass
     else:
