@@ -22,6 +22,10 @@ def format_timestamp(value: datetime) -> str:
 
     Years below 1000 keep four digits (``0999-...``): ``strftime('%Y')`` would not pad.
     """
+    if value.tzinfo is UTC:
+        # Already UTC (every consumed event): isoformat ends "+00:00", cut to "Z" in one
+        # call, without the conversion and the copy without tzinfo.
+        return value.isoformat(timespec="microseconds")[:-6] + "Z"
     utc = value.astimezone(UTC)
     return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 

@@ -199,6 +199,9 @@ async def serve_inbox(
                 access_log=False,
                 # The inbox never reads the client's address: no forwarded-header layer.
                 proxy_headers=False,
+                # No "server: uvicorn" on every answer: bytes to write and to parse, and
+                # it tells a caller only what software to probe.
+                server_header=False,
             )
         )
         task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -8,9 +8,11 @@ import asyncio
 import asyncpg
 import pytest
 
-from dispatch_aio import Inbox, Registry
+from dispatch_aio import Inbox, InboxResponse, Registry
+from dispatch_aio._delivery import inbox_writer
 
 from .delivery_helpers import SECRET, body_of, envelope, event_rows, signed
+from .helpers import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -109,3 +111,50 @@ async def test_a_caller_cancelled_while_waiting_leaves_its_batch_whole(
     # The writer is idle and answers the next request at once.
     late = envelope()
     assert (await send_together(receiver, [(body_of(late), late.event_id)])) == [200]
+
+
+async def test_a_flush_keeps_its_connection_for_the_next_requests_then_gives_it_back(
+    dispatch_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A second, not 50 ms: the next request comes within it even on a busy machine.
+    monkeypatch.setattr(inbox_writer, "_LINGER", 1.0)
+    receiver = inbox(dispatch_pool)
+    writer = receiver._writer
+    first, second = envelope(), envelope()
+    assert (await send_together(receiver, [(body_of(first), first.event_id)])) == [200]
+    # Answered, and the flush still runs: it holds its connection for what comes next.
+    lingering = writer._flushing
+    assert lingering is not None
+    assert (await send_together(receiver, [(body_of(second), second.event_id)])) == [200]
+    assert writer._flushing is lingering  # written by the same run, on the same connection
+    await lingering  # ends once no request has come for a while
+    assert writer._flushing is None
+    assert dispatch_pool.get_idle_size() == dispatch_pool.get_size()
+    assert len(await event_rows(dispatch_pool)) == 2
+
+
+async def test_a_request_queued_as_the_linger_runs_out_is_written(
+    dispatch_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver = inbox(dispatch_pool)
+    first, late = envelope(), envelope()
+    late_body = body_of(late)
+    arrivals: list[asyncio.Task[InboxResponse]] = []
+    wait = inbox_writer.InboxWriter._more_within
+
+    async def runs_out_as_one_arrives(writer: inbox_writer.InboxWriter, seconds: float) -> bool:
+        more = await wait(writer, 0.0)  # nothing came: the wait has run out...
+        if not arrivals:
+            # ...and a request is queued before the flush goes on: its insert finds the
+            # wait over and the flush still running, so only the flush can write it.
+            arrivals.append(
+                asyncio.create_task(receiver.receive(signed(late_body, late.event_id), late_body))
+            )
+            await asyncio.sleep(0)
+        return more
+
+    monkeypatch.setattr(inbox_writer.InboxWriter, "_more_within", runs_out_as_one_arrives)
+    assert (await send_together(receiver, [(body_of(first), first.event_id)])) == [200]
+    await eventually(lambda: bool(arrivals), within=10, what="the late request")
+    assert (await arrivals[0]).status == 200
+    assert len(await event_rows(dispatch_pool)) == 2

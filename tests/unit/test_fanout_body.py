@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from dispatch_aio import Event
@@ -66,3 +69,44 @@ def test_a_model_payload_is_sent_as_its_json_data() -> None:
     value = event(datetime(2026, 5, 9, tzinfo=UTC), Locked(credits=3))
     assert envelope_json(value) == reference(value)
     assert json.loads(envelope_json(value))["payload"] == {"credits": 3}
+
+
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.text(st.characters(exclude_categories=["Cs"])),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(st.characters(exclude_categories=["Cs"])), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=st.dictionaries(st.text(max_size=8), _JSON_VALUES, max_size=6))
+def test_any_json_payload_gives_the_standard_encoders_bytes(payload: dict[str, Any]) -> None:
+    # Escapes, non-ASCII text, big integers: the same bytes as the standard library's
+    # encoder, so the receiver sees the document it always saw.
+    value = event(datetime(2026, 5, 9, tzinfo=UTC), payload)
+    assert envelope_json(value) == reference(value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(number=st.floats(allow_nan=False, allow_infinity=False))
+def test_any_finite_float_is_sent_as_the_same_number(number: float) -> None:
+    # Exponents may be spelt with fewer digits (1e-8, not 1e-08): the same number.
+    value = event(datetime(2026, 5, 9, tzinfo=UTC), {"x": number, "l": [number]})
+    assert json.loads(envelope_json(value)) == json.loads(reference(value))
+
+
+@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_float_is_refused_as_before(number: float) -> None:
+    with pytest.raises(ValueError, match="JSON compliant"):
+        envelope_json(event(datetime(2026, 5, 9, tzinfo=UTC), {"n": number}))
+
+
+def test_the_words_nan_and_infinity_inside_text_are_sent_as_text() -> None:
+    value = event(datetime(2026, 5, 9, tzinfo=UTC), {"s": "NaN and Infinity"})
+    assert envelope_json(value) == reference(value)

@@ -121,3 +121,17 @@ def test_eof_before_the_answer_is_whole_is_a_protocol_error() -> None:
     reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab")
     with pytest.raises(httpx.RemoteProtocolError, match="mid-answer"):
         reader.feed_eof()
+
+
+@pytest.mark.parametrize("size", [0, 1, 16, 17, 40])
+@pytest.mark.parametrize("step", [0, 1, 3])
+def test_a_body_longer_than_the_excerpt_is_cut_there_in_any_pieces(size: int, step: int) -> None:
+    body = bytes(range(65, 65 + size))
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + body
+    answer = read_whole(raw, step=step, excerpt_bytes=16)
+    assert answer == Answer(200, {"content-length": str(size)}, body[:16], True)
+
+
+def test_a_repeated_equal_content_length_is_one_length() -> None:
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\nok"
+    assert read_whole(raw) == Answer(200, {"content-length": "2"}, b"ok", True)

@@ -106,9 +106,10 @@ class ResponseReader:
                 return False
             if end > MAX_HEADER_BYTES:
                 raise httpx.RemoteProtocolError("the answer's headers are too long")
-            lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
+            head = buffer[:end].decode("latin-1")
             del buffer[: end + 4]
-            version, _, rest = lines[0].partition(" ")
+            status_line, _, fields = head.partition("\r\n")
+            version, _, rest = status_line.partition(" ")
             code = rest[:3]
             if (
                 version not in ("HTTP/1.1", "HTTP/1.0")
@@ -116,21 +117,29 @@ class ResponseReader:
                 or not code.isdigit()
                 or rest[3:4] not in ("", " ")
             ):
-                raise httpx.RemoteProtocolError(f"not an HTTP/1.1 status line: {lines[0][:80]!r}")
+                raise httpx.RemoteProtocolError(
+                    f"not an HTTP/1.1 status line: {status_line[:80]!r}"
+                )
             status = int(code)
             headers: dict[str, str] = {}
-            lengths: set[str] = set()
+            length: str | None = None
             codings = ""
             connection = ""
-            for line in lines[1:]:
+            for line in fields.split("\r\n") if fields else ():
                 name, colon, value = line.partition(":")
                 if not colon or not name or name != name.strip() or " " in name:
                     raise httpx.RemoteProtocolError(f"malformed header line: {line[:80]!r}")
                 name = name.lower()
                 value = value.strip(" \t")
-                headers.setdefault(name, value)
+                if name not in headers:
+                    headers[name] = value
+                # Only the framing headers need more than the first value.
+                if name[0] not in "ct":
+                    continue
                 if name == "content-length":
-                    lengths.add(value)
+                    if length is not None and length != value:
+                        raise httpx.RemoteProtocolError("conflicting Content-Length headers")
+                    length = value
                 elif name == "transfer-encoding":
                     codings += "," + value.lower()
                 elif name == "connection":
@@ -139,10 +148,13 @@ class ResponseReader:
                 continue  # interim answer (100 Continue, 103 Early Hints): the real one follows
             self._status = status
             self._headers = headers
-            tokens = {token.strip() for token in connection.split(",")}
-            self._keep_alive = (
-                "keep-alive" in tokens if version == "HTTP/1.0" else "close" not in tokens
-            )
+            if connection:
+                tokens = {token.strip() for token in connection.split(",")}
+                self._keep_alive = (
+                    "keep-alive" in tokens if version == "HTTP/1.0" else "close" not in tokens
+                )
+            else:
+                self._keep_alive = version != "HTTP/1.0"
             if status in _NO_BODY:
                 self._body_left = 0
             elif codings:
@@ -152,10 +164,7 @@ class ResponseReader:
                 else:
                     self._chunked = True
                     self._body_left = -1  # before a chunk-size line
-            elif lengths:
-                if len(lengths) > 1:
-                    raise httpx.RemoteProtocolError("conflicting Content-Length headers")
-                (length,) = lengths
+            elif length is not None:
                 if not length.isascii() or not length.isdigit() or len(length) > 18:
                     raise httpx.RemoteProtocolError(f"malformed Content-Length {length[:20]!r}")
                 self._body_left = int(length)
@@ -169,6 +178,13 @@ class ResponseReader:
             self._take(len(buffer))
             return self._answer(reusable=False) if self._read > self.drain_limit else None
         if not self._chunked:
+            if self._read == 0 and len(buffer) == self._body_left <= self._excerpt_bytes:
+                # The whole body at once, short enough to keep whole (nearly every answer).
+                self._read = len(buffer)
+                self._body_left = 0
+                excerpt = bytes(buffer)
+                buffer.clear()
+                return Answer(self._status, self._headers, excerpt, self._keep_alive)
             self._take(min(self._body_left, len(buffer)), count=True)
             if self._body_left == 0:
                 # Bytes after the answer are not allowed: no request is pipelined.

@@ -42,6 +42,10 @@ InboxRow = tuple[
 ]
 
 _MAX_ROWS = 256
+#: Seconds a flush keeps its pool connection once the queue is empty: under a steady
+#: stream the next requests come within it and are written without a pool release (whose
+#: reset is a round trip and a statement for PostgreSQL) and a new acquire.
+_LINGER = 0.05
 #: Body characters per batch: a few large events are not held in one statement's arrays.
 _MAX_BYTES = 4 * 1024 * 1024
 
@@ -72,6 +76,7 @@ class InboxWriter:
         self._insert_many = queries(schema).inbox_insert_events
         self._queue: deque[_Waiting] = deque()
         self._flushing: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Future[bool] | None = None
 
     async def insert(self, row: InboxRow) -> bool:
         """Queue ``row`` and wait until the transaction that holds it has committed."""
@@ -79,6 +84,8 @@ class InboxWriter:
         self._queue.append(waiting)
         if self._flushing is None:
             self._flushing = asyncio.get_running_loop().create_task(self._flush())
+        elif self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(True)  # the flush was lingering: it writes this now
         # No shield: a cancelled caller cancels only its future; the row stays in its
         # batch, and the flush skips answering a future that is already done.
         return await waiting.future
@@ -87,15 +94,26 @@ class InboxWriter:
         """Write batches until the queue is empty; resolve every request taken.
 
         One pool connection serves the whole run: under load, batches follow each other
-        without a pool release (and its reset round trip) between them.
+        without a pool release (and its reset round trip) between them, and the run
+        waits up to ``_LINGER`` for more requests before it gives the connection back.
         """
         batch: list[_Waiting] = []
         conn: asyncpg.Connection | None = None
         try:
-            while self._queue:
-                batch = self._take()
-                conn = await self._write(batch, conn)
+            while True:
+                while self._queue:
+                    batch = self._take()
+                    conn = await self._write(batch, conn)
+                batch = []
+                if conn is None:
+                    break
+                await self._more_within(_LINGER)
+                # Checked whatever woke it: a request queued just as the wait ran out
+                # (its insert found the wait over) is in the queue all the same.
+                if not self._queue:
+                    break
         finally:
+            self._wakeup = None
             # Only when this task itself is cancelled (the event loop is closing) can a
             # request still be waiting here: it must not wait forever. Done before the
             # release below lets other tasks run: a request queued meanwhile starts a
@@ -107,6 +125,18 @@ class InboxWriter:
                 if not waiting.future.done():
                     waiting.future.cancel()
             await self._release(conn)
+
+    async def _more_within(self, seconds: float) -> bool:
+        """Wait until a request is queued (True) or ``seconds`` have passed (False)."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._wakeup = waiter
+        timer = loop.call_later(seconds, _resolve, waiter, False)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            self._wakeup = None
 
     def _take(self) -> list[_Waiting]:
         batch: list[_Waiting] = []
@@ -166,6 +196,11 @@ class InboxWriter:
         if conn is not None:
             with contextlib.suppress(Exception):
                 await self.pool.release(conn)
+
+
+def _resolve(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 def _fail(batch: list[_Waiting], exc: Exception) -> None:
