@@ -618,11 +618,13 @@ def report(results: Results, settings: Settings) -> None:
         "to the handler starting"
     )
     print(f"  {'':<{width - 22}} {'p50':>9} {'p95':>9} {'p99':>9} {'max':>9}")
+    p50: dict[str, float] = {}
     p99: dict[str, float] = {}
     for key, label in (("da", "dispatch-aio"), ("pgq", "PgQueuer (defaults)")):
         sample = results.latency[key]
+        p50[key] = common.percentile(sample, 50)
         p99[key] = common.percentile(sample, 99)
-        figures = (common.percentile(sample, 50), common.percentile(sample, 95), p99[key])
+        figures = (p50[key], common.percentile(sample, 95), p99[key])
         cells = " ".join(f"{v:>9.2f}" for v in (*figures, max(sample)))
         print(f"  {label:<{width - 22}} {cells}")
 
@@ -672,15 +674,16 @@ def report(results: Results, settings: Settings) -> None:
     print(HEADINGS[7])
     goals = (
         (
-            "(a) >= 1.0x PgQueuer's drain in the same run, on the standard asyncio loop",
-            ratio_a >= 1.0,
+            "(a) >= 2.0x PgQueuer's drain in the same run, on the standard asyncio loop",
+            ratio_a >= 2.0,
             f"{ratio_a:.2f}x",
         ),
         ("(b) >= 1.2x PgQueuer's no-op drain", ratio_b >= 1.2, f"{ratio_b:.2f}x"),
         (
-            "(c) p99 <= PgQueuer's p99 in the same run",
-            p99["da"] <= p99["pgq"],
-            f"{p99['da']:.2f} ms vs {p99['pgq']:.2f} ms",
+            "(c) p50 and p99 <= PgQueuer's in the same run",
+            p50["da"] <= p50["pgq"] and p99["da"] <= p99["pgq"],
+            f"p50 {p50['da']:.2f} vs {p50['pgq']:.2f} ms, "
+            f"p99 {p99['da']:.2f} vs {p99['pgq']:.2f} ms",
         ),
         ("(d) ratio >= 0.9", ratio_d >= 0.9, f"{ratio_d:.2f}"),
         (
