@@ -141,21 +141,28 @@ ORDER BY dl.replay_requested_at
 LIMIT $3
 
 -- name: consumer_record_handled
--- Outcomes of a group, in the group's transaction. An event another process of this
--- consumer already finished is not returned: the caller rolls the group back. That is
--- known by its marker, or, once prune has removed the marker, by the stored cursor
--- having passed the event (the cursor only passes events that have an outcome).
-INSERT INTO {{schema}}.dispatcher_dedup (consumer, event_id, outcome)
-SELECT $1, e.event_id, e.outcome
-FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[])
-    AS e(event_id, outcome, event_type, xid, position)
-WHERE NOT EXISTS (
-    SELECT 1 FROM {{schema}}.dispatcher_cursor c
-    WHERE c.consumer = $1 AND c.event_type = e.event_type
-      AND (c.last_xid, c.last_position) >= (e.xid::text::xid8, e.position)
+-- Outcomes of a group, in the group's transaction: $2 the events, $3 those of them that
+-- were dead-lettered (the others were handled). Returns the events whose marker did NOT
+-- go in, almost always none: another process of this consumer finished them first, and
+-- the caller rolls the group back. That is known by its marker, or, once prune has
+-- removed the marker, by the stored cursor having passed the event (the cursor only
+-- passes events that have an outcome).
+WITH ins AS (
+    INSERT INTO {{schema}}.dispatcher_dedup (consumer, event_id, outcome)
+    SELECT $1, e.event_id,
+           CASE WHEN e.event_id = ANY($3::text[]) THEN 'dead_lettered' ELSE 'handled' END
+    FROM unnest($2::text[], $4::text[], $5::bigint[], $6::bigint[])
+        AS e(event_id, event_type, xid, position)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM {{schema}}.dispatcher_cursor c
+        WHERE c.consumer = $1 AND c.event_type = e.event_type
+          AND (c.last_xid, c.last_position) >= (e.xid::text::xid8, e.position)
+    )
+    ON CONFLICT (consumer, event_id) DO NOTHING
+    RETURNING event_id
 )
-ON CONFLICT (consumer, event_id) DO NOTHING
-RETURNING event_id
+SELECT e.event_id FROM unnest($2::text[]) AS e(event_id)
+WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.event_id = e.event_id)
 
 -- name: consumer_outcomes_of
 -- Markers of some events, after a commit whose answer was lost: which of them committed.
@@ -356,16 +363,22 @@ SELECT {{schema}}.dispatcher_lease_fence($1, $2, $3::smallint[], $4::bigint[], $
 -- name: consumer_record_handled_fenced
 -- consumer_record_handled behind the fence ($4 member, $5 partitions, $6 epochs, $7 idle
 -- ms): the markers go in only if every lease of the group is still this member's.
+-- $2 the events, $3 the dead-lettered among them; returns the events whose marker did
+-- not go in. Only those travel back: a handled group answers with no row at all.
 WITH fence AS MATERIALIZED (
     SELECT {{schema}}.dispatcher_lease_fence($1, $4, $5::smallint[], $6::bigint[], $7::integer)
         AS ok
+), ins AS (
+    INSERT INTO {{schema}}.dispatcher_dedup (consumer, event_id, outcome)
+    SELECT $1, e.event_id,
+           CASE WHEN e.event_id = ANY($3::text[]) THEN 'dead_lettered' ELSE 'handled' END
+    FROM unnest($2::text[]) AS e(event_id), fence
+    WHERE fence.ok
+    ON CONFLICT (consumer, event_id) DO NOTHING
+    RETURNING event_id
 )
-INSERT INTO {{schema}}.dispatcher_dedup (consumer, event_id, outcome)
-SELECT $1, e.event_id, e.outcome
-FROM unnest($2::text[], $3::text[]) AS e(event_id, outcome), fence
-WHERE fence.ok
-ON CONFLICT (consumer, event_id) DO NOTHING
-RETURNING event_id
+SELECT e.event_id FROM unnest($2::text[]) AS e(event_id)
+WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.event_id = e.event_id)
 
 -- name: consumer_record_attempt_fenced
 -- consumer_record_attempt behind the fence ($5 member, $6 partition, $7 epoch, $8 idle

@@ -86,6 +86,30 @@ async def test_preparing_a_connection_writes_and_locks_nothing(
         assert (await a.view(conn)).held_by(a.member_id) == held[a.member_id]
 
 
+async def test_recording_outcomes_answers_with_the_markers_that_did_not_go_in(
+    dispatch_pool: asyncpg.Pool,
+) -> None:
+    """A group's markers carry each event's outcome; only the events another process
+    marked first come back, so a group handled here gets no row at all."""
+    (a,) = stores("a")
+    async with dispatch_pool.acquire() as conn:
+        await a.join(conn)
+        held = (await settle(conn, [a]))[a.member_id]
+        done_elsewhere, handled, dead = uid("evt"), uid("evt"), uid("evt")
+        assert await a.record_outcomes_fenced(conn, [done_elsewhere], [], held) == set()
+        async with conn.transaction():
+            missing = await a.record_outcomes_fenced(
+                conn, [handled, done_elsewhere, dead], [dead], held
+            )
+        assert missing == {done_elsewhere}
+        rows = await conn.fetch("SELECT event_id, outcome FROM dispatcher_dedup")
+        assert dict(rows) == {
+            done_elsewhere: "handled",
+            handled: "handled",
+            dead: "dead_lettered",
+        }
+
+
 async def test_an_expired_member_loses_its_leases_and_its_fence(
     dispatch_pool: asyncpg.Pool,
 ) -> None:
@@ -104,7 +128,7 @@ async def test_an_expired_member_loses_its_leases_and_its_fence(
         # a wakes up (GC pause, SIGSTOP) and tries to commit an outcome: refused.
         async with stale.transaction():
             with pytest.raises(LeaseLostError, match="no longer holds") as lost:
-                await a.record_outcomes_fenced(stale, [uid("evt")], ["handled"], mine)
+                await a.record_outcomes_fenced(stale, [uid("evt")], [], mine)
             assert set(lost.value.partitions) == set(mine)
         assert await stale.fetchval("SELECT count(*) FROM dispatcher_dedup") == 0
         # Nor can it count a failed attempt there (which would dead-letter it early).
@@ -144,10 +168,9 @@ async def test_a_takeover_waits_for_an_outcome_that_passed_its_fence(
         event_id = uid("evt")
         tx = owner.transaction()
         await tx.start()
-        inserted = await a.record_outcomes_fenced(
-            owner, [event_id], ["handled"], {partition: held[partition]}
-        )
-        assert inserted == {event_id}
+        epochs = {partition: held[partition]}
+        missing = await a.record_outcomes_fenced(owner, [event_id], [], epochs)
+        assert missing == set()
         await expire(conn, a)
         takeover = asyncio.ensure_future(b.acquire(taker, [partition]))
 

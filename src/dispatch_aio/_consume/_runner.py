@@ -465,29 +465,27 @@ class GroupRunner:
         regular = [i for i in group if i.replay_of is None]
         if regular:
             ids = [i.event_id for i in regular]
-            outcomes = [
-                "dead_lettered" if i.dead_letter is not None else "handled" for i in regular
-            ]
+            dead = [i.event_id for i in regular if i.dead_letter is not None]
             if self.leases is not None and self.members is not None:
                 # Behind the fence (ADR 0006): one statement, as without it.
-                inserted = await self.leases.record_outcomes_fenced(
+                missing = await self.leases.record_outcomes_fenced(
                     conn,
                     ids,
-                    outcomes,
+                    dead,
                     self.members.epochs({i.partition for i in regular}),
                 )
             else:
-                inserted = await self.store.record_outcomes(
+                missing = await self.store.record_outcomes(
                     conn,
                     ids,
-                    outcomes,
+                    dead,
                     [i.event_type for i in regular],
                     [i.xid for i in regular],
                     [i.position for i in regular],
                 )
-            if len(inserted) != len(regular):
+            if missing:
                 for item in regular:
-                    if item.event_id not in inserted:
+                    if item.event_id in missing:
                         self.outcomes.account(item, Outcome.DONE_ELSEWHERE)
                 if not in_transaction:
                     return True  # the markers that went in are committed: all done

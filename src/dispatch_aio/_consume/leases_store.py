@@ -250,12 +250,16 @@ class LeaseStore:
         self,
         conn: asyncpg.Connection,
         event_ids: Sequence[str],
-        outcomes: Sequence[str],
+        dead_lettered: Sequence[str],
         epochs: Mapping[int, int],
     ) -> set[str]:
-        """Insert dedup markers behind the fence; returns the ids inserted.
+        """Insert dedup markers behind the fence; returns the ids NOT inserted.
 
-        Raises LeaseLostError (and writes nothing) when a lease was taken over.
+        ``dead_lettered`` names those of ``event_ids`` whose outcome is a dead letter;
+        the others were handled. An id comes back when its marker was already there:
+        another process of this consumer finished it first (almost never, so a group
+        normally gets no row back). Raises LeaseLostError (and writes nothing) when a
+        lease was taken over.
         """
         parts = sorted(epochs)
         try:
@@ -263,7 +267,7 @@ class LeaseStore:
                 self.q.consumer_record_handled_fenced,
                 self.consumer,
                 list(event_ids),
-                list(outcomes),
+                list(dead_lettered),
                 self.member_id,
                 parts,
                 [epochs[p] for p in parts],

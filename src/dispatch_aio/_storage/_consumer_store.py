@@ -61,17 +61,21 @@ class ConsumerStore:
         self,
         conn: asyncpg.Connection,
         event_ids: list[str],
-        outcomes: list[str],
+        dead_lettered: list[str],
         event_types: list[str],
         xids: list[int],
         positions: list[int],
     ) -> set[str]:
-        """Insert dedup markers; returns the ids inserted (missing ones were done elsewhere)."""
+        """Insert dedup markers; returns the ids NOT inserted (those were done elsewhere).
+
+        ``dead_lettered`` names those of ``event_ids`` whose outcome is a dead letter;
+        the others were handled.
+        """
         rows = await conn.fetch(
             self.q.consumer_record_handled,
             self.consumer,
             event_ids,
-            outcomes,
+            dead_lettered,
             event_types,
             xids,
             positions,
