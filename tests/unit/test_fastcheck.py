@@ -92,7 +92,8 @@ def test_extra_keys_where_allowed_are_left_to_the_validator() -> None:
     "change",
     [
         {"minProperties": 1},
-        {"properties": {"nested": {"type": "object"}}},
+        {"properties": {"nested": {"type": "object", "required": ["a"]}}},
+        {"properties": {"nested": {"type": "object", "properties": {"a": {"type": "string"}}}}},
         {"properties": {"list": {"type": "array"}}},
         {"properties": {"either": {"type": ["string", "null"]}}},
         {"properties": {"mail": {"type": "string", "format": "email"}}},

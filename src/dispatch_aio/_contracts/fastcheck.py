@@ -2,9 +2,11 @@
 
 Publish validates every payload, and a consumer every payload it reads: the compiled
 JSON Schema validator is the largest part of publish_many's Python time per event. Most
-payload schemas are a flat object of strings (pattern, format, enum, lengths), integers
-(bounds) and booleans. For those, :func:`with_fast_path` puts a check in front that does
-only what the schema asks, with exact types and one pass over the keys.
+payload schemas, and the envelope's, are a flat object of strings (pattern, format, enum,
+lengths), integers (bounds), booleans and objects whose content is not described (the
+envelope's payload, checked against its own schema). For those, :func:`with_fast_path`
+puts a check in front that does only what the schema asks, with exact types and one pass
+over the keys.
 
 The check only ever says "certainly valid". Anything it does not recognise, or any value
 it would reject, goes to the full validator, which raises the typed error with its path
@@ -31,6 +33,7 @@ _TOP_KEYWORDS = _ANNOTATIONS | {"type", "required", "properties", "additionalPro
 _STRING_KEYWORDS = _ANNOTATIONS | {"type", "pattern", "format", "enum", "minLength", "maxLength"}
 _INTEGER_KEYWORDS = _ANNOTATIONS | {"type", "minimum", "maximum"}
 _BOOLEAN_KEYWORDS = _ANNOTATIONS | {"type"}
+_OBJECT_KEYWORDS = _ANNOTATIONS | {"type"}
 
 
 def with_fast_path(
@@ -116,11 +119,18 @@ def _value_test(
         return _integer_test(definition)
     if kind == "boolean" and definition.keys() <= _BOOLEAN_KEYWORDS:
         return _is_bool
+    if kind == "object" and definition.keys() <= _OBJECT_KEYWORDS:
+        return _is_dict
     return None
 
 
 def _is_bool(value: Any) -> bool:
     return type(value) is bool
+
+
+def _is_dict(value: Any) -> bool:
+    # Exact dict: a Mapping that is not one is left to the validator.
+    return type(value) is dict
 
 
 def _string_test(

@@ -93,7 +93,10 @@ class _Loader:
         validators: dict[tuple[str, int], Validator] = {}
 
         envelope = self._schema_file(ENVELOPE_SCHEMA_PATH)
-        envelope_validator = envelope[1] if envelope is not None else None
+        # Every event's envelope is checked on publish and at the inbox.
+        envelope_validator = (
+            with_fast_path(envelope[0], envelope[1], FORMATS) if envelope is not None else None
+        )
 
         registry = self._json_file(REGISTRY_FILENAME)
         if registry is not None:
