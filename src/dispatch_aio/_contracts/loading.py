@@ -222,12 +222,7 @@ class _Loader:
         if not isinstance(raw, dict):
             self.problems.append(f"{where}: must be an object")
             return None, []
-        missing = sorted(_ENTRY_KEYS - raw.keys())
-        if missing:
-            self.problems.append(f"{where}: missing keys {missing}")
-        extra = sorted(raw.keys() - _ENTRY_KEYS)
-        if extra:
-            self.problems.append(f"{where}: unknown keys {extra}")
+        self._keys(where, raw, _ENTRY_KEYS)
         contract, producer = raw.get("contract"), raw.get("producer")
         if "contract" in raw and not (isinstance(contract, str) and _SLUG_RE.fullmatch(contract)):
             self.problems.append(f"{where}: 'contract' must be a lower-case slug")
@@ -265,6 +260,15 @@ class _Loader:
         )
         return entry, versions
 
+    def _keys(self, where: str, found: dict[str, Any], expected: frozenset[str]) -> None:
+        """Report the keys of ``expected`` missing from ``found`` and those it has beyond."""
+        missing = sorted(expected - found.keys())
+        if missing:
+            self.problems.append(f"{where}: missing keys {missing}")
+        extra = sorted(found.keys() - expected)
+        if extra:
+            self.problems.append(f"{where}: unknown keys {extra}")
+
     def _versions(self, where: str, raw: Any) -> list[VersionEntry]:
         """The well-formed items of a ``versions`` list; problems go to ``self.problems``."""
         if not isinstance(raw, list) or not raw:
@@ -278,12 +282,7 @@ class _Loader:
                 self.problems.append(f"{at}: must be an object")
                 continue
             before = len(self.problems)
-            missing = sorted(_VERSION_KEYS - item.keys())
-            if missing:
-                self.problems.append(f"{at}: missing keys {missing}")
-            extra = sorted(item.keys() - _VERSION_KEYS)
-            if extra:
-                self.problems.append(f"{at}: unknown keys {extra}")
+            self._keys(at, item, _VERSION_KEYS)
             version = item.get("version")
             status = item.get("status")
             schema = item.get("payload_schema")
