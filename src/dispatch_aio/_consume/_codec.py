@@ -28,6 +28,7 @@ from .._ids import new_id
 from .._registry import Registry
 from .._storage._consumer_store import DeadLetterRow
 from .._typed import PayloadModel, with_model_payload
+from ._scheduler import Item
 
 __all__ = [
     "DECODE_ERRORS",
@@ -80,6 +81,15 @@ class EventDecoder:
             # is dead-lettered at once, like one that fails its schema.
             event = with_model_payload(event, model)
         return event
+
+    def item_event(self, item: Item) -> Event | None:
+        """The Event of ``item``'s row as its next attempt, or None once ``item`` holds
+        the dead letter of a row that cannot be decoded (retrying cannot fix that)."""
+        try:
+            return self(item.row, item.attempts + 1)
+        except DECODE_ERRORS as exc:
+            item.dead_letter = dead_letter_row(item.row, exc, attempts=item.attempts)
+            return None
 
 
 def parse_payload(text: str) -> Any:

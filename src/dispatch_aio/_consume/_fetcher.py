@@ -20,7 +20,7 @@ import asyncpg
 from .._registry import Registry
 from .._storage._consumer_store import ConsumerStore
 from .._typed import PayloadModel
-from ._codec import DECODE_ERRORS, EventDecoder, dead_letter_row
+from ._codec import EventDecoder
 from ._scheduler import Item, Scheduler
 from .horizon import Key, Stream
 from .streams_store import StreamsStore, partition_mask
@@ -177,12 +177,9 @@ class Fetcher:
             if not scheduler.begin_replay(dead_letter_id):
                 continue
             item = self._make_item(row)
-            try:
-                # Decoded now: a replay that still cannot be decoded fails as a replay
-                # (the group runner looks before running it), not as a new dead letter.
-                item.event = self.decode(row, item.attempts + 1)
-            except DECODE_ERRORS as exc:
-                item.dead_letter = dead_letter_row(row, exc, attempts=item.attempts)
+            # Decoded now: a replay that still cannot be decoded fails as a replay (the
+            # group runner looks before running it), not as a new dead letter.
+            item.event = self.decode.item_event(item)
             item.replay_of = dead_letter_id
             item.isolate = True
             # A replay is outside the subject's order: it runs on a lane of its own.

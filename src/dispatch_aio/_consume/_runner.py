@@ -37,7 +37,7 @@ from .._storage._consumer_store import ConsumerStore, DeadLetterRow
 from .._storage._driver import FailureKind, keeps_connection
 from .._telemetry import Telemetry
 from .._typed import PayloadModel
-from ._codec import DECODE_ERRORS, MAX_MESSAGE, EventDecoder, dead_letter_row, storable
+from ._codec import MAX_MESSAGE, EventDecoder, storable
 from ._config import ConsumerConfig
 from ._deadline import HandlerDeadline
 from ._members import Members
@@ -156,19 +156,17 @@ class GroupRunner:
             failure: tuple[Item, BaseException] | None = None
             # Looked up once per group (it is kept for a second anyway).
             tracing = self.telemetry.tracing_enabled()
-            decode = self.decode
+            decode = self.decode.item_event
             for item in group:
                 if item.dead_letter is not None or item.succeeded:
                     continue
                 event = item.event  # only a replay's is built ahead (see read_replays)
                 if event is None:
-                    try:
-                        # Built now, not when read: see EventDecoder. Not kept on the
-                        # item: it goes when the handler is done with it.
-                        event = decode(item.row, item.attempts + 1)
-                    except DECODE_ERRORS as exc:
-                        # Retrying cannot fix a payload: dead-letter it with this group.
-                        item.dead_letter = dead_letter_row(item.row, exc, attempts=item.attempts)
+                    # Built now, not when read: see EventDecoder. Not kept on the item: it
+                    # goes when the handler is done with it. A row that cannot be decoded
+                    # is dead-lettered with this group.
+                    event = decode(item)
+                    if event is None:
                         continue
                 subscription = self.subscriptions[item.event_type]
                 if subscription.wants_conn and transaction is None:
