@@ -142,8 +142,8 @@ async def test_a_request_queued_as_the_linger_runs_out_is_written(
     arrivals: list[asyncio.Task[InboxResponse]] = []
     wait = inbox_writer.InboxWriter._more_within
 
-    async def runs_out_as_one_arrives(writer: inbox_writer.InboxWriter, seconds: float) -> bool:
-        more = await wait(writer, 0.0)  # nothing came: the wait has run out...
+    async def runs_out_as_one_arrives(writer: inbox_writer.InboxWriter, seconds: float) -> None:
+        await wait(writer, 0.0)  # nothing came: the wait has run out...
         if not arrivals:
             # ...and a request is queued before the flush goes on: its insert finds the
             # wait over and the flush still running, so only the flush can write it.
@@ -151,7 +151,6 @@ async def test_a_request_queued_as_the_linger_runs_out_is_written(
                 asyncio.create_task(receiver.receive(signed(late_body, late.event_id), late_body))
             )
             await asyncio.sleep(0)
-        return more
 
     monkeypatch.setattr(inbox_writer.InboxWriter, "_more_within", runs_out_as_one_arrives)
     assert (await send_together(receiver, [(body_of(first), first.event_id)])) == [200]

@@ -76,7 +76,7 @@ class InboxWriter:
         self._insert_many = queries(schema).inbox_insert_events
         self._queue: deque[_Waiting] = deque()
         self._flushing: asyncio.Task[None] | None = None
-        self._wakeup: asyncio.Future[bool] | None = None
+        self._wakeup: asyncio.Future[None] | None = None
 
     async def insert(self, row: InboxRow) -> bool:
         """Queue ``row`` and wait until the transaction that holds it has committed."""
@@ -84,8 +84,8 @@ class InboxWriter:
         self._queue.append(waiting)
         if self._flushing is None:
             self._flushing = asyncio.get_running_loop().create_task(self._flush())
-        elif self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(True)  # the flush was lingering: it writes this now
+        elif self._wakeup is not None:
+            _resolve(self._wakeup)  # the flush was lingering: it writes this now
         # No shield: a cancelled caller cancels only its future; the row stays in its
         # batch, and the flush skips answering a future that is already done.
         return await waiting.future
@@ -126,14 +126,14 @@ class InboxWriter:
                     waiting.future.cancel()
             await self._release(conn)
 
-    async def _more_within(self, seconds: float) -> bool:
-        """Wait until a request is queued (True) or ``seconds`` have passed (False)."""
+    async def _more_within(self, seconds: float) -> None:
+        """Wait until a request is queued or ``seconds`` have passed."""
         loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[bool] = loop.create_future()
+        waiter: asyncio.Future[None] = loop.create_future()
         self._wakeup = waiter
-        timer = loop.call_later(seconds, _resolve, waiter, False)
+        timer = loop.call_later(seconds, _resolve, waiter)
         try:
-            return await waiter
+            await waiter
         finally:
             timer.cancel()
             self._wakeup = None
@@ -198,9 +198,9 @@ class InboxWriter:
                 await self.pool.release(conn)
 
 
-def _resolve(future: asyncio.Future[bool], value: bool) -> None:
+def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
-        future.set_result(value)
+        future.set_result(None)
 
 
 def _fail(batch: list[_Waiting], exc: Exception) -> None:
