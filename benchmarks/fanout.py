@@ -12,9 +12,11 @@
     trigger on the receiver's table arrives at commit), p50/p95/p99.
 
 One embedded PostgreSQL with fsync on holds both databases (sender and receiver); the
-fan-out runs in this process, the inbox in a uvicorn subprocess of its own, on the HTTP
-parser uvicorn picks (httptools, from the bench extra, else h11: printed as reported by
-the inbox process). CPU time per event of each process is printed with the rate.
+fan-out runs in this process (standard asyncio loop), the inbox in a uvicorn subprocess of
+its own, on the event loop and HTTP parser uvicorn's defaults pick: uvloop and httptools
+when installed, as ``uvicorn[standard]`` installs them (the bench extra does), else
+asyncio and h11; both are printed as reported by the inbox process. CPU time per event
+of each process is printed with the rate.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,12 +143,26 @@ async def serve(dsn: str, secret: str) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with serve_inbox(dsn, secrets=[secret]) as service:
-        # The parser uvicorn actually loaded in this process: the figure depends on it.
-        print(f"port {service.port} {service.http_parser}", flush=True)
+        # The loop and parser this process actually runs: the figures depend on them.
+        loop = "uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio"
+        print(f"port {service.port} {service.http_parser} {loop}", flush=True)
         await stop.wait()
 
 
-async def start_inbox(dsn: str, secret: str) -> tuple[asyncio.subprocess.Process, str, str]:
+def inbox_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop uvicorn's default (``loop="auto"``) runs on: uvloop when installed.
+
+    ``serve_inbox`` serves in the running loop, so the subprocess starts that loop
+    itself, as ``uvicorn app:app`` would.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+async def start_inbox(dsn: str, secret: str) -> tuple[asyncio.subprocess.Process, str, str, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         SCRIPT,
@@ -158,8 +175,8 @@ async def start_inbox(dsn: str, secret: str) -> tuple[asyncio.subprocess.Process
     line = await asyncio.wait_for(process.stdout.readline(), timeout=60)
     if not line.startswith(b"port "):
         raise RuntimeError(f"the inbox did not start: {line!r}")
-    _, port, parser = line.decode().split()
-    return process, f"http://127.0.0.1:{int(port)}/dispatch/inbox", parser
+    _, port, parser, loop = line.decode().split()
+    return process, f"http://127.0.0.1:{int(port)}/dispatch/inbox", parser, loop
 
 
 def fanout_config(url: str, secret: str, settings: Settings) -> FanoutConfig:
@@ -285,10 +302,12 @@ async def run(settings: Settings, quick: bool) -> None:
         secret = generate_secret()
         sender_dsn = await server.create_database("fanout_sender")
         receiver_dsn = await server.create_database("fanout_receiver")
-        inbox, url, parser = await start_inbox(receiver_dsn, secret)
-        # uvicorn picks httptools when it is installed (the bench extra installs it, as
-        # uvicorn[standard] does): the inbox process says which one it runs.
-        print(f"  inbox: plain ASGI endpoint on uvicorn, {parser} HTTP parser")
+        inbox, url, parser, inbox_loop = await start_inbox(receiver_dsn, secret)
+        # uvicorn picks uvloop and httptools when they are installed (the bench extra
+        # installs them, as uvicorn[standard] does): the inbox process says which it runs.
+        print(f"  inbox: plain ASGI endpoint on uvicorn, {inbox_loop} loop, {parser} HTTP parser")
+        sender_loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+        print(f"  sender: fan-out consumer in this process, {sender_loop} loop")
         config = fanout_config(url, secret, settings)
         sender = await common.open_pool(sender_dsn, settings.concurrency + 4)
         try:
@@ -325,7 +344,8 @@ async def run(settings: Settings, quick: bool) -> None:
 
 def main() -> int:
     if len(sys.argv) == 4 and sys.argv[1] == "--serve-inbox":
-        asyncio.run(serve(sys.argv[2], sys.argv[3]))
+        with asyncio.Runner(loop_factory=inbox_loop_factory()) as runner:
+            runner.run(serve(sys.argv[2], sys.argv[3]))
         return 0
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
