@@ -155,8 +155,11 @@ class ReceivingService:
 def _parser_name(config: Any) -> str:
     """``httptools`` or ``h11``: which protocol class uvicorn loaded for ``http="auto"``."""
     protocol = getattr(config, "http_protocol_class", None)
-    module = getattr(protocol, "__module__", "")
-    return "httptools" if "httptools" in module else "h11" if "h11" in module else module
+    modules = [getattr(cls, "__module__", "") for cls in getattr(protocol, "__mro__", ())]
+    for name in ("httptools", "h11"):
+        if any(name in module for module in modules):
+            return name
+    return modules[0] if modules else ""
 
 
 @contextlib.asynccontextmanager
@@ -178,6 +181,9 @@ async def serve_inbox(
     :func:`inbox_router`'s.
     """
     import uvicorn
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    from ._delivery.coalesce import coalescing_protocol
 
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size)
     # IPPROTO_TCP explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets that
@@ -202,6 +208,8 @@ async def serve_inbox(
                 # No "server: uvicorn" on every answer: bytes to write and to parse, and
                 # it tells a caller only what software to probe.
                 server_header=False,
+                # The parser uvicorn would pick, writing each answer in one piece.
+                http=coalescing_protocol(AutoHTTPProtocol),
             )
         )
         task = asyncio.create_task(server.serve(sockets=[sock]))
