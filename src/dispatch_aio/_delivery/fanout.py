@@ -109,13 +109,14 @@ class _Deliverer:
             self.telemetry.observe_delivery_latency(
                 self.name, (time.perf_counter() - started) * 1000.0
             )
-            check_response(
-                self.name,
-                status,
-                answer.headers,
-                answer.excerpt.decode("utf-8", "replace"),
-                retry_after_cap=endpoint.retry_after_cap,
-            )
+            if not 200 <= status < 300:  # delivered needs no look at the answer
+                check_response(
+                    self.name,
+                    status,
+                    answer.headers,
+                    answer.excerpt.decode("utf-8", "replace"),
+                    retry_after_cap=endpoint.retry_after_cap,
+                )
             outcome = "delivered"
         except Reject:
             outcome = "dead_lettered"
