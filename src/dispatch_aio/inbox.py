@@ -178,7 +178,9 @@ async def serve_inbox(
     yielding, so the URL accepts connections at once; leaving the block stops the
     server (requests in flight finish) and closes the pool. The database must be
     migrated. ``pool_size`` bounds the concurrent inserts. Options are
-    :func:`inbox_router`'s.
+    :func:`inbox_router`'s. uvicorn's own parser choice is kept (httptools when
+    installed), with each answer written in one piece (``_delivery.coalesce``); the
+    event loop is the caller's (uvloop, if the caller started one).
     """
     import uvicorn
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
