@@ -148,11 +148,14 @@ class Workers:
                     if conn is None:
                         conn = await self._acquire_for(group)
                     if conn is not None:
+                        began = scheduler.clock()
                         if not await self._runner.run(group, conn):
                             broken, conn = conn, None
                             failed = True
                             await release(self.pool, broken, config.commit_timeout)
                         else:
+                            # What the next groups are sized by (a failed run says little).
+                            scheduler.ran(len(group), scheduler.clock() - began)
                             self._backoff.reset()
                     else:
                         failed = True
