@@ -423,3 +423,18 @@ def test_the_front_subject_is_passed_over_a_bounded_number_of_times() -> None:
 def ready_subjects_at(s: Scheduler, subject: str, count: int, *, start: int) -> None:
     for position in range(start, start + count):
         s.read(row(position, subject), make)
+
+
+def test_time_the_process_was_busy_does_not_count_against_a_groups_size() -> None:
+    # Handlers that compute: the group's wall time is the process's CPU (its own events
+    # and the other groups'); more groups at once would only add commits.
+    s = scheduler(timed=False, workers=2, max_group=10, group_seconds=0.05)
+    s.ran(10, 0.25, 0.25)
+    assert s.event_seconds == 0.0
+    ready_subjects(s, {"a": 1, "b": 1, "c": 1, "d": 1})
+    assert [i.subject for i in s.take_group()] == ["a", "b"]  # the fair share
+    # Waiting on I/O for most of it: sized by time.
+    s = scheduler(timed=False, workers=2, max_group=10, group_seconds=0.05)
+    s.ran(10, 0.25, 0.05)
+    assert s.event_seconds is not None
+    assert abs(s.event_seconds - 0.02) < 1e-9

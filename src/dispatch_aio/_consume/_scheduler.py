@@ -290,11 +290,18 @@ class Scheduler:
         fair = min(self.max_group, max(1, math.ceil(len(self.inflight) / self.workers)))
         return estimate * fair > self.group_seconds
 
-    def ran(self, events: int, seconds: float) -> None:
-        """A group of ``events`` events ran for ``seconds`` (handlers and commit)."""
+    def ran(self, events: int, seconds: float, busy: float = 0.0) -> None:
+        """A group of ``events`` events ran for ``seconds`` (handlers and commit), while
+        the process was busy (running, or waiting for a CPU) for ``busy`` of them.
+
+        Only the rest counts: time the process was idle, its handlers waiting on I/O,
+        is what other workers could have used. A process that computes all the time
+        gains nothing from more groups at once, only more commits; its groups keep the
+        fair share.
+        """
         if events <= 0 or seconds < 0:
             return
-        sample = seconds / events
+        sample = max(0.0, seconds - max(0.0, busy)) / events
         estimate = self.event_seconds
         if estimate is None:
             self.event_seconds = sample
