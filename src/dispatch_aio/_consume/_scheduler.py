@@ -18,8 +18,9 @@ What it holds:
 Its verbs: :meth:`~Scheduler.read` and :meth:`~Scheduler.pull` (the fetcher hands over
 what it read), :meth:`~Scheduler.take_group`, :meth:`~Scheduler.complete`,
 :meth:`~Scheduler.requeue`, :meth:`~Scheduler.retry`, :meth:`~Scheduler.dead_letter`,
-:meth:`~Scheduler.release` (the group runner reports back) and :meth:`~Scheduler.due`
-(the retry clock). Every outcome is one of :class:`Outcome`.
+:meth:`~Scheduler.release` (the group runner reports back), :meth:`~Scheduler.ran` (the
+workers time each group: slow handlers get groups of about ``group_seconds``) and
+:meth:`~Scheduler.due` (the retry clock). Every outcome is one of :class:`Outcome`.
 """
 
 from __future__ import annotations
