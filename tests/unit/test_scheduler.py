@@ -41,11 +41,8 @@ def make(r: dict[str, Any]) -> Item:
     )
 
 
-def scheduler(*, timed: bool = True, **options: Any) -> Scheduler:
-    s = Scheduler({TYPE: (0, 0)}, **options)
-    if timed:
-        s.ran(1, 0.0)  # quick handlers: groups get their fair share
-    return s
+def scheduler(**options: Any) -> Scheduler:
+    return Scheduler({TYPE: (0, 0)}, **options)
 
 
 def test_one_subject_runs_in_position_order_one_group_at_a_time() -> None:
@@ -348,93 +345,3 @@ def test_the_mark_stays_below_the_first_unfinished_key_whatever_the_read_order()
                 expected = min(expected, (xid, position - 1))
             committed = max(committed, expected)
             assert s.cursors[TYPE].committed == committed, seed
-
-
-def ready_subjects(s: Scheduler, counts: dict[str, int]) -> None:
-    position = 0
-    for subject, count in counts.items():
-        for _ in range(count):
-            position += 1
-            s.read(row(position, subject), make)
-
-
-def test_until_a_group_is_timed_a_group_takes_one_subject_with_its_queued_events() -> None:
-    s = scheduler(timed=False, workers=2, max_group=10)
-    ready_subjects(s, {"a": 3, "b": 1, "c": 1, "d": 1})
-    assert [i.subject for i in s.take_group()] == ["a", "a", "a"]
-    assert [i.subject for i in s.take_group()] == ["b"]
-
-
-def test_slow_handlers_get_groups_of_about_group_seconds() -> None:
-    # 25 ms an event, 50 ms a group: one subject with all its queued events (they run
-    # one after another anyway), else two single events; never the fair share of 4.
-    s = scheduler(timed=False, workers=2, max_group=10, group_seconds=0.05)
-    s.ran(4, 0.1)
-    assert s.event_seconds == 0.025
-    ready_subjects(s, {"a": 3, "b": 1, "c": 1, "d": 1, "e": 1, "f": 1})
-    assert s.fair_limit() == 2
-    assert [i.subject for i in s.take_group()] == ["a", "a", "a"]
-    assert [i.subject for i in s.take_group()] == ["b", "c"]
-    assert [i.subject for i in s.take_group()] == ["d", "e"]
-
-
-def test_quick_handlers_keep_the_fair_share() -> None:
-    s = scheduler(timed=False, workers=2, max_group=10, group_seconds=0.05)
-    s.ran(10, 0.001)
-    ready_subjects(s, {"a": 1, "b": 1, "c": 1, "d": 1})
-    assert s.fair_limit() == 2
-    assert [i.subject for i in s.take_group()] == ["a", "b"]
-
-
-def test_the_estimate_is_a_moving_average_of_timed_groups() -> None:
-    s = scheduler(timed=False)
-    s.ran(0, 1.0)  # nothing ran: says nothing
-    assert s.event_seconds is None
-    s.ran(2, 0.02)
-    s.ran(1, 0.11)
-    assert s.event_seconds is not None
-    assert 0.01 < s.event_seconds < 0.11
-
-
-def test_slow_handlers_start_the_subject_with_the_most_queued_events_first() -> None:
-    s = scheduler(timed=False, workers=2, max_group=10, group_seconds=0.05)
-    s.ran(1, 0.025)
-    ready_subjects(s, {"a": 1, "b": 4, "c": 2})
-    assert [i.subject for i in s.take_group()] == ["b"] * 4
-    assert [i.subject for i in s.take_group()] == ["c"] * 2
-    assert [i.subject for i in s.take_group()] == ["a"]
-    # Quick handlers: the ready queue's order.
-    s = scheduler(workers=1, max_group=1)
-    ready_subjects(s, {"a": 1, "b": 4})
-    assert [i.subject for i in s.take_group()] == ["a"]
-
-
-def test_the_front_subject_is_passed_over_a_bounded_number_of_times() -> None:
-    s = scheduler(timed=False, workers=1, max_group=1, group_seconds=0.05)
-    s.ran(1, 0.025)
-    ready_subjects(s, {"short": 1})
-    for n in range(40):
-        ready_subjects_at(s, f"long{n}", 2, start=100 + 10 * n)
-    taken = [s.take_group()[0].subject for _ in range(20)]
-    assert "short" in taken  # after at most 16 longer ones went first
-    assert taken.index("short") <= 16
-
-
-def ready_subjects_at(s: Scheduler, subject: str, count: int, *, start: int) -> None:
-    for position in range(start, start + count):
-        s.read(row(position, subject), make)
-
-
-def test_time_the_process_was_busy_does_not_count_against_a_groups_size() -> None:
-    # Handlers that compute: the group's wall time is the process's CPU (its own events
-    # and the other groups'); more groups at once would only add commits.
-    s = scheduler(timed=False, workers=2, max_group=10, group_seconds=0.05)
-    s.ran(10, 0.25, 0.25)
-    assert s.event_seconds == 0.0
-    ready_subjects(s, {"a": 1, "b": 1, "c": 1, "d": 1})
-    assert [i.subject for i in s.take_group()] == ["a", "b"]  # the fair share
-    # Waiting on I/O for most of it: sized by time.
-    s = scheduler(timed=False, workers=2, max_group=10, group_seconds=0.05)
-    s.ran(10, 0.25, 0.05)
-    assert s.event_seconds is not None
-    assert abs(s.event_seconds - 0.02) < 1e-9

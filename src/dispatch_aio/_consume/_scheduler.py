@@ -18,9 +18,8 @@ What it holds:
 Its verbs: :meth:`~Scheduler.read` and :meth:`~Scheduler.pull` (the fetcher hands over
 what it read), :meth:`~Scheduler.take_group`, :meth:`~Scheduler.complete`,
 :meth:`~Scheduler.requeue`, :meth:`~Scheduler.retry`, :meth:`~Scheduler.dead_letter`,
-:meth:`~Scheduler.release` (the group runner reports back), :meth:`~Scheduler.ran` (the
-workers time each group: slow handlers get groups of about ``group_seconds``) and
-:meth:`~Scheduler.due` (the retry clock). Every outcome is one of :class:`Outcome`.
+:meth:`~Scheduler.release` (the group runner reports back) and :meth:`~Scheduler.due`
+(the retry clock). Every outcome is one of :class:`Outcome`.
 """
 
 from __future__ import annotations
@@ -38,10 +37,6 @@ from typing import Any
 __all__ = ["Item", "Outcome", "Scheduler"]
 
 _RECENT_LIMIT = 4096
-#: How fast the estimate of one event's run time follows each group's measurement.
-_EVENT_TIME_WEIGHT = 0.2
-#: Ready subjects looked at for the one with the most queued events (slow handlers).
-_LONGEST_WINDOW = 16
 
 
 class Outcome(enum.Enum):
@@ -146,7 +141,6 @@ class Scheduler:
         workers: int = 1,
         max_group: int = 200,
         max_buffered: int = 10_000,
-        group_seconds: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
         on_ready: Callable[[], None] | None = None,
         on_retry: Callable[[], None] | None = None,
@@ -154,12 +148,6 @@ class Scheduler:
         self.workers = max(1, workers)
         self.max_group = max_group
         self.max_buffered = max_buffered
-        #: How long a group should run: it takes no further subject beyond it.
-        self.group_seconds = group_seconds
-        #: Seconds one event's group spends per event (moving average); None: not known.
-        self.event_seconds: float | None = None
-        #: Times in a row a longer subject went ahead of the front of the ready queue.
-        self._passed_over = 0
         self.clock = clock
         self._on_ready = on_ready
         self._on_retry = on_retry
@@ -265,68 +253,24 @@ class Scheduler:
     # -- what the group runner reports -------------------------------------------------
 
     def fair_limit(self) -> int:
-        """Events per group: ``max_group``, a fair share of what is waiting, or fewer
-        where that many would run longer than ``group_seconds``.
-
-        The fair share fixes, when a group is formed, which worker waits through which
-        subjects' events: with slow handlers a worker that packed several subjects runs
-        long after the others are done (the last big group ends a drain), while subjects
-        handed out one per group keep every worker busy to the end. Handlers quick
-        enough that a commit is a noticeable part of a group keep the fair share. Until
-        a group has been timed (see :meth:`ran`), a group takes one subject.
-        """
-        limit = min(self.max_group, max(1, math.ceil(len(self.inflight) / self.workers)))
-        estimate = self.event_seconds
-        if estimate is None:
-            return 1
-        if estimate * limit > self.group_seconds:
-            limit = max(1, int(self.group_seconds / estimate))
-        return limit
-
-    def _time_bound(self) -> bool:
-        """Whether groups are sized by time (slow or not yet timed handlers)."""
-        estimate = self.event_seconds
-        if estimate is None:
-            return True
-        fair = min(self.max_group, max(1, math.ceil(len(self.inflight) / self.workers)))
-        return estimate * fair > self.group_seconds
-
-    def ran(self, events: int, seconds: float, busy: float = 0.0) -> None:
-        """A group of ``events`` events ran for ``seconds`` (handlers and commit), while
-        the process was busy (running, or waiting for a CPU) for ``busy`` of them.
-
-        Only the rest counts: time the process was idle, its handlers waiting on I/O,
-        is what other workers could have used. A process that computes all the time
-        gains nothing from more groups at once, only more commits; its groups keep the
-        fair share.
-        """
-        if events <= 0 or seconds < 0:
-            return
-        sample = max(0.0, seconds - max(0.0, busy)) / events
-        estimate = self.event_seconds
-        if estimate is None:
-            self.event_seconds = sample
-        else:
-            self.event_seconds = estimate + _EVENT_TIME_WEIGHT * (sample - estimate)
+        """Events per group: ``max_group``, or a fair share of what is waiting."""
+        return min(self.max_group, max(1, math.ceil(len(self.inflight) / self.workers)))
 
     def take_group(self, limit: int | None = None) -> list[Item]:
         """Head events of ready subjects, for one transaction; their subjects become busy.
 
         Subjects join the group until it holds ``limit`` events (by default
-        :meth:`fair_limit`: with slow handlers, the events of about ``group_seconds``);
-        the first one brings all its queued events, up to
+        :meth:`fair_limit`); the first one brings all its queued events, up to
         ``max_group``: they run one after another whatever group they are in, and split
         over several groups they would only add a commit each (where the fair share falls
         to one event, at the end of a backlog, one per event). An explicit ``limit``
         bounds every subject. An isolated event runs alone. Empty when nothing is ready.
         """
         first_cap = self.max_group if limit is None else limit
-        ready = self.ready
         if limit is None:
             limit = self.fair_limit()
-            if len(ready) > 1 and self._time_bound():
-                self._longest_first()
         group: list[Item] = []
+        ready = self.ready
         while ready and len(group) < limit:
             key = ready.popleft()
             subject = self.subjects.get(key)
@@ -348,35 +292,6 @@ class Scheduler:
             while items and len(group) < cap and not items[0].isolate:
                 group.append(items.pop(0))
         return group
-
-    def _longest_first(self) -> None:
-        """Move the ready subject with the most queued events (of the first few) to the
-        front of the ready queue.
-
-        With groups sized by time, a subject's queued events run one after another in
-        one group: the longest such chains started last would end a drain after every
-        other worker is done (longest first is how list scheduling keeps its tail
-        short). Only the first ``_LONGEST_WINDOW`` ready subjects are looked at, and the
-        front one is passed over at most that many times in a row: none waits long.
-        """
-        ready, subjects = self.ready, self.subjects
-        if self._passed_over >= _LONGEST_WINDOW:
-            self._passed_over = 0
-            return
-        best, most = 0, -1
-        for index in range(min(len(ready), _LONGEST_WINDOW)):
-            subject = subjects.get(ready[index])
-            if subject is None or subject.busy or subject.parked:
-                continue
-            if len(subject.items) > most:
-                best, most = index, len(subject.items)
-        if best == 0:
-            self._passed_over = 0
-            return
-        key = ready[best]
-        del ready[best]
-        ready.appendleft(key)
-        self._passed_over += 1
 
     def requeue(self, items: Iterable[Item]) -> None:
         """Put events back at their place in their subjects (to run in a later group)."""

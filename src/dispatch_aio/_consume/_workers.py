@@ -12,12 +12,8 @@ its next group, so that a restarting server is not hammered.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
-import os
-import threading
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -37,39 +33,6 @@ logger = logging.getLogger("dispatch_aio.consumer")
 
 _IDLE_RELEASE = 1.0  # seconds a worker keeps its connection with nothing to do
 _WARM_WAIT = 1.0  # seconds the start-up waits for each connection it readies
-
-
-_thread = threading.local()
-
-
-def busy_seconds() -> float:
-    """Seconds this thread has run or waited for a CPU (Linux); else the process's CPU time.
-
-    A group's wall time counts the other groups of its process too. While the process
-    wants the CPU all the time (handlers that compute), more workers would not go faster,
-    so that time does not count against a group's size (see ``Scheduler.ran``); time the
-    process spent idle (handlers waiting on I/O) does. Called where the workers run (the
-    event loop's thread): one ``pread`` of a file kept open per thread, a few
-    microseconds (opening it each time costs ten times more).
-    """
-    fd: int | None = getattr(_thread, "schedstat", None)
-    if fd is None and not getattr(_thread, "no_schedstat", False):
-        try:
-            fd = os.open(f"/proc/self/task/{threading.get_native_id()}/schedstat", os.O_RDONLY)
-        except OSError:
-            _thread.no_schedstat = True
-        else:
-            _thread.schedstat = fd
-    if fd is not None:
-        try:
-            run, wait = os.pread(fd, 128, 0).split()[:2]
-            return (int(run) + int(wait)) / 1e9
-        except (OSError, ValueError):
-            _thread.schedstat = None
-            _thread.no_schedstat = True
-            with contextlib.suppress(OSError):
-                os.close(fd)
-    return time.process_time()
 
 
 class WorkBell:
@@ -144,8 +107,6 @@ class Workers:
         self._log = log_extra
         self._backoff = Backoff(0.1, 5.0)
         self._groups_running = 0
-        #: How long the process was busy while a group ran (see Scheduler.ran).
-        self._busy: Callable[[], float] = busy_seconds
         #: Set while no group runs (the drain waits for it).
         self.groups_idle = asyncio.Event()
         self.groups_idle.set()
@@ -187,16 +148,11 @@ class Workers:
                     if conn is None:
                         conn = await self._acquire_for(group)
                     if conn is not None:
-                        began, busy = scheduler.clock(), self._busy()
                         if not await self._runner.run(group, conn):
                             broken, conn = conn, None
                             failed = True
                             await release(self.pool, broken, config.commit_timeout)
                         else:
-                            # What the next groups are sized by (a failed run says little).
-                            scheduler.ran(
-                                len(group), scheduler.clock() - began, self._busy() - busy
-                            )
                             self._backoff.reset()
                     else:
                         failed = True
