@@ -465,8 +465,9 @@ async def run(sizes: Sizes, quick: bool, only: str | None = None, rounds: int = 
             ratio = statistics.median(ratios)
             passed = ratio >= goal
             ok = ok and passed
-            each = f" (rounds: {', '.join(f'{r:.2f}' for r in ratios)})" if rounds > 1 else ""
-            print(f"{'PASS' if passed else 'FAIL'}  {text}: {ratio:.2f}x{each}")
+            # Three decimals: a median of 1.699 against a goal of 1.7 must not read 1.70.
+            each = f" (rounds: {', '.join(f'{r:.3f}' for r in ratios)})" if rounds > 1 else ""
+            print(f"{'PASS' if passed else 'FAIL'}  {text}: {ratio:.3f}x{each}")
         if quick:
             print("(--quick: small sizes, figures meaningless)")
         return 0 if ok or quick else 1
