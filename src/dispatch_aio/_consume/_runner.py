@@ -60,6 +60,19 @@ class HandlerCancelledError(Exception):
     """
 
 
+def _consumer_cancelling() -> bool:
+    """Whether a handler's CancelledError is the consumer's own (its shutdown, a drain
+    timeout): re-raise it then; otherwise it is the event's failure."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _cancelled(item: Item) -> HandlerCancelledError:
+    return HandlerCancelledError(
+        f"the handler of {item.event_type} was cancelled, not by the consumer"
+    )
+
+
 class _RerunGroup(Exception):
     """Infrastructure failed under a handler: roll back, run the group again later."""
 
@@ -157,6 +170,8 @@ class GroupRunner:
             # Looked up once per group (it is kept for a second anyway).
             tracing = self.telemetry.tracing_enabled()
             decode = self.decode.item_event
+            observe = self.telemetry.observe_latency
+            name = self.name
             for item in group:
                 if item.dead_letter is not None or item.succeeded:
                     continue
@@ -174,7 +189,47 @@ class GroupRunner:
                     async with asyncio.timeout(self._limit):
                         await transaction.start()
                 try:
-                    await self._call(subscription, item, event, conn, deadline, tracing)
+                    if tracing:
+                        await self._traced_call(subscription, item, event, conn, deadline)
+                    else:
+                        # _traced_call without its span, inline: no coroutine of the
+                        # runner's own per event (the handler's is the only one).
+                        item.attempts += 1
+                        if item.attempts != event.attempt:
+                            event = item.event = event.model_copy(update={"attempt": item.attempts})
+                        started = time.time()
+                        # occurred_at as the row holds it: no datetime.timestamp() per event.
+                        end_to_end_ms = started * 1000.0 - item.row["occurred_us"] / 1000.0
+                        handling = (
+                            subscription.handler(event, conn)
+                            if subscription.wants_conn
+                            else subscription.handler(event)
+                        )
+                        timeout = subscription.timeout
+                        try:
+                            if timeout is None:
+                                await handling
+                            else:
+                                # deadline.limit taken apart, inline as well.
+                                deadline.start(timeout)
+                                try:
+                                    await handling
+                                except asyncio.CancelledError:
+                                    if deadline.expired():
+                                        raise TimeoutError from None  # a handler failure
+                                    raise
+                                finally:
+                                    deadline.end()
+                        except asyncio.CancelledError:
+                            if _consumer_cancelling():
+                                raise
+                            raise _cancelled(item) from None
+                        observe(
+                            item.event_type,
+                            name,
+                            end_to_end_ms,
+                            (time.time() - started) * 1000.0,
+                        )
                 except Exception as exc:
                     if is_infrastructure(exc, conn):
                         raise _RerunGroup from exc
@@ -330,62 +385,39 @@ class GroupRunner:
 
     # -- handlers --------------------------------------------------------------------
 
-    async def _call(
+    async def _traced_call(
         self,
         subscription: Subscription,
         item: Item,
         event: Any,
         conn: asyncpg.Connection,
         deadline: HandlerDeadline,
-        tracing: bool,
     ) -> None:
+        """One handler attempt under its CONSUMER span (the untraced path is in ``_run``)."""
         item.attempts += 1
         if item.attempts != event.attempt:
             event = item.event = event.model_copy(update={"attempt": item.attempts})
         started = time.time()
-        end_to_end_ms = (started - event.occurred_at.timestamp()) * 1000.0
+        end_to_end_ms = started * 1000.0 - item.row["occurred_us"] / 1000.0
         telemetry = self.telemetry
         try:
-            if tracing:
-                with telemetry.consume_span(
-                    event_type=item.event_type,
-                    event_id=item.event_id,
-                    consumer=self.name,
-                    attempt=item.attempts,
-                    traceparent=event.traceparent,
-                    partition=item.partition,
-                ) as span:
-                    try:
-                        await self._invoke(subscription, event, conn, deadline)
-                    except Exception as exc:
-                        telemetry.mark_error(span, exc)
-                        raise
-            else:
-                handling = (
-                    subscription.handler(event, conn)
-                    if subscription.wants_conn
-                    else subscription.handler(event)
-                )
-                if subscription.timeout is None:
-                    await handling
-                else:
-                    # deadline.limit taken apart: one coroutine less per event.
-                    deadline.start(subscription.timeout)
-                    try:
-                        await handling
-                    except asyncio.CancelledError:
-                        if deadline.expired():
-                            raise TimeoutError from None  # a handler failure
-                        raise
-                    finally:
-                        deadline.end()
+            with telemetry.consume_span(
+                event_type=item.event_type,
+                event_id=item.event_id,
+                consumer=self.name,
+                attempt=item.attempts,
+                traceparent=event.traceparent,
+                partition=item.partition,
+            ) as span:
+                try:
+                    await self._invoke(subscription, event, conn, deadline)
+                except Exception as exc:
+                    telemetry.mark_error(span, exc)
+                    raise
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # the consumer's own shutdown (or drain timeout)
-            raise HandlerCancelledError(
-                f"the handler of {item.event_type} was cancelled, not by the consumer"
-            ) from None
+            if _consumer_cancelling():
+                raise
+            raise _cancelled(item) from None
         telemetry.observe_latency(
             item.event_type, self.name, end_to_end_ms, (time.time() - started) * 1000.0
         )
