@@ -4,7 +4,8 @@ Shape of a running consumer (one anyio task group, in a runner task of its own),
 parts built and wired by the **start-up** (``_startup``):
 
 - the **listener** (``_listener``) holds a LISTEN connection and wakes the fetch loop
-  for subscribed types (and for replays of this consumer's dead letters);
+  for subscribed types (and for replays of this consumer's dead letters), as wired by
+  ``_wakeups``;
 - the **read loop** (``_reader``) asks the **fetcher** (``_fetcher``) to read a batch
   below the transaction horizon and hand it to the **scheduler** (``_scheduler``,
   pure), and stores the cursors the scheduler has moved; it pauses while the buffer is
@@ -43,8 +44,7 @@ import asyncpg
 
 from .._errors import ConsumerFailedError, LifecycleError, UsageError
 from .._registry import Registry
-from .._sql import channel_for, lease_channel_for, replay_channel_for
-from .._storage import FailureKind, classify, release
+from .._storage import FailureKind, classify
 from .._telemetry import Telemetry
 from .._typed import payload_model_of
 from ._config import ConsumerConfig, HandlerOptions
@@ -53,6 +53,7 @@ from ._outcomes import ConsumerStats
 from ._runner import Handler, Subscription
 from ._signals import drain_on_signals
 from ._startup import prepare
+from ._wakeups import Wakeups
 
 __all__ = ["Consumer", "ConsumerState", "ConsumerStats"]
 
@@ -307,9 +308,15 @@ class Consumer:
         self._started = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._abort_requested = asyncio.Event()
-        self._channel = channel_for(config.db_schema)
-        self._replay_channel = replay_channel_for(config.db_schema)
-        self._lease_channel = lease_channel_for(config.db_schema)
+        self._wakeups = Wakeups(
+            name=self.name,
+            config=config,
+            pool=self.pool,
+            subscriptions=self._subscriptions,
+            listen_connect=self._listen_connect,
+            dsn=self._dsn,
+            log_extra=self._log,
+        )
         parts = await prepare(
             name=self.name,
             config=config,
@@ -319,7 +326,7 @@ class Consumer:
             stats=self.stats,
             subscriptions=self._subscriptions,
             dsn=self._dsn,
-            listens_on_pool=self._listens_on_pool(),
+            listens_on_pool=self._wakeups.on_pool(),
             stop_requested=self._stop_requested,
             listening=self._listening,
             on_dedup_hit=self._dedup_hit,
@@ -341,25 +348,12 @@ class Consumer:
         self.stats.dedup_hits += 1
         self.telemetry.dedup_hit(event_type, self.name)
 
-    def _listens_on_pool(self) -> bool:
-        return self.config.listen and self._listen_connect is None and self._dsn is None
-
     async def _run(self) -> None:
         config = self.config
         try:
             async with anyio.create_task_group() as tg:
                 if config.listen:
-                    self.listener = Listener(
-                        self._connect_listener,
-                        [self._channel, self._replay_channel, self._lease_channel],
-                        self._on_notify,
-                        self._on_listen_connected,
-                        reconnect_delays=config.listen_reconnect_delays,
-                        heartbeat_interval=config.heartbeat_interval,
-                        heartbeat_timeout=config.heartbeat_timeout,
-                        log_extra=self._log,
-                        disconnect=self._disconnect_listener if self._listens_on_pool() else None,
-                    )
+                    self.listener = self._wakeups.listener(self._reader, self._members)
                     await tg.start(self.listener.run)
                 tg.start_soon(self._crew.retry_clock)
                 # Before any event is read: readied alongside the workers, the connections
@@ -423,36 +417,8 @@ class Consumer:
         await self._crew.groups_idle.wait()
         scope.cancel()
 
-    async def _connect_listener(self) -> asyncpg.Connection:
-        if self._listen_connect is not None:
-            return await self._listen_connect()
-        if self._dsn is not None:
-            return await asyncpg.connect(self._dsn)
-        # Held out of the pool for the listener's session; given back when it ends.
-        conn: asyncpg.Connection = await self.pool.acquire(timeout=self.config.acquire_timeout)
-        return conn
-
     def _listening(self) -> bool:
         return self.listener is not None and self.listener.connected
-
-    async def _disconnect_listener(self, conn: asyncpg.Connection) -> None:
-        await release(self.pool, conn, self.config.commit_timeout)
-
-    def _on_notify(self, channel: str, payload: str) -> None:
-        if channel == self._lease_channel:
-            self._members.on_notify(payload)
-        elif channel == self._replay_channel:
-            if payload == self.name:
-                self._reader.request_replays()
-        elif payload in self._subscriptions:
-            self._reader.wake.set()
-
-    def _on_listen_connected(self) -> None:
-        # Notifications sent while disconnected are lost: read everything once more, and
-        # look at the group again (a member that joined before its LISTEN was up misses
-        # the others handing it its share; without this it waits for its next re-check).
-        self._reader.request_replays()
-        self._members.wake.set()
 
     # -- observation ---------------------------------------------------------------
 
