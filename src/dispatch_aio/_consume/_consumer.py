@@ -48,9 +48,9 @@ from .._storage import FailureKind, classify
 from .._telemetry import Telemetry
 from .._typed import payload_model_of
 from ._config import ConsumerConfig, HandlerOptions
+from ._handlers import Handler, Subscription
 from ._listener import Listener
 from ._outcomes import ConsumerStats
-from ._runner import Handler, Subscription
 from ._signals import drain_on_signals
 from ._startup import prepare
 from ._wakeups import Wakeups

@@ -16,7 +16,8 @@ driver boundary (``_storage.classify``):
 - anything else is a bug in the consumer: it propagates and fails the consumer.
 
 Carrying an outcome out (statistics, telemetry, logs, retries with their stored counts,
-dead letters) is ``_outcomes``'s part.
+dead letters) is ``_outcomes``'s part; a handler's subscription and how its cancellation
+is told apart, ``_handlers``'s; the call under a span when tracing is on, ``_traced``'s.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -36,58 +35,23 @@ from .._storage import classify, commit, is_infrastructure, is_usable, rollback
 from .._storage._consumer_store import ConsumerStore, DeadLetterRow
 from .._storage._driver import FailureKind, keeps_connection
 from .._telemetry import Telemetry
-from .._typed import PayloadModel
 from ._codec import MAX_MESSAGE, EventDecoder, storable
 from ._config import ConsumerConfig
 from ._deadline import HandlerDeadline
+from ._handlers import Subscription, cancelled, consumer_cancelling
 from ._members import Members
 from ._outcomes import ConsumerStats, Outcomes
 from ._scheduler import Item, Outcome, Scheduler
+from ._traced import traced_call
 from .leases_store import LeaseStore
 
-__all__ = ["GroupRunner", "HandlerCancelledError", "Subscription"]
+__all__ = ["GroupRunner"]
 
 logger = logging.getLogger("dispatch_aio.consumer")
-
-Handler = Callable[..., Awaitable[None]]
-
-
-class HandlerCancelledError(Exception):
-    """A handler was cancelled by something other than the consumer's shutdown.
-
-    For example it awaited a future another task cancelled. It counts as the event's
-    failure (an attempt), so that the consumer neither stops nor loses the event.
-    """
-
-
-def _consumer_cancelling() -> bool:
-    """Whether a handler's CancelledError is the consumer's own (its shutdown, a drain
-    timeout): re-raise it then; otherwise it is the event's failure."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-def _cancelled(item: Item) -> HandlerCancelledError:
-    return HandlerCancelledError(
-        f"the handler of {item.event_type} was cancelled, not by the consumer"
-    )
 
 
 class _RerunGroup(Exception):
     """Infrastructure failed under a handler: roll back, run the group again later."""
-
-
-@dataclass(frozen=True, slots=True)
-class Subscription:
-    """A handler with its retry delays and timeout."""
-
-    event_type: str
-    handler: Handler
-    wants_conn: bool
-    retry_delays: tuple[float, ...]
-    timeout: float | None
-    #: The pydantic model of a handler typed ``Event[Model]``: payloads are parsed into it.
-    payload_model: PayloadModel | None = None
 
 
 class GroupRunner:
@@ -190,9 +154,11 @@ class GroupRunner:
                         await transaction.start()
                 try:
                     if tracing:
-                        await self._traced_call(subscription, item, event, conn, deadline)
+                        await traced_call(
+                            self.telemetry, name, subscription, item, event, conn, deadline
+                        )
                     else:
-                        # _traced_call without its span, inline: no coroutine of the
+                        # traced_call without its span, inline: no coroutine of the
                         # runner's own per event (the handler's is the only one).
                         item.attempts += 1
                         if item.attempts != event.attempt:
@@ -221,9 +187,9 @@ class GroupRunner:
                                 finally:
                                     deadline.end()
                         except asyncio.CancelledError:
-                            if _consumer_cancelling():
+                            if consumer_cancelling():
                                 raise
-                            raise _cancelled(item) from None
+                            raise cancelled(item) from None
                         observe(
                             item.event_type,
                             name,
@@ -384,57 +350,6 @@ class GroupRunner:
         return True
 
     # -- handlers --------------------------------------------------------------------
-
-    async def _traced_call(
-        self,
-        subscription: Subscription,
-        item: Item,
-        event: Any,
-        conn: asyncpg.Connection,
-        deadline: HandlerDeadline,
-    ) -> None:
-        """One handler attempt under its CONSUMER span (the untraced path is in ``_run``)."""
-        item.attempts += 1
-        if item.attempts != event.attempt:
-            event = item.event = event.model_copy(update={"attempt": item.attempts})
-        started = time.time()
-        end_to_end_ms = started * 1000.0 - item.row["occurred_us"] / 1000.0
-        telemetry = self.telemetry
-        try:
-            with telemetry.consume_span(
-                event_type=item.event_type,
-                event_id=item.event_id,
-                consumer=self.name,
-                attempt=item.attempts,
-                traceparent=event.traceparent,
-                partition=item.partition,
-            ) as span:
-                try:
-                    await self._invoke(subscription, event, conn, deadline)
-                except Exception as exc:
-                    telemetry.mark_error(span, exc)
-                    raise
-        except asyncio.CancelledError:
-            if _consumer_cancelling():
-                raise
-            raise _cancelled(item) from None
-        telemetry.observe_latency(
-            item.event_type, self.name, end_to_end_ms, (time.time() - started) * 1000.0
-        )
-
-    @staticmethod
-    async def _invoke(
-        subscription: Subscription,
-        event: Any,
-        conn: asyncpg.Connection,
-        deadline: HandlerDeadline,
-    ) -> None:
-        # One timer per group, not one per event (see _deadline). TimeoutError counts as
-        # a handler failure.
-        if subscription.wants_conn:
-            await deadline.limit(subscription.handler(event, conn), subscription.timeout)
-        else:
-            await deadline.limit(subscription.handler(event), subscription.timeout)
 
     def _undo(self, ran: list[Item]) -> None:
         """Handlers of a rolled-back group: their attempt neither failed nor counted."""

@@ -17,11 +17,12 @@ from .._storage._consumer_store import ConsumerStore
 from .._telemetry import Telemetry
 from ._config import ConsumerConfig
 from ._fetcher import Fetcher
+from ._handlers import Subscription
 from ._handover import HandOver
 from ._members import MemberConnection, Members
 from ._outcomes import ConsumerStats
 from ._reader import ReadLoop
-from ._runner import GroupRunner, Subscription
+from ._runner import GroupRunner
 from ._scheduler import Scheduler
 from ._workers import WorkBell, Workers
 from .leases_store import LeaseStore, default_member_id
