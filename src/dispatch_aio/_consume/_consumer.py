@@ -1,9 +1,11 @@
 """The consumer runtime: read without gaps, handle in per-subject order, commit outcomes.
 
-Shape of a running consumer (one anyio task group, in a runner task of its own):
+Shape of a running consumer (one anyio task group, in a runner task of its own), its
+parts built and wired by the **start-up** (``_startup``):
 
 - the **listener** (``_listener``) holds a LISTEN connection and wakes the fetch loop
-  for subscribed types (and for replays of this consumer's dead letters);
+  for subscribed types (and for replays of this consumer's dead letters), as wired by
+  ``_wakeups``;
 - the **read loop** (``_reader``) asks the **fetcher** (``_fetcher``) to read a batch
   below the transaction horizon and hand it to the **scheduler** (``_scheduler``,
   pure), and stores the cursors the scheduler has moved; it pauses while the buffer is
@@ -40,33 +42,18 @@ import anyio
 import anyio.abc
 import asyncpg
 
-from .._errors import (
-    ConfigurationError,
-    ConsumerFailedError,
-    HorizonError,
-    LifecycleError,
-    UsageError,
-)
-from .._migrate import check_schema
+from .._errors import ConsumerFailedError, LifecycleError, UsageError
 from .._registry import Registry
-from .._sql import channel_for, lease_channel_for, replay_channel_for
-from .._storage import FailureKind, classify, release
-from .._storage._consumer_store import ConsumerStore
+from .._storage import FailureKind, classify
 from .._telemetry import Telemetry
 from .._typed import payload_model_of
 from ._config import ConsumerConfig, HandlerOptions
-from ._fetcher import Fetcher
-from ._handover import HandOver
+from ._handlers import Handler, Subscription
 from ._listener import Listener
-from ._members import MemberConnection, Members
 from ._outcomes import ConsumerStats
-from ._reader import ReadLoop
-from ._runner import GroupRunner, Handler, Subscription
-from ._scheduler import Scheduler
 from ._signals import drain_on_signals
-from ._workers import WorkBell, Workers
-from .leases_store import LeaseStore, default_member_id
-from .streams_store import StreamsStore
+from ._startup import prepare
+from ._wakeups import Wakeups
 
 __all__ = ["Consumer", "ConsumerState", "ConsumerStats"]
 
@@ -318,196 +305,55 @@ class Consumer:
 
     async def _prepare(self) -> None:
         config = self.config
-        self._store = ConsumerStore(config.db_schema, self.name, self.event_types)
-        self._leases = LeaseStore(
-            config.db_schema,
-            self.name,
-            default_member_id(),  # one per Consumer: two of one name are two members
-            lease_timeout=config.lease_timeout,
-        )
-        self._member_connection = MemberConnection(
-            self._dsn, lambda: self._reader.borrow(), close_timeout=config.commit_timeout
-        )
-        self._members = Members(
-            self._leases,
-            heartbeat=config.heartbeat,
-            step_limit=min(config.commit_timeout, config.lease_timeout / 2),
-            connection=self._member_connection,
-            busy=lambda: self._scheduler.busy_partitions(),
-            on_change=lambda conn, gained: self._handover.changed(conn, gained),
-            on_lost=lambda lost: self._handover.lost(lost),
-            log_extra=self._log,
-        )
         self._started = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._abort_requested = asyncio.Event()
-        self._workers = 0  # set once the pool is checked, after the schema
-        self._channel = channel_for(config.db_schema)
-        self._replay_channel = replay_channel_for(config.db_schema)
-        self._lease_channel = lease_channel_for(config.db_schema)
-        async with self.pool.acquire(timeout=config.acquire_timeout) as conn:
-            await check_schema(conn, config.db_schema)
-            await self._check_horizon(conn)
-            await self._store.init_cursors(conn, from_now=config.start_from == "now")
-            stored = await self._store.read_cursors(conn)
-        # After the schema check, which names the more basic problem first.
-        self._workers = self._worker_count()
-        max_buffered = config.max_buffered or max(
-            4 * config.batch_size, self._workers * config.max_group
-        )
-        work = WorkBell(self._workers)
-        retry_wake = asyncio.Event()
-        self._scheduler = Scheduler(
-            stored,
-            workers=self._workers,
-            max_group=config.max_group,
-            max_buffered=max_buffered,
-            on_ready=work.ring,
-            on_retry=retry_wake.set,
-        )
-        self._fetcher = Fetcher(
-            self._store,
-            self._scheduler,
-            self.registry,
-            streams=StreamsStore(config.db_schema, self.name, self.event_types),
-            # One stream over every type starts at the lowest stored cursor; rows of a type
-            # below its own cursor are skipped by the scheduler.
-            start=min(stored.values()),
-            batch_size=config.batch_size,
-            on_dedup_hit=self._dedup_hit,
-            payload_models={
-                t: s.payload_model
-                for t, s in self._subscriptions.items()
-                if s.payload_model is not None
-            },
-        )
-        self._reader = ReadLoop(
-            pool=self.pool,
-            config=config,
-            store=self._store,
-            fetcher=self._fetcher,
-            scheduler=self._scheduler,
-            stats=self.stats,
-            stop_requested=self._stop_requested,
-            listening=self._listening,
-            refill_below=max(config.batch_size, max_buffered // 2),
-            log_extra=self._log,
-            leases=self._leases,
-        )
-        self._handover = HandOver(
-            members=self._members,
-            leases=self._leases,
-            fetcher=self._fetcher,
-            scheduler=self._scheduler,
-            reader=self._reader,
-            event_types=self.event_types,
-            log_extra=self._log,
-        )
-        self._group_runner = GroupRunner(
+        self._wakeups = Wakeups(
             name=self.name,
             config=config,
-            subscriptions=self._subscriptions,
-            scheduler=self._scheduler,
-            store=self._store,
-            stats=self.stats,
-            telemetry=self.telemetry,
-            decode=self._fetcher.decode,
-            leases=self._leases,
-            members=self._members,
-        )
-        self._crew = Workers(
             pool=self.pool,
-            config=config,
-            scheduler=self._scheduler,
-            runner=self._group_runner,
-            reader=self._reader,
-            stats=self.stats,
-            stop_requested=self._stop_requested,
-            work=work,
-            retry_wake=retry_wake,
+            subscriptions=self._subscriptions,
+            listen_connect=self._listen_connect,
+            dsn=self._dsn,
             log_extra=self._log,
-            prepare=self._leases.prepare,
-            workers=self._workers,
         )
+        parts = await prepare(
+            name=self.name,
+            config=config,
+            pool=self.pool,
+            registry=self.registry,
+            telemetry=self.telemetry,
+            stats=self.stats,
+            subscriptions=self._subscriptions,
+            dsn=self._dsn,
+            listens_on_pool=self._wakeups.on_pool(),
+            stop_requested=self._stop_requested,
+            listening=self._listening,
+            on_dedup_hit=self._dedup_hit,
+            log_extra=self._log,
+        )
+        self._store = parts.store
+        self._leases = parts.leases
+        self._member_connection = parts.member_connection
+        self._members = parts.members
+        self._workers = parts.workers
+        self._scheduler = parts.scheduler
+        self._fetcher = parts.fetcher
+        self._reader = parts.reader
+        self._handover = parts.handover
+        self._group_runner = parts.group_runner
+        self._crew = parts.crew
 
     def _dedup_hit(self, event_type: str) -> None:
         self.stats.dedup_hits += 1
         self.telemetry.dedup_hit(event_type, self.name)
-
-    def _worker_count(self) -> int:
-        """``concurrency``, or fewer when the pool cannot give each worker a connection.
-
-        Each worker holds a connection while it runs a group, the fetch loop holds one
-        and, without ``listen_connect`` or ``dsn``, so does the listener: more workers
-        than the pool can serve would only wait on the pool.
-        """
-        wanted = self.config.concurrency
-        get_max_size = getattr(self.pool, "get_max_size", None)
-        if get_max_size is None:
-            return wanted
-        size = int(get_max_size())
-        listens = self._listens_on_pool()
-        reserved = 2 if listens else 1
-        held = "the fetch loop and the LISTEN connection" if listens else "the fetch loop"
-        available = size - reserved
-        if available < 1:
-            # Below this nothing is ever handled: the fetch loop would read events that
-            # no worker can get a connection for. Refuse rather than hang.
-            raise ConfigurationError(
-                f"consumer {self.name!r} cannot run on a pool of {_connections(size)}: "
-                f"{held} hold {_connections(reserved)}, and each worker needs one more; "
-                f"give the pool at least {reserved + 1} (concurrency + {reserved} = "
-                f"{wanted + reserved} for full speed; dispatch-aio worker --pool-size)"
-            )
-        if available < wanted:
-            logger.warning(
-                "consumer %s: the pool has %s, %s hold %d: running %d workers instead of "
-                "concurrency=%d (give the pool concurrency + %d = %d connections)",
-                self.name,
-                _connections(size),
-                held,
-                reserved,
-                available,
-                wanted,
-                reserved,
-                wanted + reserved,
-                extra=self._log,
-            )
-            return available
-        return wanted
-
-    def _listens_on_pool(self) -> bool:
-        return self.config.listen and self._listen_connect is None and self._dsn is None
-
-    async def _check_horizon(self, conn: asyncpg.Connection) -> None:
-        row = await self._store.horizon_check(conn)
-        next_xid = int(row["next_xid"])
-        for label, value in (("events", row["max_event_xid"]), ("cursors", row["max_cursor_xid"])):
-            if value is not None and int(value) >= next_xid:
-                raise HorizonError(
-                    f"stored {label} carry transaction ids up to {value}, but this cluster "
-                    f"is at {next_xid}: the data was restored from another cluster (a "
-                    "logical dump), and events would stay invisible. Advance the cluster's "
-                    "transaction counter past that id, or renumber the rows; see the "
-                    "operations guide (backups)"
-                )
 
     async def _run(self) -> None:
         config = self.config
         try:
             async with anyio.create_task_group() as tg:
                 if config.listen:
-                    self.listener = Listener(
-                        self._connect_listener,
-                        [self._channel, self._replay_channel, self._lease_channel],
-                        self._on_notify,
-                        self._on_listen_connected,
-                        reconnect_delays=config.listen_reconnect_delays,
-                        heartbeat_interval=config.heartbeat_interval,
-                        heartbeat_timeout=config.heartbeat_timeout,
-                        log_extra=self._log,
-                        disconnect=self._disconnect_listener if self._listens_on_pool() else None,
-                    )
+                    self.listener = self._wakeups.listener(self._reader, self._members)
                     await tg.start(self.listener.run)
                 tg.start_soon(self._crew.retry_clock)
                 # Before any event is read: readied alongside the workers, the connections
@@ -571,36 +417,8 @@ class Consumer:
         await self._crew.groups_idle.wait()
         scope.cancel()
 
-    async def _connect_listener(self) -> asyncpg.Connection:
-        if self._listen_connect is not None:
-            return await self._listen_connect()
-        if self._dsn is not None:
-            return await asyncpg.connect(self._dsn)
-        # Held out of the pool for the listener's session; given back when it ends.
-        conn: asyncpg.Connection = await self.pool.acquire(timeout=self.config.acquire_timeout)
-        return conn
-
     def _listening(self) -> bool:
         return self.listener is not None and self.listener.connected
-
-    async def _disconnect_listener(self, conn: asyncpg.Connection) -> None:
-        await release(self.pool, conn, self.config.commit_timeout)
-
-    def _on_notify(self, channel: str, payload: str) -> None:
-        if channel == self._lease_channel:
-            self._members.on_notify(payload)
-        elif channel == self._replay_channel:
-            if payload == self.name:
-                self._reader.request_replays()
-        elif payload in self._subscriptions:
-            self._reader.wake.set()
-
-    def _on_listen_connected(self) -> None:
-        # Notifications sent while disconnected are lost: read everything once more, and
-        # look at the group again (a member that joined before its LISTEN was up misses
-        # the others handing it its share; without this it waits for its next re-check).
-        self._reader.request_replays()
-        self._members.wake.set()
 
     # -- observation ---------------------------------------------------------------
 
@@ -642,10 +460,6 @@ class Consumer:
     def buffered(self) -> int:
         """Events held in memory (at most about ``max_buffered`` per type, plus a batch)."""
         return self._scheduler.buffered()
-
-
-def _connections(count: int) -> str:
-    return f"{count} connection" if count == 1 else f"{count} connections"
 
 
 def _first_bug(exc: BaseException) -> BaseException:

@@ -16,17 +16,17 @@ driver boundary (``_storage.classify``):
 - anything else is a bug in the consumer: it propagates and fails the consumer.
 
 Carrying an outcome out (statistics, telemetry, logs, retries with their stored counts,
-dead letters) is ``_outcomes``'s part.
+dead letters) is ``_outcomes``'s part; a handler's subscription and how its cancellation
+is told apart, ``_handlers``'s; the call under a span when tracing is on, ``_traced``'s;
+what an uncertain or failed commit leaves behind (doubt settled, a group split, a lost
+lease's events dropped), ``_settle``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -36,45 +36,24 @@ from .._storage import classify, commit, is_infrastructure, is_usable, rollback
 from .._storage._consumer_store import ConsumerStore, DeadLetterRow
 from .._storage._driver import FailureKind, keeps_connection
 from .._telemetry import Telemetry
-from .._typed import PayloadModel
-from ._codec import MAX_MESSAGE, EventDecoder, storable
+from ._codec import EventDecoder
 from ._config import ConsumerConfig
 from ._deadline import HandlerDeadline
+from ._handlers import Subscription, cancelled, consumer_cancelling
 from ._members import Members
 from ._outcomes import ConsumerStats, Outcomes
 from ._scheduler import Item, Outcome, Scheduler
+from ._settle import commit_failed, lease_lost, settle_doubt
+from ._traced import traced_call
 from .leases_store import LeaseStore
 
-__all__ = ["GroupRunner", "HandlerCancelledError", "Subscription"]
+__all__ = ["GroupRunner"]
 
 logger = logging.getLogger("dispatch_aio.consumer")
-
-Handler = Callable[..., Awaitable[None]]
-
-
-class HandlerCancelledError(Exception):
-    """A handler was cancelled by something other than the consumer's shutdown.
-
-    For example it awaited a future another task cancelled. It counts as the event's
-    failure (an attempt), so that the consumer neither stops nor loses the event.
-    """
 
 
 class _RerunGroup(Exception):
     """Infrastructure failed under a handler: roll back, run the group again later."""
-
-
-@dataclass(frozen=True, slots=True)
-class Subscription:
-    """A handler with its retry delays and timeout."""
-
-    event_type: str
-    handler: Handler
-    wants_conn: bool
-    retry_delays: tuple[float, ...]
-    timeout: float | None
-    #: The pydantic model of a handler typed ``Event[Model]``: payloads are parsed into it.
-    payload_model: PayloadModel | None = None
 
 
 class GroupRunner:
@@ -150,13 +129,15 @@ class GroupRunner:
         committing = False
         try:
             if any(i.in_doubt for i in group):
-                group = await self._settle_doubt(group, conn)
+                group = await settle_doubt(group, conn, self.store, self.outcomes, self._limit)
                 if not group:
                     return is_usable(conn)
             failure: tuple[Item, BaseException] | None = None
             # Looked up once per group (it is kept for a second anyway).
             tracing = self.telemetry.tracing_enabled()
             decode = self.decode.item_event
+            observe = self.telemetry.observe_latency
+            name = self.name
             for item in group:
                 if item.dead_letter is not None or item.succeeded:
                     continue
@@ -174,7 +155,49 @@ class GroupRunner:
                     async with asyncio.timeout(self._limit):
                         await transaction.start()
                 try:
-                    await self._call(subscription, item, event, conn, deadline, tracing)
+                    if tracing:
+                        await traced_call(
+                            self.telemetry, name, subscription, item, event, conn, deadline
+                        )
+                    else:
+                        # traced_call without its span, inline: no coroutine of the
+                        # runner's own per event (the handler's is the only one).
+                        item.attempts += 1
+                        if item.attempts != event.attempt:
+                            event = item.event = event.model_copy(update={"attempt": item.attempts})
+                        started = time.time()
+                        # occurred_at as the row holds it: no datetime.timestamp() per event.
+                        end_to_end_ms = started * 1000.0 - item.row["occurred_us"] / 1000.0
+                        handling = (
+                            subscription.handler(event, conn)
+                            if subscription.wants_conn
+                            else subscription.handler(event)
+                        )
+                        timeout = subscription.timeout
+                        try:
+                            if timeout is None:
+                                await handling
+                            else:
+                                # deadline.limit taken apart, inline as well.
+                                deadline.start(timeout)
+                                try:
+                                    await handling
+                                except asyncio.CancelledError:
+                                    if deadline.expired():
+                                        raise TimeoutError from None  # a handler failure
+                                    raise
+                                finally:
+                                    deadline.end()
+                        except asyncio.CancelledError:
+                            if consumer_cancelling():
+                                raise
+                            raise cancelled(item) from None
+                        observe(
+                            item.event_type,
+                            name,
+                            end_to_end_ms,
+                            (time.time() - started) * 1000.0,
+                        )
                 except Exception as exc:
                     if is_infrastructure(exc, conn):
                         raise _RerunGroup from exc
@@ -216,7 +239,9 @@ class GroupRunner:
             usable = await rollback(transaction, conn, self._limit)
             self.stats.groups_rolled_back += 1
             self._undo(ran)
-            self._lease_lost(group, exc)
+            lease_lost(
+                group, exc, self.scheduler, self.members, self.telemetry, self.name, self._log
+            )
             return usable
         except Exception as exc:
             usable = await rollback(transaction, conn, self._limit)
@@ -250,7 +275,7 @@ class GroupRunner:
                     await self.outcomes.fail(item, exc, conn if usable else None)
                     return usable
                 self._undo(ran)
-                return await self._commit_failed(group, exc) and usable
+                return await commit_failed(group, exc, self.scheduler, self._log) and usable
             raise
         except BaseException:
             # Cancelled (the consumer stops): nothing committed, the events run again later.
@@ -259,150 +284,7 @@ class GroupRunner:
             self.scheduler.requeue(group)
             raise
 
-    async def _settle_doubt(self, group: list[Item], conn: asyncpg.Connection) -> list[Item]:
-        """The part of ``group`` still to run, after a commit whose answer was lost.
-
-        The server may have committed it: the events whose marker is stored are finished
-        with that outcome, without running their handlers again (a handler's own unique
-        key would otherwise fail the event, handled already, until it is dead-lettered).
-        A failure here is the connection's: the group runs again, still in doubt.
-        """
-        doubtful = [i for i in group if i.in_doubt and i.replay_of is None]
-        replays = [i for i in group if i.in_doubt and i.replay_of is not None]
-        async with asyncio.timeout(self._limit):
-            stored = await self.store.outcomes_of(conn, [i.event_id for i in doubtful])
-            replayed = (
-                await self.store.replays_succeeded(conn, [i.replay_of for i in replays])  # type: ignore[misc]
-                if replays
-                else set()
-            )
-        for item in group:
-            item.in_doubt = False
-        if not stored and not replayed:
-            return group
-        for item in replays:
-            if item.replay_of in replayed:
-                self.outcomes.account(item, Outcome.REPLAYED)
-        for item in doubtful:
-            outcome = stored.get(item.event_id)
-            if outcome is None:
-                continue
-            if outcome == "handled" and item.dead_letter is None:
-                self.outcomes.account(item, Outcome.HANDLED)
-            elif outcome == "dead_lettered" and item.dead_letter is not None:
-                self.outcomes.account(item, Outcome.DEAD_LETTERED)
-            else:  # finished otherwise than this run meant to: by another process
-                self.outcomes.account(item, Outcome.DONE_ELSEWHERE)
-        return [i for i in group if not i.done]
-
-    async def _commit_failed(self, group: list[Item], exc: asyncpg.PostgresError) -> bool:
-        """The group's outcomes could not be committed, for a reason of its own."""
-        if len(group) > 1:
-            # A handler swallowed a database error, or an outcome could not be written:
-            # run these events one per transaction so the culprit shows itself.
-            for item in group:
-                item.isolate = True
-            self.scheduler.requeue(group)
-            logger.warning(
-                "a group of %d events failed to commit (%s: %s); running them one by one",
-                len(group),
-                type(exc).__name__,
-                exc,
-                extra=self._log,
-            )
-            return True
-        [item] = group
-        letter: DeadLetterRow = item.dead_letter
-        if letter.error_type == "DeadLetterNotStorable":
-            raise exc  # even the plainest row is refused: a bug, fail loudly
-        item.dead_letter = dataclasses.replace(
-            letter,
-            error_type="DeadLetterNotStorable",
-            error_message=storable(
-                f"{letter.error_type}: {letter.error_message} "
-                f"(stored without its traceback: {exc})",
-                MAX_MESSAGE,
-            ),
-            error_traceback=None,
-        )
-        self.scheduler.requeue(group)
-        return True
-
     # -- handlers --------------------------------------------------------------------
-
-    async def _call(
-        self,
-        subscription: Subscription,
-        item: Item,
-        event: Any,
-        conn: asyncpg.Connection,
-        deadline: HandlerDeadline,
-        tracing: bool,
-    ) -> None:
-        item.attempts += 1
-        if item.attempts != event.attempt:
-            event = item.event = event.model_copy(update={"attempt": item.attempts})
-        started = time.time()
-        end_to_end_ms = (started - event.occurred_at.timestamp()) * 1000.0
-        telemetry = self.telemetry
-        try:
-            if tracing:
-                with telemetry.consume_span(
-                    event_type=item.event_type,
-                    event_id=item.event_id,
-                    consumer=self.name,
-                    attempt=item.attempts,
-                    traceparent=event.traceparent,
-                    partition=item.partition,
-                ) as span:
-                    try:
-                        await self._invoke(subscription, event, conn, deadline)
-                    except Exception as exc:
-                        telemetry.mark_error(span, exc)
-                        raise
-            else:
-                handling = (
-                    subscription.handler(event, conn)
-                    if subscription.wants_conn
-                    else subscription.handler(event)
-                )
-                if subscription.timeout is None:
-                    await handling
-                else:
-                    # deadline.limit taken apart: one coroutine less per event.
-                    deadline.start(subscription.timeout)
-                    try:
-                        await handling
-                    except asyncio.CancelledError:
-                        if deadline.expired():
-                            raise TimeoutError from None  # a handler failure
-                        raise
-                    finally:
-                        deadline.end()
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # the consumer's own shutdown (or drain timeout)
-            raise HandlerCancelledError(
-                f"the handler of {item.event_type} was cancelled, not by the consumer"
-            ) from None
-        telemetry.observe_latency(
-            item.event_type, self.name, end_to_end_ms, (time.time() - started) * 1000.0
-        )
-
-    @staticmethod
-    async def _invoke(
-        subscription: Subscription,
-        event: Any,
-        conn: asyncpg.Connection,
-        deadline: HandlerDeadline,
-    ) -> None:
-        # One timer per group, not one per event (see _deadline). TimeoutError counts as
-        # a handler failure.
-        if subscription.wants_conn:
-            await deadline.limit(subscription.handler(event, conn), subscription.timeout)
-        else:
-            await deadline.limit(subscription.handler(event), subscription.timeout)
 
     def _undo(self, ran: list[Item]) -> None:
         """Handlers of a rolled-back group: their attempt neither failed nor counted."""
@@ -413,26 +295,6 @@ class GroupRunner:
                 item.attempts -= 1  # its writes were rolled back: it runs again
             else:
                 item.succeeded = True  # nothing to undo: only its marker is left to write
-
-    def _lease_lost(self, group: list[Item], exc: LeaseLostError) -> None:
-        members = self.members
-        assert members is not None
-        held = members.owned
-        lost = [i for i in group if i.partition >= 0 and i.partition not in held]
-        self.scheduler.forget(lost)
-        # Partitions the member task has not found lost yet: wait for its look, briefly.
-        for item in group:
-            if item not in lost:
-                self.scheduler.retry(item, 0.05)
-        members.wake.set()
-        self.telemetry.lease_lost(self.name, members.store.member_id)
-        logger.warning(
-            "a group of %d events lost its lease before commit: rolled back; %d dropped (%s)",
-            len(group),
-            len(lost),
-            exc,
-            extra=self._log,
-        )
 
     # -- outcomes --------------------------------------------------------------------
 
