@@ -15,7 +15,7 @@ import pytest
 from dispatch_aio import Consumer, Dispatcher, Event
 
 from .helpers import eventually, locked_payload, uid
-from .test_consumer_invariants import CURSOR_AHEAD, Worker
+from .test_consumer_invariants import CURSOR_AHEAD, KILLED_LEASE, Worker
 
 pytestmark = pytest.mark.anyio
 
@@ -107,7 +107,7 @@ async def test_kill_9_while_handling_above_the_horizon_duplicates_nothing(
 
     try:
         tx, held_xid = await _hold_xid(holder)
-        worker = await Worker.start(dispatch_dsn, log, "--max-sleep-ms", "20")
+        worker = await Worker.start(dispatch_dsn, log, "--max-sleep-ms", "20", *KILLED_LEASE)
         try:
             await publish(200)
             await eventually(lambda: _at_least(pool, 60), within=20, what="some effects")
@@ -119,7 +119,7 @@ async def test_kill_9_while_handling_above_the_horizon_duplicates_nothing(
             await worker.kill()
         before = await effects()
         await tx.commit()
-        worker = await Worker.start(dispatch_dsn, log)
+        worker = await Worker.start(dispatch_dsn, log, *KILLED_LEASE)
         try:
             await eventually(
                 lambda: _count_is(pool, "SELECT count(*) FROM effects", 200),

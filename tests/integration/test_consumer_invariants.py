@@ -376,6 +376,11 @@ def tail(log: Path) -> str:
 
 DEDUP_COUNT = "SELECT count(*) FROM dispatcher_dedup WHERE consumer = 'effects'"
 
+# The lease of the worker processes that get killed: a restarted worker takes their
+# partitions over only once it has run out, so the default (10 s) would be most of the
+# tests' time. Short, yet the length the group tests run with on a loaded machine.
+KILLED_LEASE = ("--lease-timeout", "3")
+
 
 class Worker:
     """A ``worker_process.py`` subprocess."""
@@ -458,7 +463,9 @@ async def test_kill_9_mid_batch_loses_and_duplicates_nothing(
             try:
                 for _ in range(5):
                     before = await count("SELECT count(*) FROM effects")
-                    worker = await Worker.start(dispatch_dsn, log, "--max-sleep-ms", "4")
+                    worker = await Worker.start(
+                        dispatch_dsn, log, "--max-sleep-ms", "4", *KILLED_LEASE
+                    )
                     try:
                         # Let it commit some groups, then kill it at a random moment.
                         await eventually(
@@ -482,7 +489,7 @@ async def test_kill_9_mid_batch_loses_and_duplicates_nothing(
                 await asyncio.wait_for(producing_task, 20)
 
             total = len(published)
-            worker = await Worker.start(dispatch_dsn, log)
+            worker = await Worker.start(dispatch_dsn, log, *KILLED_LEASE)
             try:
                 await eventually(
                     lambda: _count_is(

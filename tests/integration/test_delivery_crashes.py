@@ -79,8 +79,9 @@ async def assert_exactly_once(pool: asyncpg.Pool, consumer: Consumer, sent: list
 
 
 async def start_worker(dsn: str, config: Path) -> asyncio.subprocess.Process:
+    # A 3 s lease (default 10): the restarted worker waits for the killed one's to run out.
     return await asyncio.create_subprocess_exec(
-        sys.executable, str(HERE / "fanout_process.py"), dsn, str(config)
+        sys.executable, str(HERE / "fanout_process.py"), dsn, str(config), "3"
     )
 
 

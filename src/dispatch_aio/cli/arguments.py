@@ -2,7 +2,8 @@
 
 Each raises ``argparse.ArgumentTypeError`` (exit 2, one line) for a value the command
 could only fail on later: a malformed id or cursor, a page size out of range, a
-duration no clock can hold. Pure.
+duration no clock can hold. Pure. The dead-letter rules come from ``_deadletters``,
+imported when a value is checked: building the parser imports no pydantic model.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import math
 from collections.abc import Callable
 from datetime import timedelta
 
-from .._deadletters import MAX_PAGE_SIZE, decode_cursor, text_problem
 from .._errors import UsageError
 from .._ids import is_prefixed_id
 
@@ -62,6 +62,8 @@ def dead_letter_id(value: str) -> str:
 
 def cursor(value: str) -> str:
     """A ``next_cursor`` printed by a previous ``dlq list``."""
+    from .._deadletters import decode_cursor
+
     try:
         decode_cursor(value)
     except UsageError as exc:
@@ -85,7 +87,11 @@ def int_between(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-page_size = int_between(1, MAX_PAGE_SIZE)
+def page_size(value: str) -> int:
+    """A page size of ``dlq list``: 1 to the dead letters' ``MAX_PAGE_SIZE``."""
+    from .._deadletters import MAX_PAGE_SIZE
+
+    return int_between(1, MAX_PAGE_SIZE)(value)
 
 
 def positive_seconds(value: str) -> float:
@@ -103,6 +109,8 @@ def text(value: str) -> str:
     """A non-empty string PostgreSQL can store as text (no NUL, no lone surrogate)."""
     if not value:
         raise argparse.ArgumentTypeError("must not be empty")
+    from .._deadletters import text_problem
+
     problem = text_problem(value)
     if problem:
         raise argparse.ArgumentTypeError(problem)

@@ -9,12 +9,12 @@ import json
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TextIO
-
-import asyncpg
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .._errors import InvalidDsnError
-from .._pool import CONNECT_TIMEOUT, open_pool
+
+if TYPE_CHECKING:
+    import asyncpg
 
 __all__ = [
     "EXIT_FAILURE",
@@ -63,6 +63,9 @@ class Context:
         The errors of :func:`~dispatch_aio._pool.open_pool` never show the password; an
         unparsable DSN is a usage error (exit 2).
         """
+        # Imported here: asyncpg is for the commands that connect, not for --help.
+        from .._pool import CONNECT_TIMEOUT, open_pool
+
         try:
             pool = await open_pool(self.require_dsn(), min_size=1, max_size=max_size)
         except InvalidDsnError as exc:

@@ -7,6 +7,9 @@ module:Class``) and its registry entry; ``check [DIR]`` loads a directory and li
 every problem, and with ``--models MODULE`` also every place where that module's
 payload models and the registered schemas disagree, each with its field's JSON path.
 Exit 1 when there is any problem or mismatch.
+
+The registry, the scaffold and pydantic are imported by the handlers that use them:
+building the parser (``dispatch-aio --help``) imports none of them.
 """
 
 from __future__ import annotations
@@ -16,12 +19,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from pydantic import BaseModel
-
-from .._contracts.models import payload_models_in
-from .._contracts.scaffold import ID_PROFILES, add_event_type, init_contracts
 from .._errors import RegistryError
-from .._registry import Registry
 from . import arguments
 from .context import EXIT_OK, EXIT_USAGE, CommandError, Context
 from .parser import add_command
@@ -30,6 +28,9 @@ from .worker import import_module, load_target
 __all__ = ["configure"]
 
 _ENV = "DISPATCH_AIO_CONTRACTS"
+#: ``init --id-profile`` choices: the scaffold's ``ID_PROFILES`` (a test keeps them equal),
+#: spelled out so that building the parser does not import the scaffold.
+ID_PROFILE_CHOICES = ("uuid7", "plain")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     init.add_argument("directory", metavar="DIR", type=Path, help="the directory to create")
     init.add_argument(
         "--id-profile",
-        choices=list(ID_PROFILES),
+        choices=list(ID_PROFILE_CHOICES),
         default="uuid7",
         help="subject, tenant and actor formats: uuid7 (prefixed UUIDv7 ids, the default) "
         "or plain (any non-empty string)",
@@ -95,6 +96,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 async def run_init(args: argparse.Namespace, ctx: Context) -> int:
     """Create the directory's envelope and empty registry."""
+    from .._contracts.scaffold import init_contracts
+
     root = await asyncio.to_thread(init_contracts, args.directory, id_profile=args.id_profile)
     ctx.print(
         f"created {root / 'event-types-registry.json'} and the envelope schema "
@@ -106,6 +109,10 @@ async def run_init(args: argparse.Namespace, ctx: Context) -> int:
 
 async def run_new(args: argparse.Namespace, ctx: Context) -> int:
     """Add one event type (or version) to a contracts directory."""
+    from pydantic import BaseModel
+
+    from .._contracts.scaffold import add_event_type
+
     model = None
     if args.model is not None:
         model = load_target(args.model)
@@ -133,6 +140,9 @@ async def run_check(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _check_contracts(args: argparse.Namespace, ctx: Context) -> int:
+    from .._contracts.models import payload_models_in
+    from .._registry import Registry
+
     if args.path is not None and not Path(args.path).is_dir():
         what = "is not a directory" if Path(args.path).exists() else "does not exist"
         raise CommandError(f"contracts directory {args.path} {what}")

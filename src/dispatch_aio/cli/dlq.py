@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
-from .._deadletters import DeadLetters
 from . import arguments
 from .context import EXIT_OK, Context, Handler
 from .formatting import indent, shorten, state, table, time
 from .parser import add_command
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from .._deadletters import DeadLetters
 
 __all__ = ["configure"]
 
@@ -77,7 +82,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 async def run_list(args: argparse.Namespace, ctx: Context) -> int:
     """A page of a consumer's dead letters."""
     async with ctx.pool() as pool:
-        page = await DeadLetters(pool, ctx.schema).list(
+        page = await _dead_letters(pool, ctx).list(
             args.consumer,
             include_resolved=args.include_resolved,
             limit=args.limit,
@@ -115,9 +120,7 @@ async def run_list(args: argparse.Namespace, ctx: Context) -> int:
 async def run_show(args: argparse.Namespace, ctx: Context) -> int:
     """One dead letter, envelope and traceback."""
     async with ctx.pool() as pool:
-        dead_letter = await DeadLetters(pool, ctx.schema).get(
-            args.dead_letter_id, tenant_id=args.tenant
-        )
+        dead_letter = await _dead_letters(pool, ctx).get(args.dead_letter_id, tenant_id=args.tenant)
     if args.json:
         ctx.print_json(dead_letter.model_dump(mode="json"))
         return EXIT_OK
@@ -155,7 +158,7 @@ async def run_show(args: argparse.Namespace, ctx: Context) -> int:
 async def run_resolve(args: argparse.Namespace, ctx: Context) -> int:
     """Mark one dead letter resolved."""
     async with ctx.pool() as pool:
-        d = await DeadLetters(pool, ctx.schema).resolve(
+        d = await _dead_letters(pool, ctx).resolve(
             args.dead_letter_id, resolved_by=args.by, note=args.note, tenant_id=args.tenant
         )
     ctx.print(f"resolved {d.dead_letter_id} ({d.consumer}, {d.event_type}) by {d.resolved_by}")
@@ -165,7 +168,7 @@ async def run_resolve(args: argparse.Namespace, ctx: Context) -> int:
 async def run_replay(args: argparse.Namespace, ctx: Context) -> int:
     """Ask the consumer to handle one dead letter's event again."""
     async with ctx.pool() as pool:
-        d = await DeadLetters(pool, ctx.schema).replay(
+        d = await _dead_letters(pool, ctx).replay(
             args.dead_letter_id, replayed_by=args.by, tenant_id=args.tenant
         )
     ctx.print(
@@ -180,8 +183,15 @@ async def run_all(args: argparse.Namespace, ctx: Context) -> int:
     which = f" of type {args.event_type}" if args.event_type else ""
     ctx.progress(f"marking active dead letters{which} of {args.consumer!r} for replay ...")
     async with ctx.pool() as pool:
-        marked = await DeadLetters(pool, ctx.schema).replay_all(
+        marked = await _dead_letters(pool, ctx).replay_all(
             args.consumer, replayed_by=args.by, event_type=args.event_type, tenant_id=args.tenant
         )
     ctx.print(f"marked {marked} dead letter(s){which} of consumer {args.consumer!r} for replay")
     return EXIT_OK
+
+
+def _dead_letters(pool: asyncpg.Pool, ctx: Context) -> DeadLetters:
+    # Imported when a command runs: building the parser (--help) needs no pydantic models.
+    from .._deadletters import DeadLetters
+
+    return DeadLetters(pool, ctx.schema)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from .._deadletters import DeadLetter
+if TYPE_CHECKING:
+    from .._deadletters import DeadLetter
 
 __all__ = ["indent", "shorten", "state", "table", "time"]
 

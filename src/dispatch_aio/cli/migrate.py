@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from .._db import translate_errors
-from .._migrate import migrate
-from .._sql import migrations
 from .context import EXIT_OK, Context
 
 __all__ = ["configure"]
@@ -24,6 +21,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
     """Apply the pending migrations and say where the schema stands."""
+    from .._db import translate_errors
+    from .._migrate import migrate
+    from .._sql import migrations
+
     ctx.progress(f"migrating schema {ctx.schema!r} ...")
     async with ctx.pool() as pool:
         with translate_errors(ctx.schema):

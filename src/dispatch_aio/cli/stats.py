@@ -17,9 +17,10 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .._consume import Consumer, ConsumerStats
+if TYPE_CHECKING:  # the consumer is imported by the worker command when it runs
+    from .._consume import Consumer, ConsumerStats
 
 __all__ = ["StatsLine", "report_stats"]
 
@@ -87,7 +88,7 @@ class StatsLine:
 
 
 def _snapshot(stats: ConsumerStats) -> ConsumerStats:
-    return ConsumerStats(**vars(stats))
+    return type(stats)(**vars(stats))
 
 
 async def _lag(consumer: Consumer, within: float) -> int | None:

@@ -7,7 +7,6 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from .._dsn import redact
-from .._status import age as _age
 from . import arguments
 from .context import EXIT_OK, Context
 from .formatting import shorten, table, time
@@ -41,7 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
     """Print the health of every consumer (or one)."""
-    from .._status import consumer_status
+    from .._status import age, consumer_status
 
     async with ctx.pool() as pool:
         report = await consumer_status(
@@ -84,7 +83,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     if report.activity:
         ctx.print("", "last activity (a cursor's latest move):")
         activity = [
-            [a.consumer, time(a.last_activity_at), _age(a.idle_seconds), "idle" if a.idle else ""]
+            [a.consumer, time(a.last_activity_at), age(a.idle_seconds), "idle" if a.idle else ""]
             for a in report.activity
         ]
         ctx.print(*table(["CONSUMER", "LAST ACTIVITY (UTC)", "AGO", ""], activity))

@@ -20,7 +20,6 @@ import sys
 from typing import Any
 
 from .._errors import InvalidDsnError
-from .._pool import CONNECT_TIMEOUT, open_pool
 from . import arguments
 from .context import EXIT_OK, EXIT_USAGE, CommandError, Context
 from .logs import LOG_FORMATS, configure_logging
@@ -107,7 +106,9 @@ def load_target(target: str) -> Any:
 
 
 async def _run_worker(args: argparse.Namespace, ctx: Context) -> int:
+    # Imported here, not at the top: the parser (--help, the other commands) needs neither.
     from .._consume import Consumer
+    from .._pool import CONNECT_TIMEOUT, open_pool
 
     configure_logging(args.log_level, args.log_format, ctx.err, ctx.dsn)
     target = load_target(args.target)
