@@ -329,3 +329,38 @@ async def test_a_kept_alive_connection_still_times_out_a_later_silent_answer(
         server.close()
         await server.wait_closed()
     assert answered == 3
+
+
+def test_endpoint_client_posts_on_a_uvloop_event_loop() -> None:
+    """The fan-out's connections work on uvloop, whose transports are not asyncio's classes.
+
+    An application served by ``uvicorn[standard]`` runs on uvloop; a fan-out started
+    inside it (or a worker that installs uvloop) gets uvloop's TCP transports.
+    """
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - the test extra installs it
+        pytest.fail("uvloop is not installed: pip install '.[test]' brings it")
+    seen: list[bytes] = []
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        message = await receive()
+        seen.append(message.get("body", b""))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def scenario() -> tuple[int, int, bytes]:
+        assert "uvloop" in type(asyncio.get_running_loop()).__module__
+        async with serve_in_process(app) as port:
+            client = endpoint_client(port)
+            try:
+                first = await asyncio.wait_for(client.post(b'{"n":1}', {}), 10)
+                second = await asyncio.wait_for(client.post(b'{"n":2}', {}), 10)
+            finally:
+                await client.aclose()
+        return first.status, second.status, first.excerpt
+
+    assert uvloop.run(scenario()) == (200, 200, b"ok")
+    assert seen == [b'{"n":1}', b'{"n":2}']
