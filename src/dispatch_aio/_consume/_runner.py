@@ -17,7 +17,8 @@ driver boundary (``_storage.classify``):
 
 Carrying an outcome out (statistics, telemetry, logs, retries with their stored counts,
 dead letters) is ``_outcomes``'s part; a handler's subscription and how its cancellation
-is told apart, ``_handlers``'s; the call under a span when tracing is on, ``_traced``'s;
+is told apart, ``_handlers``'s; one handler attempt (its count, deadline, span and
+latency), ``_attempt``'s;
 what an uncertain or failed commit leaves behind (doubt settled, a group split, a lost
 lease's events dropped), ``_settle``'s.
 """
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 import asyncpg
@@ -36,15 +36,15 @@ from .._storage import classify, commit, is_infrastructure, is_usable, rollback
 from .._storage._consumer_store import ConsumerStore, DeadLetterRow
 from .._storage._driver import FailureKind, keeps_connection
 from .._telemetry import Telemetry
+from ._attempt import run_attempt
 from ._codec import EventDecoder
 from ._config import ConsumerConfig
 from ._deadline import HandlerDeadline
-from ._handlers import Subscription, cancelled, consumer_cancelling
+from ._handlers import Subscription
 from ._members import Members
 from ._outcomes import ConsumerStats, Outcomes
 from ._scheduler import Item, Outcome, Scheduler
 from ._settle import commit_failed, lease_lost, settle_doubt
-from ._traced import traced_call
 from .leases_store import LeaseStore
 
 __all__ = ["GroupRunner"]
@@ -136,8 +136,6 @@ class GroupRunner:
             # Looked up once per group (it is kept for a second anyway).
             tracing = self.telemetry.tracing_enabled()
             decode = self.decode.item_event
-            observe = self.telemetry.observe_latency
-            name = self.name
             for item in group:
                 if item.dead_letter is not None or item.succeeded:
                     continue
@@ -155,49 +153,16 @@ class GroupRunner:
                     async with asyncio.timeout(self._limit):
                         await transaction.start()
                 try:
-                    if tracing:
-                        await traced_call(
-                            self.telemetry, name, subscription, item, event, conn, deadline
-                        )
-                    else:
-                        # traced_call without its span, inline: no coroutine of the
-                        # runner's own per event (the handler's is the only one).
-                        item.attempts += 1
-                        if item.attempts != event.attempt:
-                            event = item.event = event.model_copy(update={"attempt": item.attempts})
-                        started = time.time()
-                        # occurred_at as the row holds it: no datetime.timestamp() per event.
-                        end_to_end_ms = started * 1000.0 - item.row["occurred_us"] / 1000.0
-                        handling = (
-                            subscription.handler(event, conn)
-                            if subscription.wants_conn
-                            else subscription.handler(event)
-                        )
-                        timeout = subscription.timeout
-                        try:
-                            if timeout is None:
-                                await handling
-                            else:
-                                # deadline.limit taken apart, inline as well.
-                                deadline.start(timeout)
-                                try:
-                                    await handling
-                                except asyncio.CancelledError:
-                                    if deadline.expired():
-                                        raise TimeoutError from None  # a handler failure
-                                    raise
-                                finally:
-                                    deadline.end()
-                        except asyncio.CancelledError:
-                            if consumer_cancelling():
-                                raise
-                            raise cancelled(item) from None
-                        observe(
-                            item.event_type,
-                            name,
-                            end_to_end_ms,
-                            (time.time() - started) * 1000.0,
-                        )
+                    await run_attempt(
+                        self.telemetry,
+                        self.name,
+                        subscription,
+                        item,
+                        event,
+                        conn,
+                        deadline,
+                        tracing,
+                    )
                 except Exception as exc:
                     if is_infrastructure(exc, conn):
                         raise _RerunGroup from exc
