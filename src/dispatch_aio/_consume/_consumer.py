@@ -332,7 +332,6 @@ class Consumer:
             on_dedup_hit=self._dedup_hit,
             log_extra=self._log,
         )
-        self._store = parts.store
         self._leases = parts.leases
         self._member_connection = parts.member_connection
         self._members = parts.members
@@ -341,7 +340,6 @@ class Consumer:
         self._fetcher = parts.fetcher
         self._reader = parts.reader
         self._handover = parts.handover
-        self._group_runner = parts.group_runner
         self._crew = parts.crew
 
     def _dedup_hit(self, event_type: str) -> None:

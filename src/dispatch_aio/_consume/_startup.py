@@ -37,7 +37,6 @@ logger = logging.getLogger("dispatch_aio.consumer")
 class Parts:
     """A consumer's parts, wired to one another, before any of them runs."""
 
-    store: ConsumerStore
     leases: LeaseStore
     member_connection: MemberConnection
     members: Members
@@ -46,7 +45,6 @@ class Parts:
     fetcher: Fetcher
     reader: ReadLoop
     handover: HandOver
-    group_runner: GroupRunner
     crew: Workers
 
 
@@ -173,7 +171,6 @@ async def prepare(
         workers=workers,
     )
     return Parts(
-        store=store,
         leases=leases,
         member_connection=member_connection,
         members=members,
@@ -182,7 +179,6 @@ async def prepare(
         fetcher=fetcher,
         reader=reader,
         handover=handover,
-        group_runner=group_runner,
         crew=crew,
     )
 
