@@ -166,6 +166,14 @@ def test_410_rejects_with_the_reason() -> None:
         _check(410)
 
 
+def test_a_raw_answer_excerpt_is_quoted_as_its_decoded_text() -> None:
+    """The fan-out passes the answer's bytes; invalid UTF-8 is replaced, not an error."""
+    for excerpt in (b"  no such tenant \xff ", "  no such tenant \ufffd "):
+        with pytest.raises(Reject) as caught:
+            check_response("coaching", 404, {}, excerpt, retry_after_cap=60.0, now=NOW)
+        assert str(caught.value).endswith("(HTTP 404): no such tenant \ufffd")
+
+
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 413, 422, 301, 302, 308])
 def test_other_4xx_and_redirects_reject(status: int) -> None:
     with pytest.raises(Reject, match=f"HTTP {status}"):

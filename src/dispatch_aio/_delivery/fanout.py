@@ -109,14 +109,13 @@ class _Deliverer:
             self.telemetry.observe_delivery_latency(
                 self.name, (time.perf_counter() - started) * 1000.0
             )
-            if not 200 <= status < 300:  # delivered needs no look at the answer
-                check_response(
-                    self.name,
-                    status,
-                    answer.headers,
-                    answer.excerpt.decode("utf-8", "replace"),
-                    retry_after_cap=endpoint.retry_after_cap,
-                )
+            check_response(
+                self.name,
+                status,
+                answer.headers,
+                answer.excerpt,
+                retry_after_cap=endpoint.retry_after_cap,
+            )
             outcome = "delivered"
         except Reject:
             outcome = "dead_lettered"
@@ -328,18 +327,26 @@ async def run_fanout(
     *,
     registry: Registry | None = None,
     telemetry: Telemetry | None = None,
+    consumer_options: Mapping[str, Any] | None = None,
 ) -> None:
     """Run the fan-out of ``config`` against the database at ``dsn`` until SIGTERM/SIGINT.
 
     Opens a pool sized for every endpoint's workers and closes it at the end: the body
-    of ``dispatch-aio fanout CONFIG``. Raises InvalidDsnError or DatabaseUnavailableError
-    (password masked) when the database cannot be reached, ConsumerFailedError when an
-    endpoint's consumer fails.
+    of ``dispatch-aio fanout CONFIG``. ``consumer_options`` are :class:`Fanout`'s (for
+    every endpoint's consumer, e.g. ``lease_timeout``). Raises InvalidDsnError or
+    DatabaseUnavailableError (password masked) when the database cannot be reached,
+    ConsumerFailedError when an endpoint's consumer fails.
     """
     size = sum(endpoint.concurrency + 2 for endpoint in config.endpoints.values())
     # open_pool: connection errors in one line, never showing the password.
     pool = await open_pool(dsn, min_size=1, max_size=size)
     try:
-        await Fanout(pool, config, registry=registry, telemetry=telemetry).run()
+        await Fanout(
+            pool,
+            config,
+            registry=registry,
+            telemetry=telemetry,
+            consumer_options=consumer_options,
+        ).run()
     finally:
         await pool.close()

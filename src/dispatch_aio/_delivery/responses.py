@@ -57,17 +57,21 @@ def check_response(
     endpoint: str,
     status: int,
     headers: Mapping[str, str],
-    body_excerpt: str = "",
+    body_excerpt: bytes | str = "",
     *,
     retry_after_cap: float,
     now: datetime | None = None,
 ) -> None:
     """Return when ``status`` means delivered; otherwise raise the outcome's signal.
 
+    ``body_excerpt`` may be the answer's raw bytes: they are decoded (invalid UTF-8
+    replaced) only when the outcome quotes them, never for a delivered event.
     Raises Reject, RetryAfter or SubscriberUnavailableError as the module table says.
     """
     if 200 <= status < 300:
         return
+    if isinstance(body_excerpt, bytes):
+        body_excerpt = body_excerpt.decode("utf-8", "replace")
     excerpt = body_excerpt[:_BODY_EXCERPT].strip()
     detail = f": {excerpt}" if excerpt else ""
     if status == 410:
