@@ -13,7 +13,7 @@ import sys
 import dispatch_aio
 from dispatch_aio import _errors
 from dispatch_aio._contracts.scaffold import ID_PROFILES
-from dispatch_aio.cli.contracts import ID_PROFILE_CHOICES
+from dispatch_aio.cli import build_parser
 
 HEAVY = (
     "asyncpg",
@@ -70,4 +70,7 @@ def test_every_public_name_resolves_from_its_module() -> None:
 
 
 def test_the_command_line_offers_the_scaffold_id_profiles() -> None:
-    assert ID_PROFILE_CHOICES == ID_PROFILES
+    parser = build_parser()
+    for profile in ID_PROFILES:
+        args = parser.parse_args(["contracts", "init", "contracts", "--id-profile", profile])
+        assert args.id_profile == profile

@@ -24,7 +24,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final
 
 from pydantic import BaseModel
 
@@ -32,12 +32,9 @@ from .._errors import RegistryError, ScaffoldError
 from .._registry import ENVELOPE_SCHEMA_PATH, REGISTRY_FILENAME, Registry
 from .._resources import bundled_contracts_dir
 from .models import payload_schema_from_model
+from .profiles import ID_PROFILES, IdProfile
 
 __all__ = ["ID_PROFILES", "IdProfile", "add_event_type", "envelope_schema", "init_contracts"]
-
-IdProfile = Literal["uuid7", "plain"]
-#: The id profiles :func:`init_contracts` offers.
-ID_PROFILES: Final[tuple[str, ...]] = get_args(IdProfile)
 
 # The registry's own rules (see _registry), repeated here to refuse a name before writing.
 _EVENT_TYPE_RE: Final = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")

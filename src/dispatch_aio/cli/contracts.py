@@ -19,6 +19,7 @@ import asyncio
 import os
 from pathlib import Path
 
+from .._contracts.profiles import ID_PROFILES
 from .._errors import RegistryError
 from . import arguments
 from .context import EXIT_OK, EXIT_USAGE, CommandError, Context
@@ -28,9 +29,6 @@ from .worker import import_module, load_target
 __all__ = ["configure"]
 
 _ENV = "DISPATCH_AIO_CONTRACTS"
-#: ``init --id-profile`` choices: the scaffold's ``ID_PROFILES`` (a test keeps them equal),
-#: spelled out so that building the parser does not import the scaffold.
-ID_PROFILE_CHOICES = ("uuid7", "plain")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +39,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     init.add_argument("directory", metavar="DIR", type=Path, help="the directory to create")
     init.add_argument(
         "--id-profile",
-        choices=list(ID_PROFILE_CHOICES),
+        choices=list(ID_PROFILES),
         default="uuid7",
         help="subject, tenant and actor formats: uuid7 (prefixed UUIDv7 ids, the default) "
         "or plain (any non-empty string)",
