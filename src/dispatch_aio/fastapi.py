@@ -50,6 +50,7 @@ from ._errors import (
 )
 from ._identifiers import validate_schema_name
 from ._ids import UUID7, is_prefixed_id
+from ._operate.request_json import capped_error, encodable, nesting_depth
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -69,8 +70,6 @@ DEFAULT_PREFIX = "/api/dispatcher/v1/dlq"
 MAX_BODY_BYTES = 16 * 1024
 #: The deepest JSON nesting a body may have; a deeper one answers 422.
 MAX_BODY_DEPTH = 16
-#: How much of a refused input a 422 answer quotes.
-_ECHO_LIMIT = 120
 
 # A JSON Schema (ECMA-262) pattern for the OpenAPI document; the check itself is
 # is_prefixed_id, which matches the whole string.
@@ -196,7 +195,7 @@ class _DeadLetterRoute(APIRoute):
             try:
                 return await handler(request)
             except RequestValidationError as exc:
-                detail = [_capped(error) for error in _encodable(jsonable_encoder(exc.errors()))]
+                detail = [capped_error(e) for e in encodable(jsonable_encoder(exc.errors()))]
             except StarletteHTTPException as exc:
                 # FastAPI answers 400 to a body that is not UTF-8; it is as malformed as
                 # any other body, so it gets the same 422.
@@ -213,30 +212,6 @@ class _DeadLetterRoute(APIRoute):
             return JSONResponse({"detail": detail}, status.HTTP_422_UNPROCESSABLE_CONTENT)
 
         return handle
-
-
-def _capped(error: Any) -> Any:
-    """One 422 error entry, quoting at most a short prefix of the refused input."""
-    if not isinstance(error, dict):
-        return error
-    capped = dict(error)
-    for key in ("input", "ctx"):
-        if key in capped:
-            text = json.dumps(capped[key], ensure_ascii=False, default=str)
-            if len(text) > _ECHO_LIMIT:
-                capped[key] = text[:_ECHO_LIMIT] + f"... ({len(text)} characters)"
-    return capped
-
-
-def _encodable(value: Any) -> Any:
-    """``value`` with every string made encodable as UTF-8 (lone surrogates become ``?``)."""
-    if isinstance(value, str):
-        return value.encode("utf-8", "replace").decode("utf-8")
-    if isinstance(value, list):
-        return [_encodable(item) for item in value]
-    if isinstance(value, dict):
-        return {_encodable(k): _encodable(v) for k, v in value.items()}
-    return value
 
 
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -471,7 +446,7 @@ async def _parse_body(request: Request, model: type[_Body]) -> _Body:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         _unprocessable(("body",), "the request body is not UTF-8 encoded JSON", None)
-    depth = _nesting_depth(text)
+    depth = nesting_depth(text)
     if depth > MAX_BODY_DEPTH:
         _unprocessable(
             ("body",),
@@ -497,25 +472,3 @@ def _too_large() -> NoReturn:
         status.HTTP_413_CONTENT_TOO_LARGE,
         f"the request body is larger than {MAX_BODY_BYTES} bytes",
     )
-
-
-def _nesting_depth(text: str) -> int:
-    """The deepest ``[``/``{`` nesting of JSON ``text`` (strings skipped), without parsing."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth -= 1
-    return deepest
