@@ -88,12 +88,14 @@ class StoredEvent:
     @property
     def event_id(self) -> str:
         """The event's id."""
-        return str(self.row["event_id"])
+        value: str = self.row["event_id"]
+        return value
 
     @property
     def event_type(self) -> str:
         """The event's type."""
-        return str(self.row["event_type"])
+        value: str = self.row["event_type"]
+        return value
 
     @property
     def traceparent(self) -> str | None:
