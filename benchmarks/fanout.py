@@ -2,6 +2,7 @@
 
     python benchmarks/fanout.py            # full run (about a minute)
     python benchmarks/fanout.py --quick    # small sizes: a smoke run, figures meaningless
+    python benchmarks/fanout.py --sender-loop asyncio   # the fan-out on asyncio's loop
 
 (a) throughput: a backlog of events drained by one endpoint's fan-out consumer into the
     inbox of a second database, from starting the fan-out to the last event's outcome
@@ -12,11 +13,12 @@
     trigger on the receiver's table arrives at commit), p50/p95/p99.
 
 One embedded PostgreSQL with fsync on holds both databases (sender and receiver); the
-fan-out runs in this process (standard asyncio loop), the inbox in a uvicorn subprocess of
-its own, on the event loop and HTTP parser uvicorn's defaults pick: uvloop and httptools
-when installed, as ``uvicorn[standard]`` installs them (the bench extra does), else
-asyncio and h11; both are printed as reported by the inbox process. CPU time per event
-of each process is printed with the rate.
+fan-out runs in this process, on the event loop ``--sender-loop`` picks (default auto,
+as ``dispatch-aio fanout --loop``: uvloop when installed, else asyncio), the inbox in a
+uvicorn subprocess of its own, on the event loop and HTTP parser uvicorn's defaults pick:
+uvloop and httptools when installed, as ``uvicorn[standard]`` installs them (the bench
+extra does), else asyncio and h11; both loops and the parser are printed. CPU time per
+event of each process is printed with the rate.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import _common as common
 import asyncpg
 
 from dispatch_aio import FanoutConfig, Registry, generate_secret
+from dispatch_aio.cli.fanout import LOOPS, event_loop_factory, loop_name
 from dispatch_aio.fanout import Fanout
 
 EVENT_TYPE = "credit.locked"
@@ -306,7 +309,7 @@ async def run(settings: Settings, quick: bool) -> None:
         # uvicorn picks uvloop and httptools when they are installed (the bench extra
         # installs them, as uvicorn[standard] does): the inbox process says which it runs.
         print(f"  inbox: plain ASGI endpoint on uvicorn, {inbox_loop} loop, {parser} HTTP parser")
-        sender_loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+        sender_loop = loop_name(asyncio.get_running_loop())
         print(f"  sender: fan-out consumer in this process, {sender_loop} loop")
         config = fanout_config(url, secret, settings)
         sender = await common.open_pool(sender_dsn, settings.concurrency + 4)
@@ -349,8 +352,16 @@ def main() -> int:
         return 0
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument(
+        "--sender-loop",
+        choices=LOOPS,
+        default="auto",
+        help="the fan-out's event loop, as dispatch-aio fanout --loop (default auto: "
+        "uvloop when installed, else asyncio)",
+    )
     args = parser.parse_args()
-    asyncio.run(run(QUICK if args.quick else FULL, args.quick))
+    with asyncio.Runner(loop_factory=event_loop_factory(args.sender_loop)) as runner:
+        runner.run(run(QUICK if args.quick else FULL, args.quick))
     return 0
 
 

@@ -107,3 +107,63 @@ async def test_fanout_with_a_missing_or_bad_configuration_is_a_usage_error(
     assert_error(
         await cli("fanout", str(other), "--schema", "billing", dsn=dispatch_dsn), 2, "disagrees"
     )
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_fanout_runs_on_the_event_loop_it_is_given(
+    loop: str,
+    dispatch_dsn: str,
+    dispatch_pool: asyncpg.Pool,
+    dispatch_postgres: TestPostgres,
+    tmp_path: Path,
+) -> None:
+    dispatcher = Dispatcher(dispatch_pool, producer="revenue", tenant_id="tnt_sguild")
+    subject = uid("per")
+    sent = [
+        (
+            await dispatcher.publish(
+                "credit.locked", locked_payload(), subject=subject, actor="system:revenue"
+            )
+        ).event_id
+        for _ in range(3)
+    ]
+    async with (
+        extra_database(dispatch_postgres) as receiver_dsn,
+        serve_inbox(receiver_dsn, secrets=[SECRET]) as inbox,
+    ):
+        config = tmp_path / "fanout.json"
+        config.write_text(json.dumps(fanout_config({"coaching": inbox.url})))
+        env = {**os.environ, "DATABASE_URL": dispatch_dsn}
+        env.pop("DISPATCH_AIO_CONTRACTS", None)
+        log = tmp_path / "fanout.log"
+        with log.open("wb") as out:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "dispatch_aio.cli",
+                "fanout",
+                str(config),
+                "--loop",
+                loop,
+                env=env,
+                stderr=out,
+            )
+        try:
+
+            async def all_received() -> bool:
+                count = await inbox.pool.fetchval("SELECT count(*) FROM dispatcher_event")
+                return bool(count == len(sent))
+
+            await eventually(all_received, within=60, what="every event at the inbox", every=0.05)
+        finally:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+            try:
+                code = await asyncio.wait_for(process.wait(), 30)
+            except TimeoutError:
+                process.kill()
+                code = await process.wait()
+        assert code == 0, log.read_text()
+        rows = await inbox.pool.fetch("SELECT event_id FROM dispatcher_event")
+    assert sorted(r["event_id"] for r in rows) == sorted(sent)
+    assert f"fan-out on the {loop} event loop" in log.read_text()

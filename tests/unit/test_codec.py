@@ -196,3 +196,66 @@ def test_a_row_with_an_unrepresentable_occurred_at_is_undecodable() -> None:
         row["occurred_us"] = micros
         with pytest.raises(UndecodableEventError):
             event_from_row(row, {"a": 1})
+
+
+# -- events forwarded as stored (the fan-out's handler) -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "micros",
+    [0, 1, 999_999, 1_000_000, -1, -1_000_001, 1_778_353_200_123_456, -62135596800000000],
+)
+def test_occurred_at_text_is_the_formatted_timestamp(micros: int) -> None:
+    from dispatch_aio._codec import occurred_at
+    from dispatch_aio._consume._codec import occurred_at_text
+    from dispatch_aio._envelope import format_timestamp
+
+    assert occurred_at_text(micros) == format_timestamp(occurred_at(micros))
+    assert occurred_at_text(micros) == occurred_at_text(micros)  # the cached second too
+
+
+def test_occurred_at_text_refuses_what_occurred_at_refuses() -> None:
+    from dispatch_aio._codec import UndecodableEventError
+    from dispatch_aio._consume._codec import occurred_at_text
+
+    year_one = -62135596800000000
+    for micros in (None, 10**20, -(10**20), year_one - 1, 253402300800000000):
+        with pytest.raises(UndecodableEventError):
+            occurred_at_text(micros)
+
+
+def test_the_decoder_gives_a_stored_event_where_asked_without_checking_the_schema() -> None:
+    from dispatch_aio import Registry
+    from dispatch_aio._consume._codec import AS_STORED, EventDecoder, StoredEvent
+
+    row = registry_row({"unexpected": 1})  # the schema refuses it; the receiver checks
+    event = EventDecoder(Registry.load(), {"credit.locked": AS_STORED})(row, 2)
+    assert isinstance(event, StoredEvent)
+    assert (event.event_id, event.event_type, event.traceparent) == ("evt_1", "credit.locked", None)
+    assert event.payload == {"unexpected": 1}
+    assert event.occurred_at == "2026-05-09T19:00:00.123456Z"
+    assert event.attempt == 2
+    again = event.model_copy(update={"attempt": 3})
+    assert (again.attempt, again.row, event.attempt) == (3, row, 2)
+    with pytest.raises(TypeError):
+        event.model_copy(update={"payload": {}})
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"payload": "[1]"}, "not a JSON object"),
+        ({"payload": '{"a": '}, "Expecting value"),
+        ({"occurred_us": None}, "infinite"),
+        ({"occurred_us": 10**20}, "outside the years"),
+    ],
+)
+def test_a_stored_event_is_still_refused_when_it_cannot_be_sent(
+    change: dict[str, object], error: str
+) -> None:
+    from dispatch_aio import Registry
+    from dispatch_aio._consume._codec import AS_STORED, DECODE_ERRORS, EventDecoder
+
+    row = {**registry_row(None), **change}
+    with pytest.raises(DECODE_ERRORS, match=error):
+        EventDecoder(Registry.load(), {"credit.locked": AS_STORED})(row)

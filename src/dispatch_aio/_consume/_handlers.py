@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .._typed import PayloadModel
+from ._codec import AS_STORED
 from ._scheduler import Item
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "Subscription",
     "cancelled",
     "consumer_cancelling",
+    "taking_stored_events",
 ]
 
 Handler = Callable[..., Awaitable[None]]
@@ -52,4 +54,14 @@ class Subscription:
     retry_delays: tuple[float, ...]
     timeout: float | None
     #: The pydantic model of a handler typed ``Event[Model]``: payloads are parsed into it.
+    #: ``AS_STORED`` for a handler that takes a StoredEvent (see taking_stored_events).
     payload_model: PayloadModel | None = None
+
+
+def taking_stored_events(subscription: Subscription) -> Subscription:
+    """``subscription`` with its handler given a ``StoredEvent`` per event, not an Event.
+
+    For a handler that forwards events as they are (the fan-out): the payload is not
+    checked against its schema again, and no Event is built (see ``_codec.StoredEvent``).
+    """
+    return replace(subscription, payload_model=AS_STORED)

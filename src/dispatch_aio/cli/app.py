@@ -68,7 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         validate_schema_name(ctx.schema)
         handler: Handler = args.handler
-        return asyncio.run(handler(args, ctx))
+        # A command may choose its event loop from its arguments (fanout --loop).
+        choose = getattr(args, "loop_factory", None)
+        with asyncio.Runner(loop_factory=None if choose is None else choose(args)) as runner:
+            return runner.run(handler(args, ctx))
     except KeyboardInterrupt:
         return _fail(ctx, "interrupted", 130)
     except CommandError as exc:
