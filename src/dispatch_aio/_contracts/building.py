@@ -100,7 +100,6 @@ _QUICK_SPEC_KEYS = frozenset(
 _ENVELOPE_FIELD_NAMES = frozenset(Envelope.model_fields)
 #: Values that end the nesting: the depth walk skips them without a Mapping check.
 _LEAF_TYPES = frozenset({str, int, float, bool, type(None)})
-_STR_ONLY = frozenset({str})
 
 
 class _EnvelopeCheck:
@@ -454,10 +453,6 @@ def has_nul(value: Any) -> bool:
 
 def _check_shape(event_type: str, version: int, payload: dict[str, Any]) -> None:
     """Refuse top-level keys that are not strings, and nesting beyond MAX_PAYLOAD_DEPTH."""
-    if _STR_ONLY.issuperset(map(type, payload)) and _LEAF_TYPES.issuperset(
-        map(type, payload.values())
-    ):
-        return  # the usual payload, flat with str keys: two passes in C, nothing to refuse
     flat = True
     for key, value in payload.items():
         if type(key) is not str and not isinstance(key, str):

@@ -46,15 +46,14 @@ def is_rfc3339_datetime(value: str) -> bool:
     and ``T`` and ``Z`` may be lower-case. Unlike a ``$``-anchored regex it does not
     accept a trailing newline.
     """
-    if _RFC3339_RE.fullmatch(value) is None:
+    match = _RFC3339_RE.fullmatch(value)
+    if match is None:
         return False
-    # The pattern fixes where year, month and day are (ASCII digits): sliced, not looked
-    # up as groups, since every published and consumed timestamp in a payload comes here.
-    day = value[8:10]
-    if "01" <= day <= "28":  # every month has them: the usual case needs no calendar
-        return value[:4] != "0000"
-    year, month = int(value[:4]), int(value[5:7])
-    return year != 0 and 1 <= int(day) <= calendar.monthrange(year, month)[1]
+    day = int(match["day"])
+    if 1 <= day <= 28:  # every month has them: the usual case needs no calendar
+        return match["year"] != "0000"
+    year, month = int(match["year"]), int(match["month"])
+    return year != 0 and 1 <= day <= calendar.monthrange(year, month)[1]
 
 
 FORMATS: Final[dict[str, Callable[[str], bool]]] = {"date-time": is_rfc3339_datetime}
