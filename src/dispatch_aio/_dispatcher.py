@@ -15,6 +15,7 @@ import asyncpg
 from pydantic import BaseModel
 
 from ._codec import PUBLISH_COLUMNS
+from ._contracts.batch import build_many
 from ._contracts.building import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     MAX_PAYLOAD_DEPTH,
@@ -243,8 +244,8 @@ class Dispatcher:
         if not events:
             return []
         with self.telemetry.publish_span("(many)", self.producer) as traceparent:
-            envelopes, rows = self._builder.build_many(
-                events, traceparent, lambda spec: self._build_spec(spec, traceparent)
+            envelopes, rows = build_many(
+                self._builder, events, traceparent, lambda spec: self._build_spec(spec, traceparent)
             )
             with translate_errors(self.schema):
                 if conn is not None:

@@ -18,6 +18,7 @@ from dispatch_aio import (
     UnknownSchemaVersionError,
     UsageError,
 )
+from dispatch_aio._contracts import batch
 from dispatch_aio._ids import new_id
 
 ACTOR = "system:tests"
@@ -63,7 +64,7 @@ def build_many(
     dispatcher: Dispatcher, events: list[Any], traceparent: str | None = None
 ) -> tuple[list[Envelope], list[tuple[Any, ...]], int]:
     whole_way = Counting(dispatcher, traceparent)
-    envelopes, rows = dispatcher._builder.build_many(events, traceparent, whole_way)
+    envelopes, rows = batch.build_many(dispatcher._builder, events, traceparent, whole_way)
     return envelopes, rows, whole_way.calls
 
 

@@ -11,19 +11,14 @@ event raises the same typed error, with the same path, as a whole-envelope valid
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fastjsonschema
 from pydantic import BaseModel, ValidationError
 
-from .._codec import (
-    OPTIONAL_FIELDS,
-    construct_envelope,
-    publish_parameters,
-    trusted_envelope,
-)
+from .._codec import OPTIONAL_FIELDS, publish_parameters, trusted_envelope
 from .._envelope import Envelope, format_timestamp
 from .._errors import (
     ConfigurationError,
@@ -84,20 +79,6 @@ _Validator = Callable[[Any], Any]
 
 #: Envelope fields whose values come from the caller of publish (occurred_at aside).
 _CALLER_FIELDS = ("subject", "actor", "correlation_id", "causation_id", "traceparent")
-#: Keys of a publish_many event that the batch loop handles itself (occurred_at aside:
-#: a given one is converted and checked the whole way).
-_QUICK_SPEC_KEYS = frozenset(
-    {
-        "event_type",
-        "payload",
-        "subject",
-        "actor",
-        "schema_version",
-        "correlation_id",
-        "causation_id",
-    }
-)
-_ENVELOPE_FIELD_NAMES = frozenset(Envelope.model_fields)
 #: Values that end the nesting: the depth walk skips them without a Mapping check.
 _LEAF_TYPES = frozenset({str, int, float, bool, type(None)})
 
@@ -116,7 +97,7 @@ class _EnvelopeCheck:
 
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
-        self._checked: set[tuple[str, int, bool, bool, bool]] = set()
+        self.checked: set[tuple[str, int, bool, bool, bool]] = set()
         # Only exact str values are remembered: a subclass may compare equal and differ.
         self._accepted: dict[str, str] = {}
         # Compiled by the registry from the schema it read at load: never from disk here.
@@ -124,11 +105,11 @@ class _EnvelopeCheck:
             name: registry.envelope_field_validator(name)
             for name in (*_CALLER_FIELDS, "occurred_at")
         }
-        self._fields: dict[str, _Validator] | None = {
+        self.fields: dict[str, _Validator] | None = {
             name: validator for name, validator in validators.items() if validator is not None
         }
-        if len(self._fields) < len(validators):
-            self._fields = None
+        if len(self.fields) < len(validators):
+            self.fields = None
         self._identity = registry.envelope_fields_validator(("producer", "tenant_id"))
 
     def check_identity(self, producer: str, tenant_id: str) -> None:
@@ -150,10 +131,10 @@ class _EnvelopeCheck:
             data["causation_id"] is None,
             data["traceparent"] is None,
         )
-        fields = self._fields
-        if fields is None or key not in self._checked:
+        fields = self.fields
+        if fields is None or key not in self.checked:
             self._full(data)
-            self._checked.add(key)
+            self.checked.add(key)
             for name in _CALLER_FIELDS:
                 if type(data[name]) is str:
                     self._accepted[name] = data[name]
@@ -195,10 +176,10 @@ class EnvelopeBuilder:
         self.producer = producer
         self.tenant_id = tenant_id
         self.max_payload_bytes = max_payload_bytes
-        self._check_envelope = _EnvelopeCheck(registry)
-        self._check_envelope.check_identity(producer, tenant_id)
+        self.envelope_check = _EnvelopeCheck(registry)
+        self.envelope_check.check_identity(producer, tenant_id)
         # Current versions publish_many has looked up: the registry never changes.
-        self._versions: dict[str, int] = {}
+        self.current_versions: dict[str, int] = {}
 
     def build(
         self,
@@ -238,7 +219,7 @@ class EnvelopeBuilder:
             payload = dict(payload)
         else:
             raise InvalidPayloadError(event_type, version, "$.payload", "must be an object")
-        _check_shape(event_type, version, payload)
+        check_shape(event_type, version, payload)
         registry.validate_payload(event_type, version, payload)
         values: dict[str, Any] = {
             "event_id": new_id("evt"),
@@ -254,8 +235,8 @@ class EnvelopeBuilder:
             "causation_id": causation_id,
             "traceparent": traceparent,
         }
-        self._check_envelope(values, occurred_at_given=occurred_at_given)
-        encoded = self._encode(event_type, version, payload)
+        self.envelope_check(values, occurred_at_given=occurred_at_given)
+        encoded = self.encode_payload(event_type, version, payload)
         envelope = trusted_envelope(values)
         if envelope is None:  # a subclass of str, int, dict or datetime: pydantic converts it
             given = {k: v for k, v in values.items() if v is not None or k not in OPTIONAL_FIELDS}
@@ -265,165 +246,7 @@ class EnvelopeBuilder:
                 raise InvalidEnvelopeError(event_type, version, "$", str(exc)) from None
         return envelope, publish_parameters(envelope, encoded)
 
-    def build_many(
-        self,
-        specs: Sequence[Any],
-        traceparent: str | None,
-        build_one: Callable[[Any], tuple[Envelope, tuple[Any, ...]]],
-    ) -> tuple[list[Envelope], list[tuple[Any, ...]]]:
-        """The envelopes and insert rows of publish_many's events, in order.
-
-        ``build_one`` builds one event the whole way: its checks of the event dict, then
-        :meth:`build`. An event of a kind already built whole once (event type, version,
-        optional fields present), made of exact dicts and strs, is built here, checking
-        only what differs between events, exactly as :meth:`build` checks it. Anything
-        else, and any event a check here does not accept, goes to ``build_one``, which
-        raises the error the whole way raises: errors and their order stay the same.
-        """
-        envelopes: list[Envelope] = []
-        rows: list[tuple[Any, ...]] = []
-        quick = self._quick_builder(traceparent)
-        for spec in specs:
-            built = None
-            if quick is not None and type(spec) is dict and spec.keys() <= _QUICK_SPEC_KEYS:
-                try:
-                    built = quick(spec)
-                except Exception:  # the whole way decides, and raises the error to raise
-                    built = None
-            if built is None:
-                built = build_one(spec)
-            envelopes.append(built[0])
-            rows.append(built[1])
-        return envelopes, rows
-
-    def _quick_builder(
-        self, traceparent: str | None
-    ) -> Callable[[dict[str, Any]], tuple[Envelope, tuple[Any, ...]] | None] | None:
-        """build()'s work for one usual event dict, or None where there is no quick way.
-
-        The function returns None for an event it leaves to the whole way, and raises
-        whatever a check raises (the caller then also takes the whole way). Every value
-        is checked by the validator build() uses, the envelope's constant fields once per
-        kind (the checked keys of _EnvelopeCheck), the caller's while they change.
-        """
-        check = self._check_envelope
-        fields = check._fields
-        producer, tenant_id = self.producer, self.tenant_id
-        if fields is None or type(producer) is not str or type(tenant_id) is not str:
-            return None
-        if traceparent is not None:
-            if type(traceparent) is not str:
-                return None
-            try:
-                fields["traceparent"](traceparent)
-            except fastjsonschema.JsonSchemaValueException:
-                return None  # the whole way raises, naming the event
-        no_trace = traceparent is None
-        checked = check._checked
-        versions = self._versions
-        registry = self.registry
-        validate_payload = registry.validate_payload
-        subject_ok, actor_ok = fields["subject"], fields["actor"]
-        correlation_ok, causation_ok = fields["correlation_id"], fields["causation_id"]
-        encode = self._encode
-        now = datetime.now
-        # The fields an envelope sets, by whether correlation and causation are absent.
-        fields_sets: dict[tuple[bool, bool], frozenset[str]] = {}
-        for no_correlation in (False, True):
-            for no_causation in (False, True):
-                absent = {
-                    name
-                    for name, value in (
-                        ("correlation_id", no_correlation),
-                        ("causation_id", no_causation),
-                        ("traceparent", traceparent is None),
-                    )
-                    if value
-                }
-                fields_sets[no_correlation, no_causation] = (
-                    frozenset(_ENVELOPE_FIELD_NAMES) - absent
-                )
-        last_subject = last_actor = last_correlation = last_causation = None
-
-        def quick(spec: dict[str, Any]) -> tuple[Envelope, tuple[Any, ...]] | None:
-            nonlocal last_subject, last_actor, last_correlation, last_causation
-            get = spec.get
-            event_type, payload = get("event_type"), get("payload")
-            subject, actor = get("subject"), get("actor")
-            correlation_id, causation_id = get("correlation_id"), get("causation_id")
-            version = get("schema_version")
-            if (
-                type(event_type) is not str
-                or type(payload) is not dict
-                or type(subject) is not str
-                or type(actor) is not str
-                or (correlation_id is not None and type(correlation_id) is not str)
-                or (causation_id is not None and type(causation_id) is not str)
-            ):
-                return None
-            if version is None:
-                version = versions.get(event_type)
-                if version is None:
-                    version = versions[event_type] = registry.current_version(event_type)
-            elif type(version) is not int:
-                return None
-            no_correlation, no_causation = correlation_id is None, causation_id is None
-            if (event_type, version, no_correlation, no_causation, no_trace) not in checked:
-                return None  # the first of its kind: the whole envelope is checked
-            payload = payload.copy()
-            _check_shape(event_type, version, payload)
-            validate_payload(event_type, version, payload)
-            if subject != last_subject:
-                subject_ok(subject)
-                last_subject = subject
-            if actor != last_actor:
-                actor_ok(actor)
-                last_actor = actor
-            if not no_correlation and correlation_id != last_correlation:
-                correlation_ok(correlation_id)
-                last_correlation = correlation_id
-            if not no_causation and causation_id != last_causation:
-                causation_ok(causation_id)
-                last_causation = causation_id
-            encoded = encode(event_type, version, payload)
-            event_id = new_id("evt")
-            occurred_at = now(UTC)
-            envelope = construct_envelope(
-                {
-                    "event_id": event_id,
-                    "event_type": event_type,
-                    "schema_version": version,
-                    "occurred_at": occurred_at,
-                    "tenant_id": tenant_id,
-                    "producer": producer,
-                    "subject": subject,
-                    "actor": actor,
-                    "payload": payload,
-                    "correlation_id": correlation_id,
-                    "causation_id": causation_id,
-                    "traceparent": traceparent,
-                },
-                set(fields_sets[no_correlation, no_causation]),
-            )
-            row = (
-                event_id,
-                event_type,
-                version,
-                tenant_id,
-                producer,
-                subject,
-                actor,
-                occurred_at,
-                correlation_id,
-                causation_id,
-                traceparent,
-                encoded,
-            )
-            return envelope, row
-
-        return quick
-
-    def _encode(self, event_type: str, version: int, payload: dict[str, Any]) -> str:
+    def encode_payload(self, event_type: str, version: int, payload: dict[str, Any]) -> str:
         try:
             encoded = _dumps(payload)
             # ASCII text is as many bytes as characters; other text is encoded, which
@@ -451,7 +274,7 @@ def has_nul(value: Any) -> bool:
     return False
 
 
-def _check_shape(event_type: str, version: int, payload: dict[str, Any]) -> None:
+def check_shape(event_type: str, version: int, payload: dict[str, Any]) -> None:
     """Refuse top-level keys that are not strings, and nesting beyond MAX_PAYLOAD_DEPTH."""
     flat = True
     for key, value in payload.items():
