@@ -143,6 +143,7 @@ Op = Callable[[asyncpg.Connection, int], Awaitable[int]]
 class Tally:
     events: int = 0
     seconds: float = 0.0
+    cpu: float = 0.0  # seconds of this process's CPU (the client's: the server is apart)
     slices: list[float] = field(default_factory=list)  # rate of each slice, in order
 
     @property
@@ -157,6 +158,7 @@ async def _slice(pool: asyncpg.Pool, op: Op, workers: int, seconds: float) -> Ta
             await op(conn, index)
         counts = [0] * workers
         start = time.perf_counter()
+        start_cpu = time.process_time()
         deadline = start + seconds
 
         async def work(index: int) -> None:
@@ -165,7 +167,7 @@ async def _slice(pool: asyncpg.Pool, op: Op, workers: int, seconds: float) -> Ta
                 counts[index] += await op(conn, index)
 
         await asyncio.gather(*(work(i) for i in range(workers)))
-        return Tally(sum(counts), time.perf_counter() - start)
+        return Tally(sum(counts), time.perf_counter() - start, time.process_time() - start_cpu)
     finally:
         for conn in conns:
             await pool.release(conn)
@@ -182,6 +184,7 @@ async def compare(
             got = await _slice(pool, op, workers, seconds / rounds)
             tallies[name].events += got.events
             tallies[name].seconds += got.seconds
+            tallies[name].cpu += got.cpu
             tallies[name].slices.append(got.rate)
     return tallies
 
@@ -200,6 +203,8 @@ class Row:
     base_rate: float
     unit: str
     rate_ratio: float  # ours / baseline, the median over neighbouring slices
+    ours_cpu_us: float  # client CPU per event (or row), microseconds
+    base_cpu_us: float
 
     @property
     def time_ratio(self) -> float:
@@ -211,6 +216,11 @@ def paired_ratio(ours: Tally, base: Tally) -> float:
     """Median of ours/baseline over slices run back to back: robust to a drifting disk."""
     ratios = sorted(o / b for o, b in zip(ours.slices, base.slices, strict=True) if b and o)
     return statistics.median(ratios) if ratios else 0.0
+
+
+def cpu_us(tally: Tally) -> float:
+    """Client CPU per event: the part of a side's cost that the machine's load moves least."""
+    return tally.cpu / tally.events * 1e6 if tally.events else 0.0
 
 
 @dataclass
@@ -339,6 +349,8 @@ async def measure(dsn: str, seconds: float, modes: list[str], only: list[str]) -
                                 tallies[base].rate,
                                 unit,
                                 paired_ratio(tallies[ours], tallies[base]),
+                                cpu_us(tallies[ours]),
+                                cpu_us(tallies[base]),
                             )
                         )
                     print(f"  measured {mode:9} {scenario:11} x{workers}", file=sys.stderr)
@@ -438,7 +450,8 @@ def report(
     print()
     header = (
         f"{'notify':9} {'scenario':11} {'conns':>5}  {'ours':12} {'rate':>9}  "
-        f"{'baseline':17} {'rate':>9}  {'unit':8} {'time x':>6} {'rate x':>6}"
+        f"{'baseline':17} {'rate':>9}  {'unit':8} {'time x':>6} {'rate x':>6}  "
+        f"{'cpu us ours/base':>16}"
     )
     print(header)
     print("-" * len(header))
@@ -446,7 +459,8 @@ def report(
         print(
             f"{row.notify:9} {row.scenario:11} {row.workers:>5}  {row.ours:12} "
             f"{row.ours_rate:9,.0f}  {row.base:17} {row.base_rate:9,.0f}  {row.unit:8} "
-            f"{row.time_ratio:6.2f} {row.rate_ratio:6.2f}"
+            f"{row.time_ratio:6.2f} {row.rate_ratio:6.2f}  "
+            f"{row.ours_cpu_us:7.1f}/{row.base_cpu_us:<7.1f}"
         )
     print()
     ok = True

@@ -15,6 +15,7 @@ import asyncpg
 from pydantic import BaseModel
 
 from ._codec import PUBLISH_COLUMNS
+from ._contracts.batch import build_many
 from ._contracts.building import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     MAX_PAYLOAD_DEPTH,
@@ -243,8 +244,9 @@ class Dispatcher:
         if not events:
             return []
         with self.telemetry.publish_span("(many)", self.producer) as traceparent:
-            built = [self._build_spec(spec, traceparent) for spec in events]
-            rows = [row for _, row in built]
+            envelopes, rows = build_many(
+                self._builder, events, traceparent, lambda spec: self._build_spec(spec, traceparent)
+            )
             with translate_errors(self.schema):
                 if conn is not None:
                     self._require_transaction(conn)
@@ -252,7 +254,6 @@ class Dispatcher:
                 else:
                     async with self._acquire("publish_many") as own:
                         await self._copy(own, rows)
-        envelopes = [envelope for envelope, _ in built]
         for event_type, count in Counter(envelope.event_type for envelope in envelopes).items():
             self.telemetry.published(event_type, self.producer, count)
         return envelopes

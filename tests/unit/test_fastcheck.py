@@ -9,7 +9,7 @@ import fastjsonschema
 import pytest
 
 from dispatch_aio import InvalidPayloadError, Registry
-from dispatch_aio._contracts.fastcheck import with_fast_path
+from dispatch_aio._contracts.fastcheck import _compiled_patterns, _pattern_only, with_fast_path
 from dispatch_aio._contracts.schema_rules import FORMATS
 
 UUID = "019dd49c-ae04-726a-8f7f-021e87f3ba00"
@@ -138,3 +138,34 @@ def test_the_registry_still_raises_the_typed_error_with_its_path() -> None:
     with pytest.raises(InvalidPayloadError) as caught:
         registry.validate_payload("credit.locked", 1, payload)
     assert caught.value.path == "$.payload.person_id"
+
+
+@pytest.mark.parametrize(
+    ("definition", "inlined"),
+    [
+        ({"type": "string", "pattern": "^a+$"}, True),
+        ({"type": "string", "pattern": "^a+$", "description": "as"}, True),
+        ({"type": "string", "pattern": "^a+$", "maxLength": 3}, False),
+        ({"type": "string", "pattern": "^a+$", "format": "date-time"}, False),
+        ({"type": ["string", "null"], "pattern": "^a+$"}, False),
+        ({"type": "string"}, False),
+    ],
+)
+def test_only_a_string_with_a_pattern_alone_is_searched_inline(
+    definition: dict[str, Any], inlined: bool
+) -> None:
+    schema = {"type": "object", "properties": {"p": definition}}
+    search = _pattern_only(definition, _compiled_patterns(_compile(schema)))
+    assert (search is not None) == inlined
+
+
+@pytest.mark.parametrize("value", ["aa", "ab", "", Text("aa"), 3, None, ["aa"], "aa\n"])
+def test_an_inlined_pattern_gives_the_full_validators_verdict(value: Any) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"p": {"type": "string", "pattern": "^a+$"}, "n": {"type": "integer"}},
+    }
+    full = _compile(schema)
+    fast = with_fast_path(schema, full, FORMATS)
+    data = {"p": value, "n": 1}
+    assert _outcome(fast, data) == _outcome(full, data)

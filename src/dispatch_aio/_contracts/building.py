@@ -97,7 +97,7 @@ class _EnvelopeCheck:
 
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
-        self._checked: set[tuple[str, int, bool, bool, bool]] = set()
+        self.checked: set[tuple[str, int, bool, bool, bool]] = set()
         # Only exact str values are remembered: a subclass may compare equal and differ.
         self._accepted: dict[str, str] = {}
         # Compiled by the registry from the schema it read at load: never from disk here.
@@ -105,11 +105,11 @@ class _EnvelopeCheck:
             name: registry.envelope_field_validator(name)
             for name in (*_CALLER_FIELDS, "occurred_at")
         }
-        self._fields: dict[str, _Validator] | None = {
+        self.fields: dict[str, _Validator] | None = {
             name: validator for name, validator in validators.items() if validator is not None
         }
-        if len(self._fields) < len(validators):
-            self._fields = None
+        if len(self.fields) < len(validators):
+            self.fields = None
         self._identity = registry.envelope_fields_validator(("producer", "tenant_id"))
 
     def check_identity(self, producer: str, tenant_id: str) -> None:
@@ -131,10 +131,10 @@ class _EnvelopeCheck:
             data["causation_id"] is None,
             data["traceparent"] is None,
         )
-        fields = self._fields
-        if fields is None or key not in self._checked:
+        fields = self.fields
+        if fields is None or key not in self.checked:
             self._full(data)
-            self._checked.add(key)
+            self.checked.add(key)
             for name in _CALLER_FIELDS:
                 if type(data[name]) is str:
                     self._accepted[name] = data[name]
@@ -176,8 +176,10 @@ class EnvelopeBuilder:
         self.producer = producer
         self.tenant_id = tenant_id
         self.max_payload_bytes = max_payload_bytes
-        self._check_envelope = _EnvelopeCheck(registry)
-        self._check_envelope.check_identity(producer, tenant_id)
+        self.envelope_check = _EnvelopeCheck(registry)
+        self.envelope_check.check_identity(producer, tenant_id)
+        # Current versions publish_many has looked up: the registry never changes.
+        self.current_versions: dict[str, int] = {}
 
     def build(
         self,
@@ -217,7 +219,7 @@ class EnvelopeBuilder:
             payload = dict(payload)
         else:
             raise InvalidPayloadError(event_type, version, "$.payload", "must be an object")
-        _check_shape(event_type, version, payload)
+        check_shape(event_type, version, payload)
         registry.validate_payload(event_type, version, payload)
         values: dict[str, Any] = {
             "event_id": new_id("evt"),
@@ -233,8 +235,8 @@ class EnvelopeBuilder:
             "causation_id": causation_id,
             "traceparent": traceparent,
         }
-        self._check_envelope(values, occurred_at_given=occurred_at_given)
-        encoded = self._encode(event_type, version, payload)
+        self.envelope_check(values, occurred_at_given=occurred_at_given)
+        encoded = self.encode_payload(event_type, version, payload)
         envelope = trusted_envelope(values)
         if envelope is None:  # a subclass of str, int, dict or datetime: pydantic converts it
             given = {k: v for k, v in values.items() if v is not None or k not in OPTIONAL_FIELDS}
@@ -244,7 +246,7 @@ class EnvelopeBuilder:
                 raise InvalidEnvelopeError(event_type, version, "$", str(exc)) from None
         return envelope, publish_parameters(envelope, encoded)
 
-    def _encode(self, event_type: str, version: int, payload: dict[str, Any]) -> str:
+    def encode_payload(self, event_type: str, version: int, payload: dict[str, Any]) -> str:
         try:
             encoded = _dumps(payload)
             # ASCII text is as many bytes as characters; other text is encoded, which
@@ -272,7 +274,7 @@ def has_nul(value: Any) -> bool:
     return False
 
 
-def _check_shape(event_type: str, version: int, payload: dict[str, Any]) -> None:
+def check_shape(event_type: str, version: int, payload: dict[str, Any]) -> None:
     """Refuse top-level keys that are not strings, and nesting beyond MAX_PAYLOAD_DEPTH."""
     flat = True
     for key, value in payload.items():

@@ -31,6 +31,7 @@ _Test = Callable[[Any], bool]
 _ANNOTATIONS = frozenset({"$schema", "$id", "$comment", "title", "description", "examples"})
 _TOP_KEYWORDS = _ANNOTATIONS | {"type", "required", "properties", "additionalProperties"}
 _STRING_KEYWORDS = _ANNOTATIONS | {"type", "pattern", "format", "enum", "minLength", "maxLength"}
+_PATTERN_ONLY_KEYWORDS = _ANNOTATIONS | {"type", "pattern"}
 _INTEGER_KEYWORDS = _ANNOTATIONS | {"type", "minimum", "maximum"}
 _BOOLEAN_KEYWORDS = _ANNOTATIONS | {"type"}
 _OBJECT_KEYWORDS = _ANNOTATIONS | {"type"}
@@ -83,13 +84,21 @@ def _object_check(
     ):
         return None
     tests: dict[str, _Test] = {}
+    # A string with a pattern and nothing else (the usual id field) is tested inline by
+    # the loop below, without a call of its own: most properties of most schemas are.
+    searches: dict[str, Callable[[str], Any]] = {}
     for name, definition in properties.items():
+        search = _pattern_only(definition, patterns)
+        if search is not None:
+            searches[name] = search
+            continue
         test = _value_test(definition, patterns, formats)
         if test is None:
             return None
         tests[name] = test
     needed = frozenset(required)
     get = tests.get
+    get_search = searches.get
 
     def check(data: Any) -> bool:
         # Every key must be a known property (an unknown one, even where allowed, is
@@ -97,12 +106,33 @@ def _object_check(
         if type(data) is not dict or not needed <= data.keys():
             return False
         for key, value in data.items():
+            search = get_search(key)
+            if search is not None:
+                if type(value) is not str or search(value) is None:
+                    return False
+                continue
             test = get(key)
             if test is None or not test(value):
                 return False
         return True
 
     return check
+
+
+def _pattern_only(
+    definition: Any, patterns: Mapping[str, re.Pattern[str]] | None
+) -> Callable[[str], Any] | None:
+    """The validator's search for a string that only has to match a pattern, or None."""
+    if (
+        not isinstance(definition, dict)
+        or definition.get("type") != "string"
+        or "pattern" not in definition
+        or not definition.keys() <= _PATTERN_ONLY_KEYWORDS
+        or patterns is None
+    ):
+        return None
+    compiled = patterns.get(definition["pattern"])
+    return compiled.search if compiled is not None else None
 
 
 def _value_test(
