@@ -81,6 +81,8 @@ class Settings:
     latency_rounds: int
     quick: bool = False
     pool_size: int = 20
+    #: Only drains (a) and (b): no long history to load, no latency rounds.
+    drains_only: bool = False
 
 
 FULL = Settings(
@@ -440,6 +442,15 @@ async def prepare(
 
     started = time.perf_counter()
     pool = await common.open_pool(big, 4)
+    if settings.drains_only:
+        await pool.close()
+        pool = await common.open_pool(small, 4)
+        try:
+            await common.publish_backlog(pool, specs)
+        finally:
+            await pool.close()
+        await common.settle(small, "dispatcher_event")
+        return small, big, pgq, latency, (0, 0), payload_bytes, specs[0]["payload"]
     try:
         await common.copy_history(
             pool,
@@ -479,6 +490,9 @@ async def run(settings: Settings) -> int:
         print_settings(settings, version, loop)
         results = Results()
         await measure_drains(settings, results, small, big, pgq, passed, payloads)
+        if settings.drains_only:
+            report_drains(results)
+            return 0
         for r in range(settings.latency_rounds):
             log(f"latency round {r + 1}: dispatch-aio")
             sample = await dispatch_latency(latency, settings, one_payload)
@@ -516,6 +530,8 @@ async def measure_drains(
             ("pgq write", lambda: pgq_drain(pgq_pool, payloads, write=True, meter=meter)),
             ("da write", lambda: dispatch_drain(small_pool, (0, 0), n, write=True, meter=meter)),
         ]
+        if settings.drains_only:
+            steps = [step for step in steps if step[0] != "da noop big"]
         for r in range(settings.rounds):
             log(f"drain round {r + 1} of {settings.rounds}")
             # Every other round runs backwards, so that no drain always follows the same one.
@@ -698,14 +714,37 @@ def report(results: Results, settings: Settings) -> None:
         print("  (--quick: sizes too small for these figures to mean anything)")
 
 
+def report_drains(results: Results) -> None:
+    """The ``--drains-only`` report: drains (a) and (b), their ratios and costs."""
+    best = results.best
+    for label in ("pgq noop", "da noop", "pgq write", "da write"):
+        costs = results.costs.get(label, [])
+        client = "/".join(f"{c.client_us:.0f}" for c in costs)
+        server = "/".join("-" if c.server_us is None else f"{c.server_us:.0f}" for c in costs)
+        print(
+            f"  {label:<10} best {best(label):>8,.0f}/s   {_rounds(results.drains[label])}"
+            f"   client {client} us, server {server} us per event"
+        )
+    pgq = best("pgq noop")
+    print(f"  (a) dispatch-aio no-op / PgQueuer no-op: {best('da noop') / pgq:.2f}x")
+    print(f"  (b) dispatch-aio writing / PgQueuer no-op: {best('da write') / pgq:.2f}x")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--rounds", type=int, default=None, help="drain rounds (default 3)")
+    parser.add_argument(
+        "--drains-only",
+        action="store_true",
+        help="only drains (a) and (b): no history to load, no latency (minutes less)",
+    )
     args = parser.parse_args()
     settings = QUICK if args.quick else FULL
     if args.rounds is not None:
         settings = dataclasses.replace(settings, rounds=max(1, args.rounds))
+    if args.drains_only:
+        settings = dataclasses.replace(settings, drains_only=True)
     return asyncio.run(run(settings))
 
 

@@ -62,3 +62,25 @@ def test_consume_benchmark_quick_run_prints_every_table() -> None:
         line.split()[0] for line in output.splitlines() if line.strip()[:4] in ("PASS", "FAIL")
     ]
     assert len(verdicts) == 5, output  # one per goal, whatever the figures on this machine
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_consume_benchmark_drains_only_prints_the_two_drain_ratios() -> None:
+    missing = _requirements_missing()
+    if missing is not None:
+        pytest.skip(missing)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--drains-only"],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    output = result.stdout
+    assert result.returncode == 0, f"exit {result.returncode}\n{output}\n{result.stderr[-4000:]}"
+    assert "(a) dispatch-aio no-op / PgQueuer no-op" in output, output
+    assert "(b) dispatch-aio writing / PgQueuer no-op" in output, output
+    assert HEADINGS[4] not in output  # no long history loaded
