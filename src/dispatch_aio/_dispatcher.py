@@ -15,7 +15,7 @@ import asyncpg
 from pydantic import BaseModel
 
 from ._codec import PUBLISH_COLUMNS
-from ._contracts.batch import build_many
+from ._contracts.batch import SPEC_KEYS, build_many
 from ._contracts.building import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     MAX_PAYLOAD_DEPTH,
@@ -51,19 +51,6 @@ __all__ = [
 
 #: Seconds publish waits for a pool connection before it raises PoolExhaustedError.
 DEFAULT_ACQUIRE_TIMEOUT = 10.0
-
-_SPEC_KEYS = frozenset(
-    {
-        "event_type",
-        "payload",
-        "subject",
-        "actor",
-        "schema_version",
-        "correlation_id",
-        "causation_id",
-        "occurred_at",
-    }
-)
 
 
 class _EventSpecRequired(TypedDict):
@@ -272,8 +259,8 @@ class Dispatcher:
     ) -> tuple[Envelope, tuple[Any, ...]]:
         if type(spec) is not dict and not isinstance(spec, Mapping):
             raise UsageError("each event given to publish_many must be a dict")
-        if not _SPEC_KEYS.issuperset(spec):
-            unknown = sorted(key for key in spec if key not in _SPEC_KEYS)
+        if not SPEC_KEYS.issuperset(spec):
+            unknown = sorted(key for key in spec if key not in SPEC_KEYS)
             raise UsageError(f"unknown keys in an event given to publish_many: {unknown}")
         try:
             event_type, payload = spec["event_type"], spec["payload"]

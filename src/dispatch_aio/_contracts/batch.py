@@ -16,16 +16,15 @@ from typing import Any
 
 import fastjsonschema
 
-from .._codec import construct_envelope
+from .._codec import construct_envelope, publish_parameters
 from .._envelope import Envelope
 from .._ids import new_id
 from .building import EnvelopeBuilder, check_shape
 
-__all__ = ["build_many"]
+__all__ = ["SPEC_KEYS", "build_many"]
 
-#: Keys of a publish_many event that the batch loop handles itself (occurred_at aside:
-#: a given one is converted and checked the whole way).
-_QUICK_SPEC_KEYS = frozenset(
+#: Keys a publish_many event may have (EventSpec's); any other is refused.
+SPEC_KEYS = frozenset(
     {
         "event_type",
         "payload",
@@ -34,8 +33,12 @@ _QUICK_SPEC_KEYS = frozenset(
         "schema_version",
         "correlation_id",
         "causation_id",
+        "occurred_at",
     }
 )
+#: Those the batch loop handles itself (a given occurred_at is converted and checked
+#: the whole way).
+_QUICK_SPEC_KEYS = SPEC_KEYS - {"occurred_at"}
 _ENVELOPE_FIELD_NAMES = frozenset(Envelope.model_fields)
 
 
@@ -178,20 +181,6 @@ def _quick_builder(
             },
             set(fields_sets[no_correlation, no_causation]),
         )
-        row = (
-            event_id,
-            event_type,
-            version,
-            tenant_id,
-            producer,
-            subject,
-            actor,
-            occurred_at,
-            correlation_id,
-            causation_id,
-            traceparent,
-            encoded,
-        )
-        return envelope, row
+        return envelope, publish_parameters(envelope, encoded)
 
     return quick
