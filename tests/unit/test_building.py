@@ -25,16 +25,6 @@ from dispatch_aio._resources import bundled_contracts_dir
 ACTOR = "system:tests"
 
 
-@pytest.fixture(scope="module")
-def registry() -> Registry:
-    return Registry.load()
-
-
-@pytest.fixture
-def dispatcher(registry: Registry) -> Dispatcher:
-    return Dispatcher(None, producer="tests", tenant_id="tnt_a", registry=registry)
-
-
 def build(dispatcher: Dispatcher, **kwargs: Any) -> tuple[Envelope, str]:
     payload = kwargs.pop("payload", None)
     if payload is None:

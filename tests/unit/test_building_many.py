@@ -26,16 +26,6 @@ EXAMPLE = Registry.load().example_payload("credit.locked")
 TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-@pytest.fixture(scope="module")
-def registry() -> Registry:
-    return Registry.load()
-
-
-@pytest.fixture
-def dispatcher(registry: Registry) -> Dispatcher:
-    return Dispatcher(None, producer="tests", tenant_id="tnt_a", registry=registry)
-
-
 def spec(registry: Registry, **changes: Any) -> dict[str, Any]:
     given: dict[str, Any] = {
         "event_type": "credit.locked",

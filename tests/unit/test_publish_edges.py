@@ -31,16 +31,6 @@ FREE_FORM = "custom.free_form"
 SUBJECT = "per_0196b3c2-4f1e-7a3b-9c2d-5e6f7a8b9c0d"
 
 
-@pytest.fixture(scope="module")
-def registry() -> Registry:
-    return Registry.load()
-
-
-@pytest.fixture
-def dispatcher(registry: Registry) -> Dispatcher:
-    return Dispatcher(None, producer="tests", tenant_id="tnt_a", registry=registry)
-
-
 def build(dispatcher: Dispatcher, event_type: Any = "credit.locked", **kwargs: Any) -> Any:
     payload = kwargs.pop("payload", None)
     if payload is None:

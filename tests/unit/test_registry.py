@@ -30,11 +30,6 @@ LOCKED = "credit-reservation-lock/schema/payloads/credit.locked-v1.json"
 PER = "per_019dd49c-ae04-726a-8f7f-021e87f3ba00"
 
 
-@pytest.fixture(scope="module")
-def registry() -> Registry:
-    return Registry.load()
-
-
 @pytest.fixture
 def contracts(tmp_path: Path) -> Path:
     """A writable copy of the bundled contracts."""
