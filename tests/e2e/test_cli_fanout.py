@@ -25,6 +25,51 @@ pytestmark = pytest.mark.anyio
 EVENTS = 30
 
 
+async def fan_out_to_an_inbox(
+    dispatch_dsn: str, postgres: TestPostgres, tmp_path: Path, expected: int, *options: str
+) -> tuple[list[str], str]:
+    """Run ``dispatch-aio fanout`` to an inbox until it holds ``expected`` events, then
+    SIGTERM it: the event ids the inbox received and the worker's log (exit 0 asserted)."""
+    async with (
+        extra_database(postgres) as receiver_dsn,
+        serve_inbox(receiver_dsn, secrets=[SECRET]) as inbox,
+    ):
+        config = tmp_path / "fanout.json"
+        config.write_text(json.dumps(fanout_config({"coaching": inbox.url})))
+        env = {**os.environ, "DATABASE_URL": dispatch_dsn}
+        env.pop("DISPATCH_AIO_CONTRACTS", None)
+        log = tmp_path / "fanout.log"
+        with log.open("wb") as out:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "dispatch_aio.cli",
+                "fanout",
+                str(config),
+                *options,
+                env=env,
+                stderr=out,
+            )
+        try:
+
+            async def all_received() -> bool:
+                count = await inbox.pool.fetchval("SELECT count(*) FROM dispatcher_event")
+                return bool(count == expected)
+
+            await eventually(all_received, within=60, what="every event at the inbox", every=0.05)
+        finally:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+            try:
+                code = await asyncio.wait_for(process.wait(), 30)
+            except TimeoutError:
+                process.kill()
+                code = await process.wait()
+        assert code == 0, log.read_text()
+        rows = await inbox.pool.fetch("SELECT event_id FROM dispatcher_event")
+    return [r["event_id"] for r in rows], log.read_text()
+
+
 async def test_fanout_delivers_each_event_once_and_drains_on_sigterm(
     dispatch_dsn: str,
     dispatch_pool: asyncpg.Pool,
@@ -47,48 +92,12 @@ async def test_fanout_delivers_each_event_once_and_drains_on_sigterm(
             ]
         )
     ]
-    async with (
-        extra_database(dispatch_postgres) as receiver_dsn,
-        serve_inbox(receiver_dsn, secrets=[SECRET]) as inbox,
-    ):
-        config = tmp_path / "fanout.json"
-        config.write_text(json.dumps(fanout_config({"coaching": inbox.url})))
-        env = {**os.environ, "DATABASE_URL": dispatch_dsn}
-        env.pop("DISPATCH_AIO_CONTRACTS", None)
-        log = tmp_path / "fanout.log"
-        with log.open("wb") as out:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "dispatch_aio.cli",
-                "fanout",
-                str(config),
-                env=env,
-                stderr=out,
-            )
-        try:
-
-            async def all_received() -> bool:
-                count = await inbox.pool.fetchval("SELECT count(*) FROM dispatcher_event")
-                return bool(count == EVENTS)
-
-            await eventually(all_received, within=60, what="every event at the inbox", every=0.05)
-        finally:
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-            try:
-                code = await asyncio.wait_for(process.wait(), 30)
-            except TimeoutError:
-                process.kill()
-                code = await process.wait()
-        assert code == 0, log.read_text()
-        rows = await inbox.pool.fetch("SELECT event_id FROM dispatcher_event")
-    assert sorted(r["event_id"] for r in rows) == sorted(sent)  # each exactly once
+    received, text = await fan_out_to_an_inbox(dispatch_dsn, dispatch_postgres, tmp_path, len(sent))
+    assert sorted(received) == sorted(sent)  # each exactly once
     handled = await dispatch_pool.fetchval(
         "SELECT count(*) FROM dispatcher_dedup WHERE consumer = 'fanout.coaching'"
     )
     assert handled == EVENTS
-    text = log.read_text()
     assert "consumer started" in text
     assert "Traceback" not in text
 
@@ -127,43 +136,8 @@ async def test_fanout_runs_on_the_event_loop_it_is_given(
         ).event_id
         for _ in range(3)
     ]
-    async with (
-        extra_database(dispatch_postgres) as receiver_dsn,
-        serve_inbox(receiver_dsn, secrets=[SECRET]) as inbox,
-    ):
-        config = tmp_path / "fanout.json"
-        config.write_text(json.dumps(fanout_config({"coaching": inbox.url})))
-        env = {**os.environ, "DATABASE_URL": dispatch_dsn}
-        env.pop("DISPATCH_AIO_CONTRACTS", None)
-        log = tmp_path / "fanout.log"
-        with log.open("wb") as out:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "dispatch_aio.cli",
-                "fanout",
-                str(config),
-                "--loop",
-                loop,
-                env=env,
-                stderr=out,
-            )
-        try:
-
-            async def all_received() -> bool:
-                count = await inbox.pool.fetchval("SELECT count(*) FROM dispatcher_event")
-                return bool(count == len(sent))
-
-            await eventually(all_received, within=60, what="every event at the inbox", every=0.05)
-        finally:
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-            try:
-                code = await asyncio.wait_for(process.wait(), 30)
-            except TimeoutError:
-                process.kill()
-                code = await process.wait()
-        assert code == 0, log.read_text()
-        rows = await inbox.pool.fetch("SELECT event_id FROM dispatcher_event")
-    assert sorted(r["event_id"] for r in rows) == sorted(sent)
-    assert f"fan-out on the {loop} event loop" in log.read_text()
+    received, text = await fan_out_to_an_inbox(
+        dispatch_dsn, dispatch_postgres, tmp_path, len(sent), "--loop", loop
+    )
+    assert sorted(received) == sorted(sent)
+    assert f"fan-out on the {loop} event loop" in text
