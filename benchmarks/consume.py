@@ -440,32 +440,25 @@ async def prepare(
     finally:
         await conn.close()
 
-    started = time.perf_counter()
-    pool = await common.open_pool(big, 4)
-    if settings.drains_only:
-        await pool.close()
-        pool = await common.open_pool(small, 4)
+    passed = (0, 0)
+    if not settings.drains_only:  # --drains-only: no long history, so no drain (d)
+        started = time.perf_counter()
+        pool = await common.open_pool(big, 4)
         try:
+            await common.copy_history(
+                pool,
+                settings.history,
+                types=HISTORY_TYPES,
+                hot_subjects=hot,
+                factory=factory,
+                progress=lambda n: log(f"history: {n:,} events") if n % 200_000 == 0 else None,
+            )
+            async with pool.acquire() as conn:
+                passed = await common.set_cursor_past_everything(conn, CONSUMER, [EVENT_TYPE])
             await common.publish_backlog(pool, specs)
         finally:
             await pool.close()
-        await common.settle(small, "dispatcher_event")
-        return small, big, pgq, latency, (0, 0), payload_bytes, specs[0]["payload"]
-    try:
-        await common.copy_history(
-            pool,
-            settings.history,
-            types=HISTORY_TYPES,
-            hot_subjects=hot,
-            factory=factory,
-            progress=lambda n: log(f"history: {n:,} events") if n % 200_000 == 0 else None,
-        )
-        async with pool.acquire() as conn:
-            passed = await common.set_cursor_past_everything(conn, CONSUMER, [EVENT_TYPE])
-        await common.publish_backlog(pool, specs)
-    finally:
-        await pool.close()
-    log(f"history of {settings.history:,} loaded in {time.perf_counter() - started:.1f}s")
+        log(f"history of {settings.history:,} loaded in {time.perf_counter() - started:.1f}s")
 
     pool = await common.open_pool(small, 4)
     try:
@@ -474,7 +467,8 @@ async def prepare(
         await pool.close()
 
     await common.settle(small, "dispatcher_event")
-    await common.settle(big, "dispatcher_event")
+    if not settings.drains_only:
+        await common.settle(big, "dispatcher_event")
     return small, big, pgq, latency, passed, payload_bytes, specs[0]["payload"]
 
 

@@ -39,23 +39,29 @@ def _requirements_missing() -> str | None:
     return None
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_consume_benchmark_quick_run_prints_every_table() -> None:
+def _run(timeout: float, *options: str) -> str:
+    """The benchmark's standard output with ``options``; skips when it cannot run here."""
     missing = _requirements_missing()
     if missing is not None:
         pytest.skip(missing)
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick"],
+        [sys.executable, str(SCRIPT), *options],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=540,
+        timeout=timeout,
         check=False,
     )
     output = result.stdout
     assert result.returncode == 0, f"exit {result.returncode}\n{output}\n{result.stderr[-4000:]}"
+    return output
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_consume_benchmark_quick_run_prints_every_table() -> None:
+    output = _run(540, "--quick")
     for heading in HEADINGS:
         assert heading in output, f"missing {heading!r} in:\n{output}"
     verdicts = [
@@ -67,20 +73,7 @@ def test_consume_benchmark_quick_run_prints_every_table() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_consume_benchmark_drains_only_prints_the_two_drain_ratios() -> None:
-    missing = _requirements_missing()
-    if missing is not None:
-        pytest.skip(missing)
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--drains-only"],
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    output = result.stdout
-    assert result.returncode == 0, f"exit {result.returncode}\n{output}\n{result.stderr[-4000:]}"
+    output = _run(240, "--quick", "--drains-only")
     assert "(a) dispatch-aio no-op / PgQueuer no-op" in output, output
     assert "(b) dispatch-aio writing / PgQueuer no-op" in output, output
     assert HEADINGS[4] not in output  # no long history loaded
