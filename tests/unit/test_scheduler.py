@@ -45,21 +45,32 @@ def scheduler(**options: Any) -> Scheduler:
     return Scheduler({TYPE: (0, 0)}, **options)
 
 
+def take_group(s: Scheduler) -> list[Item]:
+    """The group a worker builds when its handlers take no time: one subject, then more
+    while the group is below its fair share."""
+    group = s.take_subject()
+    if group and not group[0].isolate:
+        mine = {i.subject for i in group}
+        while more := s.take_more(len(group), mine):
+            group.extend(more)
+    return group
+
+
 def test_one_subject_runs_in_position_order_one_group_at_a_time() -> None:
     s = scheduler(workers=1, max_group=10)
     for position in (3, 1, 2):
         s.read(row(position), make)
-    group = s.take_group()
+    group = take_group(s)
     assert [i.position for i in group] == [1, 2, 3]
-    assert s.take_group() == []  # the subject is busy
+    assert take_group(s) == []  # the subject is busy
 
 
 def test_subjects_are_spread_over_workers() -> None:
     s = scheduler(workers=2, max_group=10)
     for position, subject in enumerate(["a", "b", "c", "d"], start=1):
         s.read(row(position, subject), make)
-    first = s.take_group()
-    second = s.take_group()
+    first = take_group(s)
+    second = take_group(s)
     assert len(first) == len(second) == 2  # a fair share each
     assert {i.subject for i in first} | {i.subject for i in second} == {"a", "b", "c", "d"}
 
@@ -72,24 +83,20 @@ def test_a_subjects_queue_is_not_split_over_groups_by_the_fair_share() -> None:
         s.read(row(position, "a"), make)
     s.read(row(6, "b"), make)
     s.read(row(7, "c"), make)
-    assert [i.position for i in s.take_group()] == [1, 2, 3, 4, 5]
-    assert [i.position for i in s.take_group()] == [6, 7]
-    # Still bounded by max_group, and by an explicit limit.
+    assert [i.position for i in take_group(s)] == [1, 2, 3, 4, 5]
+    assert [i.position for i in take_group(s)] == [6, 7]
+    # Still bounded by max_group.
     s = scheduler(workers=4, max_group=3)
     for position in range(1, 6):
         s.read(row(position, "a"), make)
-    assert [i.position for i in s.take_group()] == [1, 2, 3]
-    s = scheduler(workers=1, max_group=10)
-    for position in range(1, 6):
-        s.read(row(position, "a"), make)
-    assert [i.position for i in s.take_group(limit=2)] == [1, 2]
+    assert [i.position for i in take_group(s)] == [1, 2, 3]
 
 
 def test_complete_moves_the_low_water_mark_over_the_finished_prefix_only() -> None:
     s = scheduler(workers=4, max_group=1)
     for position, subject in ((1, "a"), (2, "b"), (3, "c")):
         s.read(row(position, subject), make)
-    groups = [s.take_group() for _ in range(3)]
+    groups = [take_group(s) for _ in range(3)]
     by_position = {g[0].position: g[0] for g in groups}
     s.complete(by_position[2], Outcome.HANDLED)
     s.complete(by_position[3], Outcome.HANDLED)
@@ -106,7 +113,7 @@ def test_complete_handled_is_complete_for_each_event_of_a_group() -> None:
     s = scheduler(workers=1, max_group=10)
     for position, subject in ((1, "a"), (2, "b"), (3, "a"), (4, "c")):
         s.read(row(position, subject), make)
-    group = s.take_group()
+    group = take_group(s)
     first = [i for i in group if i.position != 1]
     s.complete_handled(first)
     assert all(i.done and i.row is None and i.event is None for i in first)
@@ -117,7 +124,7 @@ def test_complete_handled_is_complete_for_each_event_of_a_group() -> None:
     s.release(group)
     for position in (1, 2, 3, 4):  # an overlapping read sees them again: all done
         s.read(row(position, "a" if position in (1, 3) else "x"), make)
-    assert s.take_group() == []
+    assert take_group(s) == []
     assert s.idle
 
 
@@ -126,30 +133,30 @@ def test_retry_parks_the_subject_until_due_on_the_injected_clock() -> None:
     s = scheduler(clock=clock, workers=1, max_group=10)
     s.read(row(1, "a"), make)
     s.read(row(2, "a"), make)
-    first, second = s.take_group()
+    first, second = take_group(s)
     s.requeue([second])
     s.retry(first, 5.0)
     s.release([first, second])
     s.read(row(3, "b"), make)
     # Subject a waits for its retry; b does not wait for a.
-    assert [i.position for i in s.take_group()] == [3]
+    assert [i.position for i in take_group(s)] == [3]
     clock.now += 4.9
     assert s.due() is not None
-    assert s.take_group() == []
+    assert take_group(s) == []
     clock.now += 0.2
     assert s.due() is None
-    assert [i.position for i in s.take_group()] == [1, 2]
+    assert [i.position for i in take_group(s)] == [1, 2]
 
 
 def test_dedup_hits_and_rereads_do_not_run_events_twice() -> None:
     s = scheduler()
     assert s.read(row(1, handled=True), make) is True
     s.read(row(2), make)
-    [item] = s.take_group()
+    [item] = take_group(s)
     s.complete(item, Outcome.HANDLED)
     s.release([item])
     s.read(row(2), make)  # an overlapping read sees it again
-    assert s.take_group() == []
+    assert take_group(s) == []
     assert s.moved_cursors() == {TYPE: (2, 2)}
 
 
@@ -160,7 +167,7 @@ def test_an_isolated_event_runs_alone() -> None:
     s.inflight[2].isolate = True
     groups = []
     while True:
-        group = s.take_group()
+        group = take_group(s)
         if not group:
             break
         groups.append([i.position for i in group])
@@ -172,9 +179,9 @@ def test_reading_pauses_for_a_type_at_the_buffer_cap_behind_a_stuck_head() -> No
     s = scheduler(workers=4, max_group=1, max_buffered=5)
     for position in range(1, 6):
         s.read(row(position, f"s{position}"), make)
-    stuck = s.take_group()[0]
+    stuck = take_group(s)[0]
     assert stuck.position == 1
-    while group := s.take_group():
+    while group := take_group(s):
         s.complete(group[0], Outcome.HANDLED)
         s.release(group)
     # Four finished events wait behind the stuck head: the cap is reached.
@@ -189,7 +196,7 @@ def test_reading_pauses_for_a_type_at_the_buffer_cap_behind_a_stuck_head() -> No
 def test_done_events_let_go_of_their_rows() -> None:
     s = scheduler()
     s.read(row(1), make)
-    [item] = s.take_group()
+    [item] = take_group(s)
     assert item.row is not None
     s.complete(item, Outcome.HANDLED)
     assert item.row is None
@@ -200,10 +207,10 @@ def test_done_events_let_go_of_their_rows() -> None:
 def test_a_dead_letter_goes_back_isolated_with_its_row() -> None:
     s = scheduler()
     s.read(row(1), make)
-    [item] = s.take_group()
+    [item] = take_group(s)
     s.dead_letter(item, "the row")
     s.release([item])
-    [again] = s.take_group()
+    [again] = take_group(s)
     assert again is item
     assert item.dead_letter == "the row"
     assert item.isolate
@@ -217,7 +224,7 @@ def test_replays_are_tracked_apart_from_the_cursor() -> None:
     replay.replay_of = "dlq_1"
     s.add(replay, track=False)
     assert not s.idle
-    [item] = s.take_group()
+    [item] = take_group(s)
     s.complete(item, Outcome.REPLAYED)
     s.release([item])
     assert s.idle
@@ -237,7 +244,7 @@ def test_on_retry_is_called_when_a_retry_is_scheduled() -> None:
     calls: list[int] = []
     s = Scheduler({TYPE: (0, 0)}, on_retry=lambda: calls.append(1))
     s.read(row(1), make)
-    [item] = s.take_group()
+    [item] = take_group(s)
     s.retry(item, 1.0)
     assert calls == [1]
 
@@ -248,7 +255,7 @@ def test_the_cursor_never_passes_the_reader_s_bound() -> None:
     s = scheduler(workers=4, max_group=10)
     s.read(row(10, "a", xid=9), make)
     s.set_bound((5, 0))
-    [item] = s.take_group()
+    [item] = take_group(s)
     s.complete(item, Outcome.HANDLED)
     assert s.moved_cursors() == {TYPE: (5, 0)}
     s.set_bound((12, 0))
@@ -259,7 +266,7 @@ def test_the_cursor_never_passes_the_reader_s_bound() -> None:
 def test_rows_below_a_type_s_own_start_are_skipped() -> None:
     s = Scheduler({TYPE: (7, 7)})
     assert s.read(row(3, xid=3), make) is False
-    assert s.take_group() == []
+    assert take_group(s) == []
     assert s.idle
 
 
@@ -270,12 +277,12 @@ def test_drop_forgets_queued_events_of_lost_partitions_only() -> None:
         item = make(r)
         item.partition = 7 if subject == "a" else 9
         s.read(r, lambda _r, it=item: it)
-    [running] = s.take_group()  # a's head runs: it stays until its group ends
+    [running] = take_group(s)  # a's head runs: it stays until its group ends
     assert s.busy_partitions() == {7, 9}
     assert s.drop({7}) == 1  # a's second event, queued
     assert sorted(s.inflight) == [1, 3]
     s.release([running])
-    assert [i.position for i in s.take_group()] == [3]
+    assert [i.position for i in take_group(s)] == [3]
 
 
 def test_an_event_read_again_after_its_partition_came_back_is_queued_once_more() -> None:
@@ -294,7 +301,7 @@ def test_an_event_read_again_after_its_partition_came_back_is_queued_once_more()
     read(1, "a", 9)
     read(2, "b", 7)
     read(3, "c", 9)
-    [running] = s.take_group()  # a's event holds the type's mark below it
+    [running] = take_group(s)  # a's event holds the type's mark below it
     assert running.position == 1
     assert s.drop({7}) == 1
     s.restart_cursors((0, 0))
@@ -305,7 +312,7 @@ def test_an_event_read_again_after_its_partition_came_back_is_queued_once_more()
     s.release([running])
     s.advance()
     assert s.moved_cursors() == {TYPE: (2, 1)}  # below b's event, read again
-    groups = [s.take_group(), s.take_group()]
+    groups = [take_group(s), take_group(s)]
     assert sorted(i.position for g in groups for i in g) == [2, 3]
     for group in groups:
         for item in group:
@@ -345,3 +352,63 @@ def test_the_mark_stays_below_the_first_unfinished_key_whatever_the_read_order()
                 expected = min(expected, (xid, position - 1))
             committed = max(committed, expected)
             assert s.cursors[TYPE].committed == committed, seed
+
+
+def test_a_group_starts_with_the_longest_of_the_first_ready_subjects() -> None:
+    s = scheduler(workers=4, max_group=50)
+    s.read(row(1, "short"), make)
+    for position in range(2, 6):
+        s.read(row(position, "long"), make)
+    s.read(row(6, "mid"), make)
+    s.read(row(7, "mid"), make)
+    assert {i.subject for i in s.take_subject()} == {"long"}
+    assert {i.subject for i in s.take_subject()} == {"mid"}
+    assert {i.subject for i in s.take_subject()} == {"short"}
+
+
+def test_the_oldest_ready_subject_is_passed_over_a_bounded_number_of_times() -> None:
+    s = scheduler(workers=1, max_group=50)
+    s.read(row(1, "old"), make)
+    position = 2
+    for n in range(40):  # a stream of longer subjects keeps arriving behind it
+        for _ in range(2):
+            s.read(row(position, f"s{n}"), make)
+            position += 1
+    taken = [s.take_subject()[0].subject for _ in range(20)]
+    assert "old" in taken[:17]
+
+
+def test_a_running_group_takes_its_own_subjects_later_events_first() -> None:
+    s = scheduler(workers=1, max_group=50)
+    s.read(row(1, "a"), make)
+    s.read(row(2, "b"), make)
+    group = s.take_subject()
+    assert [i.position for i in group] == [1]
+    s.read(row(3, "a"), make)  # read while a's group runs
+    mine = {"a"}
+    assert [i.position for i in s.take_more(len(group), mine)] == [3]
+    assert [i.position for i in s.take_more(2, mine)] == [2]
+    assert mine == {"a", "b"}
+
+
+def test_a_group_grows_only_to_its_fair_share_and_not_over_a_lone_event() -> None:
+    s = scheduler(workers=2, max_group=50)
+    for position, subject in enumerate("abcd", start=1):
+        s.read(row(position, subject), make)
+    group = s.take_subject()
+    mine = {group[0].subject}
+    group += s.take_more(len(group), mine)
+    assert len(group) == 2  # 4 events, 2 workers
+    assert s.take_more(len(group), mine) == []
+    # A head that must run alone (here an event to dead-letter) does not join a group.
+    s = scheduler(workers=1, max_group=50)
+    s.read(row(1, "b"), make)
+    [b] = s.take_subject()
+    s.dead_letter(b, {"reason": "undecodable"})
+    s.release([b])
+    s.read(row(2, "a"), make)
+    s.read(row(3, "a"), make)
+    group = s.take_subject()
+    assert [i.position for i in group] == [2, 3]
+    assert s.take_more(len(group), {"a"}) == []
+    assert [i.position for i in s.take_subject()] == [1]

@@ -72,8 +72,11 @@ class GroupRunner:
         decode: EventDecoder,
         leases: LeaseStore | None = None,
         members: Members | None = None,
+        stopping: asyncio.Event | None = None,
     ) -> None:
         self.decode = decode
+        #: Set when the consumer stops: a running group then takes no more subjects.
+        self.stopping = stopping if stopping is not None else asyncio.Event()
         self.leases = leases
         self.members = members
         self.name = name
@@ -128,15 +131,34 @@ class GroupRunner:
             return is_usable(conn)
         committing = False
         try:
+            # The group grows while it runs (Scheduler.take_more): the worker releases the
+            # list it gave, so only that list may grow, and not once the consumer stops.
+            grows = not head.isolate and head.replay_of is None
             if any(i.in_doubt for i in group):
                 group = await settle_doubt(group, conn, self.store, self.outcomes, self._limit)
+                grows = False
                 if not group:
                     return is_usable(conn)
             failure: tuple[Item, BaseException] | None = None
             # Looked up once per group (it is kept for a second anyway).
             tracing = self.telemetry.tracing_enabled()
             decode = self.decode.item_event
-            for item in group:
+            scheduler = self.scheduler
+            stopping = self.stopping
+            mine: set[str] | None = None
+            index = 0
+            while True:
+                if index == len(group):
+                    if not grows or stopping.is_set():
+                        break
+                    if mine is None:
+                        mine = {i.subject for i in group}
+                    more = scheduler.take_more(index, mine)
+                    if not more:
+                        break
+                    group.extend(more)
+                item = group[index]
+                index += 1
                 if item.dead_letter is not None or item.succeeded:
                     continue
                 event = item.event  # only a replay's is built ahead (see read_replays)

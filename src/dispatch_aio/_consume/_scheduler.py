@@ -4,7 +4,8 @@ What it holds:
 
 - **per-subject queues**: events of one subject, in position (commit) order; only the
   head of a subject runs, and a subject runs in one group at a time (``busy``);
-- the **ready queue**: subjects whose head can run now;
+- the **ready queue**: subjects whose head can run now (the longest of the first few
+  goes first);
 - **per-type low-water marks** (ADR 0006): for each event type, the events read
   without an outcome, in (xid, position) order; the committed cursor (what is stored)
   is the smaller of the reader's bound (:meth:`~Scheduler.set_bound`: below every id
@@ -16,7 +17,9 @@ What it holds:
   read overlapping an earlier one does not run an event twice).
 
 Its verbs: :meth:`~Scheduler.read` and :meth:`~Scheduler.pull` (the fetcher hands over
-what it read), :meth:`~Scheduler.take_group`, :meth:`~Scheduler.complete`,
+what it read), :meth:`~Scheduler.take_subject` and :meth:`~Scheduler.take_more` (a
+group starts with one subject and takes more as it gets through them),
+:meth:`~Scheduler.complete`,
 :meth:`~Scheduler.requeue`, :meth:`~Scheduler.retry`, :meth:`~Scheduler.dead_letter`,
 :meth:`~Scheduler.release` (the group runner reports back) and :meth:`~Scheduler.due`
 (the retry clock). Every outcome is one of :class:`Outcome`.
@@ -108,6 +111,24 @@ def _by_key(item: Item) -> tuple[int, int]:
     return (item.xid, item.position)
 
 
+#: How far into the ready queue the next subject is looked for (see Scheduler._choose).
+_WINDOW = 16
+
+
+def _joins(item: Item) -> bool:
+    """Whether an event may join a running group (not one that must run alone or first
+    settle a commit in doubt; a group of its own does those)."""
+    return not (item.isolate or item.in_doubt or item.replay_of is not None)
+
+
+def _take_head(items: list[Item], room: int) -> list[Item]:
+    """Pop up to ``room`` events from the head of a subject's queue that may join."""
+    taken: list[Item] = []
+    while items and len(taken) < room and _joins(items[0]):
+        taken.append(items.pop(0))
+    return taken
+
+
 def _hold(pending: collections.deque[Item], item: Item) -> None:
     """Add ``item`` to a type's pending events, keeping them in (xid, position) order.
 
@@ -162,6 +183,10 @@ class Scheduler:
         self.replays: set[str] = set()
         self._recent: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._retry_heap: list[tuple[float, int, str]] = []
+        #: Busy subjects that got events while their group ran (take_more looks here).
+        self._grew: set[str] = set()
+        #: How many times in a row the oldest ready subject was passed over (_choose).
+        self._passed = 0
         self._retry_seq = 0
 
     # -- what the fetcher hands over ---------------------------------------------------
@@ -236,7 +261,9 @@ class Scheduler:
             items.append(item)
         else:
             bisect.insort(items, item, key=_by_position)
-        if not (subject.busy or subject.parked or subject.queued):
+        if subject.busy:
+            self._grew.add(item.subject)  # its running group may take it (take_more)
+        elif not (subject.parked or subject.queued):
             self._mark_ready(item.subject, subject)
 
     def begin_replay(self, dead_letter_id: str) -> bool:
@@ -256,42 +283,58 @@ class Scheduler:
         """Events per group: ``max_group``, or a fair share of what is waiting."""
         return min(self.max_group, max(1, math.ceil(len(self.inflight) / self.workers)))
 
-    def take_group(self, limit: int | None = None) -> list[Item]:
-        """Head events of ready subjects, for one transaction; their subjects become busy.
+    def take_subject(self) -> list[Item]:
+        """The queued events of the next ready subject (up to ``max_group``), to start a
+        group; empty when nothing is ready. An isolated event comes alone.
 
-        Subjects join the group until it holds ``limit`` events (by default
-        :meth:`fair_limit`); the first one brings all its queued events, up to
-        ``max_group``: they run one after another whatever group they are in, and split
-        over several groups they would only add a commit each (where the fair share falls
-        to one event, at the end of a backlog, one per event). An explicit ``limit``
-        bounds every subject. An isolated event runs alone. Empty when nothing is ready.
+        A group is given its subjects one at a time, as it gets through them
+        (:meth:`take_more`), not a share fixed up front: a share fixed up front leaves
+        one worker waiting through the longest subjects while the others are done (a
+        drain ends when its busiest worker does); a subject given just in time goes to
+        a worker that is free.
         """
-        first_cap = self.max_group if limit is None else limit
-        if limit is None:
-            limit = self.fair_limit()
+        index = self._choose()
+        if index < 0:
+            return []
+        subject = self._pop_ready(index)
+        items = subject.items
+        if items[0].isolate:
+            return [items.pop(0)]
         group: list[Item] = []
-        ready = self.ready
-        while ready and len(group) < limit:
-            key = ready.popleft()
-            subject = self.subjects.get(key)
-            if subject is None:
-                continue
-            subject.queued = False
-            if not subject.items or subject.busy or subject.parked:
-                continue
-            items = subject.items
-            if items[0].isolate:
-                if group:
-                    self._mark_ready(key, subject)  # for the next worker
-                    break
-                subject.busy = True
-                group.append(items.pop(0))
-                break
-            subject.busy = True
-            cap = limit if group else first_cap
-            while items and len(group) < cap and not items[0].isolate:
-                group.append(items.pop(0))
+        cap = self.max_group
+        while items and len(group) < cap and not items[0].isolate:
+            group.append(items.pop(0))
         return group
+
+    def take_more(self, size: int, mine: set[str]) -> list[Item]:
+        """More events for a running group that holds ``size`` and has run them all.
+
+        ``mine`` is the group's subjects (a subject taken here is added). While the group
+        is below :meth:`fair_limit`: first the events read since for one of its own
+        subjects (they follow the ones it ran, so its order holds, and they need not wait
+        for its commit), else the queued events of the next ready subject (up to
+        ``max_group`` in the group). Empty when the group has its share, or when the next
+        head must run alone or first settle a commit in doubt (a group of its own does
+        that). Committing once per fair share keeps a backlog's commits as few as a group
+        taken whole would make.
+        """
+        if size >= self.fair_limit():
+            return []
+        room = self.max_group - size
+        grew = self._grew
+        if grew:
+            for key in grew & mine:
+                grew.discard(key)
+                subject = self.subjects.get(key)
+                if subject is not None and subject.busy:
+                    taken = _take_head(subject.items, room)
+                    if taken:
+                        return taken
+        index = self._choose()
+        if index < 0 or not _joins(self.subjects[self.ready[index]].items[0]):
+            return []
+        mine.add(self.ready[index])
+        return _take_head(self._pop_ready(index).items, room)
 
     def requeue(self, items: Iterable[Item]) -> None:
         """Put events back at their place in their subjects (to run in a later group)."""
@@ -360,6 +403,7 @@ class Scheduler:
             if subject is None or not subject.busy:
                 continue
             subject.busy = False
+            self._grew.discard(item.subject)
             if subject.items:
                 self._mark_ready(item.subject, subject)
             elif not subject.parked:
@@ -466,6 +510,50 @@ class Scheduler:
         return best
 
     # -- internals ---------------------------------------------------------------------
+
+    def _choose(self) -> int:
+        """Where in the ready queue the subject to run next is; -1 when none is ready.
+
+        The one with the most queued events among the first ``_WINDOW``: the longest
+        subjects start first, so a backlog does not end waiting on one that started
+        late (each subject's events run one after another). The oldest is passed over
+        at most ``_WINDOW`` times in a row, so none waits for long.
+        """
+        ready = self.ready
+        subjects = self.subjects
+        while ready:
+            subject = subjects.get(ready[0])
+            if subject is not None and subject.items and not (subject.busy or subject.parked):
+                break
+            ready.popleft()
+            if subject is not None:
+                subject.queued = False
+        else:
+            return -1
+        if len(ready) == 1 or self._passed >= _WINDOW:
+            return 0
+        best = 0
+        most = len(subjects[ready[0]].items)
+        for index in range(1, min(len(ready), _WINDOW)):
+            other = subjects.get(ready[index])
+            if other is not None and len(other.items) > most and not (other.busy or other.parked):
+                best, most = index, len(other.items)
+        return best
+
+    def _pop_ready(self, index: int) -> _Subject:
+        """Take the subject at ``index`` of the ready queue (see :meth:`_choose`): busy."""
+        ready = self.ready
+        if index:
+            key = ready[index]
+            del ready[index]
+            self._passed += 1
+        else:
+            key = ready.popleft()
+            self._passed = 0
+        subject = self.subjects[key]
+        subject.queued = False
+        subject.busy = True
+        return subject
 
     def _mark_ready(self, key: str, subject: _Subject) -> None:
         if subject.items and not (subject.busy or subject.parked or subject.queued):

@@ -155,6 +155,7 @@ async def prepare(
         decode=fetcher.decode,
         leases=leases,
         members=members,
+        stopping=stop_requested,
     )
     crew = Workers(
         pool=pool,

@@ -136,7 +136,7 @@ class Workers:
                     await work.wait()  # a wake is pending: no suspension
                 if self._stop_requested.is_set():
                     return
-                group = scheduler.take_group()
+                group = scheduler.take_subject()
                 if not group:
                     continue
                 if scheduler.ready:

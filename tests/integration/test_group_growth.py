@@ -1,0 +1,90 @@
+"""A group is given its subjects as it gets through them (Scheduler.take_more).
+
+Against real PostgreSQL: an event that takes long holds back only its own subject's
+events, not events that happened to be taken with it; and events of a subject read
+while its group runs join that group (in order) instead of waiting for its commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from dispatch_aio import Consumer, Dispatcher, Event
+
+from .helpers import eventually, locked_payload, uid
+
+pytestmark = pytest.mark.anyio
+
+
+def spec(subject: str) -> dict[str, object]:
+    return {
+        "event_type": "credit.locked",
+        "payload": locked_payload(),
+        "subject": subject,
+        "actor": "system:tests",
+    }
+
+
+async def test_a_slow_event_holds_back_only_its_own_subject(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    # Two workers, four subjects of one event each: a fair share is two. Shared out up
+    # front, the slow event's worker would hold one of the others until it is done.
+    slow, others = uid("per"), [uid("per") for _ in range(3)]
+    entered, release = asyncio.Event(), asyncio.Event()
+    handled: list[str] = []
+    consumer = Consumer(
+        dispatch_pool, name=uid("grow"), concurrency=2, poll_interval=0.05, handler_timeout=None
+    )
+
+    @consumer.on("credit.locked")
+    async def on_locked(event: Event) -> None:
+        if event.subject == slow:
+            entered.set()
+            await release.wait()
+        handled.append(event.subject)
+
+    await dispatcher.publish_many([spec(s) for s in [slow, *others]])  # type: ignore[misc]
+    async with consumer:
+        await asyncio.wait_for(entered.wait(), 10)
+        # Every other subject is handled and committed while the slow one still runs.
+        await eventually(
+            lambda: consumer.stats.handled == 3, within=10, what="the other three events"
+        )
+        assert sorted(handled) == sorted(others)
+        release.set()
+        await eventually(lambda: consumer.stats.handled == 4, within=10, what="the slow one")
+    assert handled[-1] == slow
+
+
+async def test_a_subjects_events_read_while_its_group_runs_join_that_group(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    subject = uid("per")
+    entered, release = asyncio.Event(), asyncio.Event()
+    seen: list[tuple[str, int]] = []
+    consumer = Consumer(
+        dispatch_pool, name=uid("grow"), concurrency=1, poll_interval=0.05, handler_timeout=None
+    )
+
+    @consumer.on("credit.locked")
+    async def on_locked(event: Event, conn: asyncpg.Connection) -> None:
+        seen.append((event.event_id, await conn.fetchval("SELECT txid_current()")))
+        if len(seen) == 1:
+            entered.set()
+            await release.wait()
+
+    first = await dispatcher.publish(**spec(subject))  # type: ignore[arg-type]
+    async with consumer:
+        await asyncio.wait_for(entered.wait(), 10)
+        second = await dispatcher.publish(**spec(subject))  # type: ignore[arg-type]
+        await eventually(lambda: consumer.buffered() == 2, within=10, what="the second read")
+        release.set()
+        await eventually(lambda: consumer.stats.handled == 2, within=10, what="both handled")
+    # In order, and in the transaction that was still open: no commit in between.
+    assert [e for e, _ in seen] == [first.event_id, second.event_id]
+    assert seen[0][1] == seen[1][1]
+    assert consumer.stats.groups_committed == 1
