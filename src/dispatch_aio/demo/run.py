@@ -478,6 +478,8 @@ def _print_summary(summary: DemoSummary, progress: _Progress) -> None:
         "  Warehouse: every committed event loaded exactly once, per-type counts match "
         f"[{verdict(summary.warehouse_ok)}]"
     )
+    for problem in summary.warehouse.problems():
+        line(f"    {problem}")
     x = summary.cross_service
     if x is not None:
         line(
