@@ -1,17 +1,12 @@
 """The demo's warehouse counts what committed, not how often its handler ran.
 
 A consumer runs a handler at least once; only writes through its connection commit
-exactly once. Here a replay's request is read a second time by a read whose snapshot
-was taken before the first run of that replay committed and whose answer arrived after
-it (a read on the wire while the replay finished, as a loaded machine interleaves it):
-the replay runs again, and only the outcome statement finds it done. A warehouse that
-counted its handler's runs in memory counted that event twice.
+exactly once. Here a replay's connection is lost while its outcome commits: the
+outcome rolls back and the replay runs again. A warehouse that counted its handler's
+runs in memory counted that event twice.
 """
 
 from __future__ import annotations
-
-import asyncio
-from typing import Any
 
 import asyncpg
 import pytest
@@ -46,29 +41,8 @@ async def test_a_replay_run_twice_is_loaded_once(dispatch_pool: asyncpg.Pool) ->
         [letter] = (await dead_letters.list(WAREHOUSE)).items
         observed.warehouse_fixed = True
 
-        # The second read that finds the replay pending answers only once the replay
-        # has finished: its snapshot is from before, its rows are handled after.
-        store = warehouse._fetcher._store  # type: ignore[attr-defined]
-        fetch_replays = store.fetch_replays
-        reads = 0
-        stale_read = asyncio.Event()
-        replay_done = asyncio.Event()
-
-        async def late_answer(conn: asyncpg.Connection, limit: int) -> Any:
-            nonlocal reads
-            rows = await fetch_replays(conn, limit)
-            if any(r["dead_letter_id"] == letter.dead_letter_id for r in rows):
-                reads += 1
-                if reads == 2:
-                    stale_read.set()
-                    await replay_done.wait()
-            return rows
-
-        store.fetch_replays = late_answer
-
         async with pool.acquire() as holder, holder.transaction():
-            # The event's marker row, held: the replay's outcome statement waits on it
-            # while the dead letter still reads as pending to everyone else.
+            # The event's marker row, held: the replay's outcome statement waits on it.
             await holder.execute(
                 "SELECT 1 FROM dispatcher_dedup WHERE consumer = $1 AND event_id = $2 FOR UPDATE",
                 WAREHOUSE,
@@ -76,20 +50,25 @@ async def test_a_replay_run_twice_is_loaded_once(dispatch_pool: asyncpg.Pool) ->
             )
             holder_pid = holder.get_server_pid()
 
-            async def outcome_waits() -> bool:
-                blocked = await pool.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+            async def waiting() -> list[int]:
+                rows = await pool.fetch(
+                    "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
                     holder_pid,
                 )
-                return bool(blocked)
+                return [r["pid"] for r in rows]
 
             await dead_letters.replay(letter.dead_letter_id, replayed_by=OPERATOR)
-            await eventually(outcome_waits, within=10, what="the replay's outcome to wait")
-            idle = asyncio.create_task(warehouse.wait_idle())  # reads replays again
-            await asyncio.wait_for(stale_read.wait(), 10)
+            await eventually(waiting, within=10, what="the replay's outcome to wait")
+            # Its connection dies there: the outcome rolls back, the replay runs again.
+            [pid] = await waiting()
+            await pool.execute("SELECT pg_terminate_backend($1)", pid)
+
+            async def waits_again() -> bool:
+                return bool(set(await waiting()) - {pid})
+
+            await eventually(waits_again, within=10, what="the replay to run again")
         await eventually(lambda: warehouse.stats.replayed == 1, within=10, what="the replay")
-        replay_done.set()
-        await asyncio.wait_for(idle, 10)
+        await warehouse.wait_idle()
 
     # The control: the handler did run twice for the replayed event.
     assert observed.warehouse_runs[poisoned.event_id] == 3 + 2
