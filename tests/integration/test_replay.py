@@ -249,6 +249,51 @@ async def test_a_read_answered_after_its_replay_finished_does_not_run_it_again(
     assert (await dead_letters.get(letter.dead_letter_id)).replay_status == "succeeded"
 
 
+async def test_a_replay_resolved_by_hand_while_it_runs_counts_as_done_elsewhere(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    pool = dispatch_pool
+    await pool.execute("CREATE TABLE effects (event_id text)")
+    broken = {"yes": True}
+    calls: list[str] = []
+    running = asyncio.Event()
+    go_on = asyncio.Event()
+    consumer = Consumer(pool, name="projector", poll_interval=0.2, retry_delays=())
+
+    @consumer.on("credit.locked")
+    async def project(event: Event, conn: asyncpg.Connection) -> None:
+        calls.append(event.event_id)
+        await conn.execute("INSERT INTO effects VALUES ($1)", event.event_id)
+        if broken["yes"]:
+            raise RuntimeError("projection table is read-only")
+        running.set()
+        await go_on.wait()
+
+    envelope = await dispatcher.publish(
+        "credit.locked", locked_payload(), subject=uid("per"), actor="system:tests"
+    )
+    dead_letters = DeadLetters(pool)
+    async with consumer:
+        await consumer.wait_idle()
+        [letter] = (await dead_letters.list("projector")).items
+        broken["yes"] = False
+        calls.clear()
+        await dead_letters.replay(letter.dead_letter_id, replayed_by="ops:alice")
+        await asyncio.wait_for(running.wait(), 10)
+        # An operator closes the row while its replay runs: the run's outcome finds it
+        # no longer pending, and its writes roll back.
+        await dead_letters.resolve(letter.dead_letter_id, resolved_by="ops:bob")
+        go_on.set()
+        await asyncio.wait_for(consumer.wait_idle(), 10)
+        stats = consumer.stats
+
+    assert calls == [envelope.event_id]
+    assert (stats.replayed, stats.dedup_hits) == (0, 1)
+    assert await pool.fetchval("SELECT count(*) FROM effects") == 0
+    row = await dead_letters.get(letter.dead_letter_id)
+    assert (row.resolved_by, row.replay_status) == ("ops:bob", None)
+
+
 async def test_a_dead_letter_replayed_again_after_its_replay_failed_runs_again(
     dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
 ) -> None:

@@ -85,6 +85,18 @@ class Outcomes:
         if outcome is Outcome.DONE_ELSEWHERE:
             stats.dedup_hits += 1
             telemetry.dedup_hit(item.event_type, name)
+            if item.replay_of is not None:
+                # An operator's request: say what became of it.
+                fields = event_fields(
+                    name, item.event_type, item.event_id, item.attempts, item.replay_of
+                )
+                logger.info(
+                    "dead letter %s was no longer pending when its replay finished "
+                    "(replayed elsewhere or resolved by hand): this run's outcome is dropped%s",
+                    item.replay_of,
+                    tagged(fields),
+                    extra=fields,
+                )
         elif outcome is Outcome.REPLAYED:
             stats.replayed += 1
             telemetry.consumed(item.event_type, name, item.row["producer"], "replayed")
