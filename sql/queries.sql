@@ -128,7 +128,8 @@ FROM {{schema}}.dispatcher_cursor
 WHERE consumer = $1 AND event_type = ANY($2::text[])
 
 -- name: consumer_fetch_replays
-SELECT dl.dead_letter_id, e.position, e.xid::text::bigint AS xid, e.event_id, e.event_type,
+-- replay_requested_at tells a new request for a dead letter from one already run.
+SELECT dl.dead_letter_id, dl.replay_requested_at, e.position, e.xid::text::bigint AS xid, e.event_id, e.event_type,
        e.schema_version, e.tenant_id, e.producer, e.subject, e.actor,
        CASE WHEN isfinite(e.occurred_at)
             THEN (extract(epoch FROM e.occurred_at) * 1000000)::bigint END AS occurred_us,

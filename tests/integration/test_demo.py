@@ -28,6 +28,8 @@ async def _schemas(dsn: str) -> list[str]:
 async def test_demo_runs_to_a_passing_summary_and_drops_its_schema(dispatch_dsn: str) -> None:
     out = io.StringIO()
     summary = await run_demo(dispatch_dsn, events=60, out=out, seed=7)
+    # On failure, the demo's own report (every figure and verdict) goes to the log too.
+    report = f"\n--- the demo printed ---\n{out.getvalue()}"
 
     assert summary.db_schema.startswith("dispatch_demo_")
     assert not summary.embedded
@@ -36,11 +38,15 @@ async def test_demo_runs_to_a_passing_summary_and_drops_its_schema(dispatch_dsn:
     assert sum(summary.published_by_type.values()) == 60
     assert summary.transactions_rolled_back >= 1
     assert summary.rolled_back_events_visible == 0
-    assert summary.outbox_ok
-    assert summary.projection_ok
+    assert summary.outbox_ok, report
+    assert summary.projection_ok, report
     assert summary.projection_mismatches == 0
     assert summary.projection_rows == summary.reservations > 0
-    assert summary.warehouse_ok
+    assert summary.warehouse.ok, (
+        "the warehouse's committed loads do not match the committed events:\n  "
+        + "\n  ".join(summary.warehouse.problems())
+        + report
+    )
 
     consumers = {c.name: c for c in summary.consumers}
     assert set(consumers) == {COACHING, WAREHOUSE}
@@ -51,11 +57,11 @@ async def test_demo_runs_to_a_passing_summary_and_drops_its_schema(dispatch_dsn:
     assert coaching.workers == 2
     assert coaching.dead_lettered == 0
     assert warehouse.expected == 60
-    assert warehouse.handled + warehouse.replayed == 60
+    assert warehouse.handled + warehouse.replayed == 60, report
     assert warehouse.dead_lettered == warehouse.replayed == len(summary.dead_letters) == 3
     assert warehouse.retried == 2 * 3  # two retries each before the dead letter
     for consumer in summary.consumers:
-        assert consumer.complete
+        assert consumer.complete, report
         assert consumer.latency_p50_ms is not None
         assert consumer.latency_p99_ms is not None
         assert 0 <= consumer.latency_p50_ms <= consumer.latency_p99_ms
@@ -67,7 +73,7 @@ async def test_demo_runs_to_a_passing_summary_and_drops_its_schema(dispatch_dsn:
         assert letter.action == "replayed"
         assert letter.replay_status == "succeeded"
         assert letter.resolved_by == "demo:operator"
-        assert letter.handled_after_fix == 1
+        assert letter.handled_after_fix == 1, report
     assert summary.latency_p50_ms is not None
     assert summary.latency_p99_ms is not None
 
@@ -80,7 +86,7 @@ async def test_demo_runs_to_a_passing_summary_and_drops_its_schema(dispatch_dsn:
     assert cross.forged == cross.refused == 5
     assert cross.forged_written == 0
     assert summary.unexpected_warnings == ()  # the refusals are expected ones
-    assert summary.ok
+    assert summary.ok, report
 
     text = out.getvalue()
     assert (

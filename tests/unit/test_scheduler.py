@@ -412,3 +412,85 @@ def test_a_group_grows_only_to_its_fair_share_and_not_over_a_lone_event() -> Non
     assert [i.position for i in group] == [2, 3]
     assert s.take_more(len(group), {"a"}) == []
     assert [i.position for i in s.take_subject()] == [1]
+
+
+# -- replays: a request runs once here, a new request of the same dead letter runs again
+
+
+def replay_of(dead_letter_id: str, position: int = 7) -> Item:
+    item = make(row(position, f"\x00replay:{dead_letter_id}"))
+    item.replay_of = dead_letter_id
+    item.isolate = True
+    return item
+
+
+def run_replay(s: Scheduler, dead_letter_id: str, requested: str, outcome: Outcome) -> None:
+    assert s.begin_replay(dead_letter_id, requested)
+    s.add(replay_of(dead_letter_id), track=False)
+    [item] = take_group(s)
+    s.complete(item, outcome)
+    s.release([item])
+
+
+def test_a_finished_replay_request_read_again_is_refused() -> None:
+    # A read that found the request pending before its outcome committed, answered
+    # after: the handler must not run a second time.
+    for outcome in (Outcome.REPLAYED, Outcome.REPLAY_FAILED, Outcome.DONE_ELSEWHERE):
+        s = scheduler()
+        run_replay(s, "dlq_1", "t1", outcome)
+        assert s.idle
+        assert not s.begin_replay("dlq_1", "t1"), outcome
+        assert take_group(s) == []
+
+
+def test_a_new_request_of_a_dead_letter_whose_replay_failed_runs() -> None:
+    s = scheduler()
+    run_replay(s, "dlq_1", "t1", Outcome.REPLAY_FAILED)
+    # The operator asks again: the row is pending with a later request time.
+    run_replay(s, "dlq_1", "t2", Outcome.REPLAYED)
+    assert not s.begin_replay("dlq_1", "t2")
+    assert s.begin_replay("dlq_2", "t1")  # other dead letters are not concerned
+
+
+def test_a_replay_whose_outcome_was_not_recorded_is_run_again_for_the_same_request() -> None:
+    s = scheduler()
+    assert s.begin_replay("dlq_1", "t1")
+    s.add(replay_of("dlq_1"), track=False)
+    [item] = take_group(s)
+    s.end_replay("dlq_1", recorded=False)  # the failure could not be stored: still pending
+    s.complete(item, Outcome.REPLAY_FAILED)
+    s.release([item])
+    assert s.idle
+    assert s.begin_replay("dlq_1", "t1")
+
+
+def test_a_replay_in_flight_is_claimed_once_whatever_the_request() -> None:
+    s = scheduler()
+    assert s.begin_replay("dlq_1", "t1")
+    assert not s.begin_replay("dlq_1", "t1")
+    assert not s.begin_replay("dlq_1", "t2")
+    assert not s.idle
+
+
+def test_a_replay_found_finished_elsewhere_leaves_cursors_and_events_alone() -> None:
+    s = scheduler()
+    assert s.begin_replay("dlq_1", "t1")
+    replay = replay_of("dlq_1")
+    s.add(replay, track=False)
+    s.read(row(7), make)  # the same event, read as a regular one (no outcome here yet)
+    s.complete(replay, Outcome.DONE_ELSEWHERE)
+    assert 7 in s.inflight
+    assert s.moved_cursors() == {}
+    assert not s.idle
+    assert not s.begin_replay("dlq_1", "t1")
+
+
+def test_finished_replay_requests_are_remembered_up_to_a_bound() -> None:
+    from dispatch_aio._consume._scheduler import _RECENT_LIMIT
+
+    s = scheduler()
+    for n in range(_RECENT_LIMIT + 1):
+        assert s.begin_replay(f"dlq_{n}", "t1")
+        s.end_replay(f"dlq_{n}")
+    assert s.begin_replay("dlq_0", "t1")  # the oldest was let go
+    assert not s.begin_replay(f"dlq_{_RECENT_LIMIT}", "t1")

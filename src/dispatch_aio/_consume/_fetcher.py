@@ -174,7 +174,7 @@ class Fetcher:
         scheduler = self._scheduler
         for row in await self._store.fetch_replays(conn, self._batch_size):
             dead_letter_id = row["dead_letter_id"]
-            if not scheduler.begin_replay(dead_letter_id):
+            if not scheduler.begin_replay(dead_letter_id, row["replay_requested_at"]):
                 continue
             item = self._make_item(row)
             # Decoded now: a replay that still cannot be decoded fails as a replay (the

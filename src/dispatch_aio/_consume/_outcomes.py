@@ -85,6 +85,18 @@ class Outcomes:
         if outcome is Outcome.DONE_ELSEWHERE:
             stats.dedup_hits += 1
             telemetry.dedup_hit(item.event_type, name)
+            if item.replay_of is not None:
+                # An operator's request: say what became of it.
+                fields = event_fields(
+                    name, item.event_type, item.event_id, item.attempts, item.replay_of
+                )
+                logger.info(
+                    "dead letter %s was no longer pending when its replay finished "
+                    "(replayed elsewhere or resolved by hand): this run's outcome is dropped%s",
+                    item.replay_of,
+                    tagged(fields),
+                    extra=fields,
+                )
         elif outcome is Outcome.REPLAYED:
             stats.replayed += 1
             telemetry.consumed(item.event_type, name, item.row["producer"], "replayed")
@@ -234,7 +246,6 @@ class Outcomes:
 
     async def replay_failed(self, item: Item, error: str, conn: asyncpg.Connection | None) -> None:
         """Record a failed replay; left pending (read again later) when it cannot be."""
-        self.scheduler.complete(item, Outcome.REPLAY_FAILED)
         fields = event_fields(
             self.name, item.event_type, item.event_id, item.attempts, item.replay_of
         )
@@ -245,18 +256,23 @@ class Outcomes:
             tagged(fields),
             extra=fields,
         )
-        if conn is None:
-            return
-        try:
-            await self.store.fail_replay(
-                conn, item.replay_of or "", storable(error, MAX_MESSAGE), item.attempts
-            )
-        except Exception as failure:
-            if classify(failure, handler=False) is not FailureKind.INFRASTRUCTURE:
-                raise
-            logger.warning(
-                "could not record a failed replay (%s: %s)",
-                type(failure).__name__,
-                failure,
-                extra={**self._log, "event_id": item.event_id},
-            )
+        recorded = False
+        if conn is not None:
+            try:
+                await self.store.fail_replay(
+                    conn, item.replay_of or "", storable(error, MAX_MESSAGE), item.attempts
+                )
+                recorded = True
+            except Exception as failure:
+                if classify(failure, handler=False) is not FailureKind.INFRASTRUCTURE:
+                    raise
+                logger.warning(
+                    "could not record a failed replay (%s: %s)",
+                    type(failure).__name__,
+                    failure,
+                    extra={**self._log, "event_id": item.event_id},
+                )
+        if not recorded and item.replay_of is not None:
+            # Still pending in the database: the same request is run again when read.
+            self.scheduler.end_replay(item.replay_of, recorded=False)
+        self.scheduler.complete(item, Outcome.REPLAY_FAILED)

@@ -302,10 +302,9 @@ class GroupRunner:
             finished = await self.store.finish_replays(conn, [i.replay_of for i in replays])  # type: ignore[misc]
             lost = [i for i in replays if i.replay_of not in finished]
             if lost:
+                # Replayed by another process, or resolved by hand, since it was read.
                 for item in lost:
-                    scheduler.complete(item, Outcome.DONE_ELSEWHERE)
-                    if item.replay_of is not None:
-                        scheduler.end_replay(item.replay_of)
+                    self.outcomes.account(item, Outcome.DONE_ELSEWHERE)
                 self._undo([i for i in group if i not in lost])
                 scheduler.requeue(i for i in group if i not in lost)
                 return False

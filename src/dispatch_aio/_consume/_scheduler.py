@@ -14,7 +14,9 @@ What it holds:
 - the **retry heap**: subjects parked until their head's retry is due, on an injectable
   clock;
 - the **in-flight** set (read, no outcome yet) and the **recently done** set (so that a
-  read overlapping an earlier one does not run an event twice).
+  read overlapping an earlier one does not run an event twice); for replays, the same
+  pair keyed by dead letter (a read of pending replays that overlaps a replay's commit
+  does not run it twice either).
 
 Its verbs: :meth:`~Scheduler.read` and :meth:`~Scheduler.pull` (the fetcher hands over
 what it read), :meth:`~Scheduler.take_subject` and :meth:`~Scheduler.take_more` (a
@@ -180,7 +182,9 @@ class Scheduler:
         self.subjects: dict[str, _Subject] = {}
         self.ready: collections.deque[str] = collections.deque()
         self.inflight: dict[int, Item] = {}
-        self.replays: set[str] = set()
+        #: Replays in flight: dead-letter id -> the request being run (see begin_replay).
+        self.replays: dict[str, Any] = {}
+        self._replayed: collections.OrderedDict[tuple[str, Any], None] = collections.OrderedDict()
         self._recent: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._retry_heap: list[tuple[float, int, str]] = []
         #: Busy subjects that got events while their group ran (take_more looks here).
@@ -266,16 +270,34 @@ class Scheduler:
         elif not (subject.parked or subject.queued):
             self._mark_ready(item.subject, subject)
 
-    def begin_replay(self, dead_letter_id: str) -> bool:
-        """Claim a replay; False when it is already in flight here."""
-        if dead_letter_id in self.replays:
+    def begin_replay(self, dead_letter_id: str, requested: Any = None) -> bool:
+        """Claim a replay request; False when it is in flight or finished here lately.
+
+        ``requested`` tells one dead letter's requests apart (its ``replay_requested_at``):
+        a replay that failed may be asked for again, and that new request runs. A read
+        that found a request pending before its replay committed, answered once the
+        replay finished here, finds the same request and is refused.
+        """
+        if dead_letter_id in self.replays or (dead_letter_id, requested) in self._replayed:
             return False
-        self.replays.add(dead_letter_id)
+        self.replays[dead_letter_id] = requested
         return True
 
-    def end_replay(self, dead_letter_id: str) -> None:
-        """A replay has its outcome (or could not be recorded and is read again later)."""
-        self.replays.discard(dead_letter_id)
+    def end_replay(self, dead_letter_id: str, *, recorded: bool = True) -> None:
+        """A replay is over; ``recorded`` when its outcome committed.
+
+        A recorded request is remembered (the last few thousand), so that a read still
+        on the wire does not queue it again. One whose outcome could not be recorded is
+        still pending in the database: a later read runs it again.
+        """
+        if dead_letter_id not in self.replays:
+            return
+        requested = self.replays.pop(dead_letter_id)
+        if recorded:
+            finished = self._replayed
+            finished[(dead_letter_id, requested)] = None
+            if len(finished) > _RECENT_LIMIT:
+                finished.popitem(last=False)
 
     # -- what the group runner reports -------------------------------------------------
 
@@ -362,11 +384,11 @@ class Scheduler:
 
     def complete(self, item: Item, outcome: Outcome) -> None:
         """``item`` has its outcome: it leaves the in-flight set; cursors may move."""
-        if outcome is Outcome.REPLAYED or outcome is Outcome.REPLAY_FAILED:
+        if item.replay_of is not None:
+            # Replayed, failed again, or found finished elsewhere: the request is over.
             item.done = True
             item.row = item.event = item.dead_letter = None
-            if item.replay_of is not None:
-                self.replays.discard(item.replay_of)
+            self.end_replay(item.replay_of)
             subject = self.subjects.get(item.subject)
             if subject is not None and not subject.items and not subject.busy:
                 del self.subjects[item.subject]

@@ -13,10 +13,11 @@ What runs (``dispatch-aio demo``, or ``await run_demo()``):
   consumer, as two processes would: they share the subjects' partitions through leases,
   so each event is read and handled by one of them; a dedup hit (an event the other had
   already handled) happens only when a partition changes hands.
-- **platform-warehouse** counts events per type in memory (a handler without a
-  connection). It rejects three chosen events on every attempt: they are retried with
-  short delays, then dead-lettered. The demo then "fixes" the handler and replays the
-  dead letters; each is handled again exactly once and its row is resolved.
+- **platform-warehouse** loads each event: a row per event written through its
+  handler's connection, so a load commits with the event's outcome and a run that is
+  rolled back loads nothing. It rejects three chosen events on every attempt: they are
+  retried with short delays, then dead-lettered. The demo then "fixes" the handler and
+  replays the dead letters; each is loaded exactly once and its row is resolved.
 
 - **Delivery**, a second service in a process of its own with its own tables (another
   schema; another database in real life), takes every event through its **inbox**:
@@ -27,16 +28,18 @@ What runs (``dispatch-aio demo``, or ``await run_demo()``):
   ``[delivery]`` extra (which ``[embedded]`` brings); without it the demo says so.
 
 At the end it prints a summary and checks that the projection matches Revenue's table,
-that the warehouse saw every event once, that rolled-back events stayed invisible, and
-that Delivery received and handled every event exactly once.
+that the warehouse's table holds a load of every committed event, once (read back, not
+counted in memory: a handler may run more than once, a load commits once), that
+rolled-back events stayed invisible, and that Delivery received and handled every event
+exactly once.
 
-Both domain tables live in the dispatcher's schema here for brevity; real services keep
+The domain tables live in the dispatcher's schema here for brevity; real services keep
 their own databases. With no DSN the demo starts an embedded PostgreSQL (schema
 ``public``); with a DSN it works in a fresh schema ``dispatch_demo_<random>``. Either is
 removed at the end unless ``keep``.
 """
 
 from .run import run_demo
-from .summary import ConsumerSummary, DeadLetterSummary, DemoSummary
+from .summary import ConsumerSummary, DeadLetterSummary, DemoSummary, WarehouseSummary
 
-__all__ = ["ConsumerSummary", "DeadLetterSummary", "DemoSummary", "run_demo"]
+__all__ = ["ConsumerSummary", "DeadLetterSummary", "DemoSummary", "WarehouseSummary", "run_demo"]

@@ -12,6 +12,7 @@ from .._consumer import Consumer
 from .._envelope import Event
 from .._identifiers import quote_ident
 from .._registry import Registry
+from .database import _WAREHOUSE_LOAD
 from .domain import _RETRY_DELAYS, COACHING, EVENT_TYPES, WAREHOUSE
 
 # -- the consumers -------------------------------------------------------------------
@@ -27,9 +28,9 @@ class _Observed:
 
     #: consumer -> event_id -> ms from occurred_at to the first handler start.
     latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
-    #: Warehouse: events loaded per type, and how often each event was loaded.
-    warehouse_by_type: Counter[str] = field(default_factory=Counter)
-    warehouse_loads: Counter[str] = field(default_factory=Counter)
+    #: Warehouse: how often its handler ran per event, rolled-back runs included (at
+    #: least once each: what was *loaded* is read from its table, see summary.py).
+    warehouse_runs: Counter[str] = field(default_factory=Counter)
     warehouse_fixed: bool = False
 
     def started(self, consumer: str, event: Event) -> None:
@@ -104,7 +105,13 @@ def _coaching_worker(
 def _warehouse(
     pool: asyncpg.Pool, schema: str, registry: Registry, observed: _Observed, poisoned: set[str]
 ) -> Consumer:
-    """The warehouse's consumer: counts events per type; fails for ``poisoned`` until fixed."""
+    """The warehouse's consumer: loads each event; fails for ``poisoned`` until fixed.
+
+    A load is a row written through the handler's connection, so it commits with the
+    event's outcome, exactly once: a run whose group rolls back (another event of the
+    group failed) or whose outcome another run recorded first (a replay read twice)
+    leaves no load. A count kept in memory would count those runs too.
+    """
     consumer = Consumer(
         pool,
         name=WAREHOUSE,
@@ -115,16 +122,17 @@ def _warehouse(
         retry_delays=_RETRY_DELAYS,
         drain_timeout=10.0,
     )
+    insert = _WAREHOUSE_LOAD.format(table=f"{quote_ident(schema)}.warehouse_load")
 
-    async def load(event: Event) -> None:
+    async def load(event: Event, conn: asyncpg.Connection) -> None:
         observed.started(WAREHOUSE, event)
+        observed.warehouse_runs[event.event_id] += 1
         if event.event_id in poisoned and not observed.warehouse_fixed:
             raise WarehouseLoadError(
                 f"loader rejected {event.event_type} {event.event_id}: "
                 "column lesson_id is too narrow"
             )
-        observed.warehouse_by_type[event.event_type] += 1
-        observed.warehouse_loads[event.event_id] += 1
+        await conn.execute(insert, event.event_id, event.event_type)
 
     for event_type in EVENT_TYPES:
         consumer.on(event_type)(load)

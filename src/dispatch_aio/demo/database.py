@@ -87,6 +87,12 @@ CREATE TABLE {schema}.availability (
     last_event_id    text        NOT NULL,
     updated_at       timestamptz NOT NULL DEFAULT now()
 );
+CREATE TABLE {schema}.warehouse_load (
+    event_id         text        PRIMARY KEY,
+    event_type       text        NOT NULL,
+    loads            integer     NOT NULL DEFAULT 1,
+    loaded_at        timestamptz NOT NULL DEFAULT now()
+);
 """
 
 _PROJECTION_CHECK = """
@@ -101,4 +107,19 @@ SELECT count(*) FILTER (WHERE a.credit_reservation_id IS NOT NULL) AS rows,
        ) AS mismatches
 FROM {schema}.credit_reservation r
 FULL JOIN {schema}.availability a USING (credit_reservation_id)
+"""
+
+#: One row per committed load; a load committed again would count up ``loads``.
+_WAREHOUSE_LOAD = """
+INSERT INTO {table} AS w (event_id, event_type) VALUES ($1, $2)
+ON CONFLICT (event_id) DO UPDATE SET loads = w.loads + 1, loaded_at = now()
+"""
+
+#: Revenue's committed events against the warehouse's committed loads: a row per event
+#: in either (``event_id`` NULL on the side that lacks it).
+_WAREHOUSE_CHECK = """
+SELECT coalesce(e.event_type, w.event_type) AS event_type,
+       e.event_id AS published, w.event_id AS loaded, w.loads
+FROM (SELECT event_id, event_type FROM {schema}.dispatcher_event WHERE producer = $1) e
+FULL JOIN {schema}.warehouse_load w ON w.event_id = e.event_id
 """

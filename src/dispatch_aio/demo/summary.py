@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -52,8 +53,107 @@ class DeadLetterSummary(BaseModel):
     replay_status: str | None
     resolved_by: str | None
     resolution_note: str | None
-    #: How many times the handler succeeded for this event after the fix (1 is right).
+    #: How many of the handler's runs for this event after the fix committed a load
+    #: (read from the warehouse's table; 1 is right).
     handled_after_fix: int
+
+
+class WarehouseSummary(BaseModel):
+    """The warehouse's check, from the loads that committed: each committed event once.
+
+    Loads are rows the handler wrote through its connection: they commit with the
+    event's outcome, so a rolled-back attempt (its group failed, a replay finished by
+    another run first) is not a load. Counting handler runs instead counts attempts,
+    which the consumer delivers at least once, not exactly once.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    #: Revenue's committed events per type, and the warehouse's committed loads per type
+    #: (an event loaded twice counts twice).
+    published_by_type: dict[str, int]
+    loaded_by_type: dict[str, int]
+    #: Committed events with no committed load (at most ``_LISTED`` ids, then ``...``).
+    missing: tuple[str, ...]
+    missing_count: int
+    #: Events whose load committed more than once -> how many times.
+    loaded_more_than_once: dict[str, int]
+    #: Loads of events that Revenue did not commit.
+    not_published: tuple[str, ...]
+
+    @classmethod
+    def of(cls, rows: Iterable[Mapping[str, Any]]) -> WarehouseSummary:
+        """The check from one row per event: ``event_type``, ``published`` (its id, or
+        None when Revenue did not commit it), ``loaded`` (its id, or None when it has no
+        load) and ``loads``."""
+        published: dict[str, int] = {}
+        loaded: dict[str, int] = {}
+        missing: list[str] = []
+        repeated: dict[str, int] = {}
+        not_published: list[str] = []
+        for row in rows:
+            event_type, loads = row["event_type"], row["loads"] or 0
+            if row["published"] is not None:
+                published[event_type] = published.get(event_type, 0) + 1
+                if row["loaded"] is None:
+                    missing.append(row["published"])
+            elif row["loaded"] is not None:
+                not_published.append(row["loaded"])
+            if row["loaded"] is not None:
+                loaded[event_type] = loaded.get(event_type, 0) + loads
+                if loads != 1:
+                    repeated[row["loaded"]] = loads
+        return cls(
+            published_by_type=dict(sorted(published.items())),
+            loaded_by_type=dict(sorted(loaded.items())),
+            missing=tuple(sorted(missing)[:_LISTED]),
+            missing_count=len(missing),
+            loaded_more_than_once=dict(sorted(repeated.items())[:_LISTED]),
+            not_published=tuple(sorted(not_published)[:_LISTED]),
+        )
+
+    @property
+    def ok(self) -> bool:
+        """Every committed event loaded exactly once, and nothing else loaded."""
+        return (
+            self.loaded_by_type == self.published_by_type
+            and self.missing_count == 0
+            and not self.loaded_more_than_once
+            and not self.not_published
+        )
+
+    def problems(self) -> tuple[str, ...]:
+        """What the check found wrong, a line each; empty when it passed."""
+        found: list[str] = []
+        if self.loaded_by_type != self.published_by_type:
+            types = sorted(self.published_by_type.keys() | self.loaded_by_type.keys())
+            found.append(
+                "loads per type differ from the committed events: "
+                + ", ".join(
+                    f"{t} {self.loaded_by_type.get(t, 0)} loaded of "
+                    f"{self.published_by_type.get(t, 0)}"
+                    for t in types
+                    if self.loaded_by_type.get(t, 0) != self.published_by_type.get(t, 0)
+                )
+            )
+        if self.missing_count:
+            more = ", ..." if self.missing_count > len(self.missing) else ""
+            found.append(
+                f"{self.missing_count} committed event(s) never loaded: "
+                f"{', '.join(self.missing)}{more}"
+            )
+        if self.loaded_more_than_once:
+            found.append(
+                "loaded more than once: "
+                + ", ".join(f"{e} {n} times" for e, n in self.loaded_more_than_once.items())
+            )
+        if self.not_published:
+            found.append(f"loaded but never committed: {', '.join(self.not_published)}")
+        return tuple(found)
+
+
+#: Event ids listed per problem (the counts say how many there are).
+_LISTED = 10
 
 
 class CrossServiceSummary(BaseModel):
@@ -123,8 +223,8 @@ class DemoSummary(BaseModel):
     projection_rows: int
     projection_mismatches: int
     projection_ok: bool
-    #: The warehouse saw every committed event exactly once, per-type counts included.
-    warehouse_ok: bool
+    #: The warehouse's committed loads against the committed events.
+    warehouse: WarehouseSummary
     #: The event table holds exactly the committed events and none of the rolled back.
     outbox_ok: bool
     #: Warnings and errors the library logged while no logging was configured: the
@@ -136,6 +236,11 @@ class DemoSummary(BaseModel):
     duration_s: float
     #: The second service fed through its inbox; None when the [delivery] extra is absent.
     cross_service: CrossServiceSummary | None = None
+
+    @property
+    def warehouse_ok(self) -> bool:
+        """The warehouse loaded every committed event exactly once (see ``warehouse``)."""
+        return self.warehouse.ok
 
     @property
     def ok(self) -> bool:
