@@ -170,7 +170,8 @@ async def timeline(
 ) -> list[str]:
     """Per process, relative to the backlog's commit: when it joined, when it took its
     last partition, its first and last handled event, events handled, CPU used in the
-    drain; then the partitions that moved during the drain and the server's CPU."""
+    drain, events handled per 100 ms and the longest pause within one subject's events;
+    then the partitions that moved during the drain and the server's CPU."""
     members = {
         r["member_id"]: r
         for r in await conn.fetch(
@@ -181,6 +182,21 @@ async def timeline(
         r["pid"]: r
         for r in await conn.fetch(
             "SELECT pid, count(*) AS n, min(at) AS first, max(at) AS last FROM effects GROUP BY pid"
+        )
+    }
+    # Where a drain loses time: a process below its full speed, a subject left waiting.
+    buckets: dict[int, dict[int, int]] = {}
+    for r in await conn.fetch(
+        "SELECT pid, floor((extract(epoch FROM at) - $1) * 10)::int AS bucket, count(*) AS n "
+        "FROM effects GROUP BY 1, 2",
+        committed_at,
+    ):
+        buckets.setdefault(r["pid"], {})[r["bucket"]] = r["n"]
+    pauses = {
+        r["pid"]: r["pause"]
+        for r in await conn.fetch(
+            "SELECT pid, max(gap) AS pause FROM (SELECT pid, extract(epoch FROM at - lag(at) "
+            "OVER (PARTITION BY subject ORDER BY position)) AS gap FROM effects) g GROUP BY pid"
         )
     }
     after = {r["partition"]: r for r in await conn.fetch(LEASES, name)}
@@ -211,6 +227,14 @@ async def timeline(
             f"{len(leases)} partitions (last taken {rel(last_lease)} s), "
             f"events {n} from {rel(e['first'] if e else None)} to "
             f"{rel(e['last'] if e else None)} s, CPU {cpu:.2f} s ({per_event} ms/event)"
+        )
+        counts = buckets.get(pid, {})
+        pause = pauses.get(pid)
+        lines.append(
+            "  per 100 ms: "
+            + " ".join(str(counts.get(b, 0)) for b in range(max(counts, default=-1) + 1))
+            + "; longest pause in a subject: "
+            + ("-" if pause is None else f"{float(pause) * 1000:.0f} ms")
         )
     total = sum(r["n"] for r in effects.values()) or 1
     lines.append(
