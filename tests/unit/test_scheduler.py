@@ -48,10 +48,10 @@ def scheduler(**options: Any) -> Scheduler:
 def take_group(s: Scheduler) -> list[Item]:
     """The group a worker builds when its handlers take no time: one subject, then more
     while the group is below its fair share."""
-    group = s.take_subject()
+    posted: list[str] = []
+    group = s.take_subject(posted)
     if group and not group[0].isolate:
-        mine = {i.subject for i in group}
-        while more := s.take_more(len(group), mine):
+        while more := s.take_more(len(group), posted):
             group.extend(more)
     return group
 
@@ -382,25 +382,39 @@ def test_a_running_group_takes_its_own_subjects_later_events_first() -> None:
     s = scheduler(workers=1, max_group=50)
     s.read(row(1, "a"), make)
     s.read(row(2, "b"), make)
-    group = s.take_subject()
+    posted: list[str] = []
+    group = s.take_subject(posted)
     assert [i.position for i in group] == [1]
     s.read(row(3, "a"), make)  # read while a's group runs
-    mine = {"a"}
-    assert [i.position for i in s.take_more(len(group), mine)] == [3]
-    assert [i.position for i in s.take_more(2, mine)] == [2]
-    assert mine == {"a", "b"}
+    assert posted == ["a"]
+    assert [i.position for i in s.take_more(len(group), posted)] == [3]
+    assert [i.position for i in s.take_more(2, posted)] == [2]
+    # Once released, a subject's later events are no longer posted to that group.
+    s.release(group)
+    s.read(row(4, "a"), make)
+    assert posted == []
 
 
-def test_a_group_grows_only_to_its_fair_share_and_not_over_a_lone_event() -> None:
+def test_a_group_grows_in_steps_of_several_short_subjects_up_to_its_fair_share() -> None:
+    s = scheduler(workers=1, max_group=50)
+    for position in range(1, 21):  # 20 subjects of one event each
+        s.read(row(position, f"s{position}"), make)
+    posted: list[str] = []
+    group = s.take_subject(posted)
+    step = s.take_more(len(group), posted)
+    assert len(step) == 8  # one call for several short subjects, not one each
     s = scheduler(workers=2, max_group=50)
     for position, subject in enumerate("abcd", start=1):
         s.read(row(position, subject), make)
-    group = s.take_subject()
-    mine = {group[0].subject}
-    group += s.take_more(len(group), mine)
+    posted = []
+    group = s.take_subject(posted)
+    group += s.take_more(len(group), posted)
     assert len(group) == 2  # 4 events, 2 workers
-    assert s.take_more(len(group), mine) == []
-    # A head that must run alone (here an event to dead-letter) does not join a group.
+    assert s.take_more(len(group), posted) == []
+
+
+def test_a_head_that_must_run_alone_does_not_join_a_group() -> None:
+    # Here an event to dead-letter.
     s = scheduler(workers=1, max_group=50)
     s.read(row(1, "b"), make)
     [b] = s.take_subject()
@@ -408,13 +422,11 @@ def test_a_group_grows_only_to_its_fair_share_and_not_over_a_lone_event() -> Non
     s.release([b])
     s.read(row(2, "a"), make)
     s.read(row(3, "a"), make)
-    group = s.take_subject()
+    posted: list[str] = []
+    group = s.take_subject(posted)
     assert [i.position for i in group] == [2, 3]
-    assert s.take_more(len(group), {"a"}) == []
+    assert s.take_more(len(group), posted) == []
     assert [i.position for i in s.take_subject()] == [1]
-
-
-# -- replays: a request runs once here, a new request of the same dead letter runs again
 
 
 def replay_of(dead_letter_id: str, position: int = 7) -> Item:

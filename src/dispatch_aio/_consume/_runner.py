@@ -103,20 +103,29 @@ class GroupRunner:
 
     # -- one group -------------------------------------------------------------------
 
-    async def run(self, group: list[Item], conn: asyncpg.Connection) -> bool:
+    async def run(
+        self, group: list[Item], conn: asyncpg.Connection, posted: list[str] | None = None
+    ) -> bool:
         """Handle ``group`` on ``conn``; True when ``conn`` can be used again.
+
+        ``posted`` is the mailbox ``group`` was taken with (``Scheduler.take_subject``):
+        with it, the group takes more events as it gets through them.
 
         Cancellation (the consumer's shutdown) rolls back and puts the group back.
         Raises only for a bug in the consumer.
         """
         deadline = HandlerDeadline()
         try:
-            return await self._run(group, conn, deadline)
+            return await self._run(group, conn, deadline, posted)
         finally:
             deadline.close()
 
     async def _run(
-        self, group: list[Item], conn: asyncpg.Connection, deadline: HandlerDeadline
+        self,
+        group: list[Item],
+        conn: asyncpg.Connection,
+        deadline: HandlerDeadline,
+        posted: list[str] | None,
     ) -> bool:
         transaction: Any = None
         ran: list[Item] = []
@@ -145,15 +154,12 @@ class GroupRunner:
             decode = self.decode.item_event
             scheduler = self.scheduler
             stopping = self.stopping
-            mine: set[str] | None = None
             index = 0
             while True:
                 if index == len(group):
-                    if not grows or stopping.is_set():
+                    if not grows or posted is None or stopping.is_set():
                         break
-                    if mine is None:
-                        mine = {i.subject for i in group}
-                    more = scheduler.take_more(index, mine)
+                    more = scheduler.take_more(index, posted)
                     if not more:
                         break
                     group.extend(more)

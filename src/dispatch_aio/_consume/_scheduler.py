@@ -90,6 +90,8 @@ class _Subject:
     busy: bool = False
     parked: bool = False
     queued: bool = False
+    #: The mailbox of the running group that holds it (take_subject, take_more).
+    posted: list[str] | None = None
 
 
 @dataclass(slots=True)
@@ -115,6 +117,8 @@ def _by_key(item: Item) -> tuple[int, int]:
 
 #: How far into the ready queue the next subject is looked for (see Scheduler._choose).
 _WINDOW = 16
+#: Events a group takes at least per step while it grows (see Scheduler.take_more).
+_STEP = 8
 
 
 def _joins(item: Item) -> bool:
@@ -187,8 +191,6 @@ class Scheduler:
         self._replayed: collections.OrderedDict[tuple[str, Any], None] = collections.OrderedDict()
         self._recent: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._retry_heap: list[tuple[float, int, str]] = []
-        #: Busy subjects that got events while their group ran (take_more looks here).
-        self._grew: set[str] = set()
         #: How many times in a row the oldest ready subject was passed over (_choose).
         self._passed = 0
         self._retry_seq = 0
@@ -266,7 +268,8 @@ class Scheduler:
         else:
             bisect.insort(items, item, key=_by_position)
         if subject.busy:
-            self._grew.add(item.subject)  # its running group may take it (take_more)
+            if subject.posted is not None:
+                subject.posted.append(item.subject)  # its running group may take it
         elif not (subject.parked or subject.queued):
             self._mark_ready(item.subject, subject)
 
@@ -305,20 +308,21 @@ class Scheduler:
         """Events per group: ``max_group``, or a fair share of what is waiting."""
         return min(self.max_group, max(1, math.ceil(len(self.inflight) / self.workers)))
 
-    def take_subject(self) -> list[Item]:
+    def take_subject(self, posted: list[str] | None = None) -> list[Item]:
         """The queued events of the next ready subject (up to ``max_group``), to start a
         group; empty when nothing is ready. An isolated event comes alone.
 
-        A group is given its subjects one at a time, as it gets through them
-        (:meth:`take_more`), not a share fixed up front: a share fixed up front leaves
-        one worker waiting through the longest subjects while the others are done (a
-        drain ends when its busiest worker does); a subject given just in time goes to
-        a worker that is free.
+        A group is given its subjects as it gets through them (:meth:`take_more`), not a
+        share fixed up front: a share fixed up front leaves one worker waiting through
+        the longest subjects while the others are done (a drain ends when its busiest
+        worker does); a subject given just in time goes to a worker that is free.
+        ``posted`` is the group's mailbox: the subjects it holds that get events read
+        meanwhile are appended to it (see :meth:`take_more`).
         """
-        index = self._choose()
+        index = self._choose(True)
         if index < 0:
             return []
-        subject = self._pop_ready(index)
+        subject = self._pop_ready(index, posted)
         items = subject.items
         if items[0].isolate:
             return [items.pop(0)]
@@ -328,35 +332,36 @@ class Scheduler:
             group.append(items.pop(0))
         return group
 
-    def take_more(self, size: int, mine: set[str]) -> list[Item]:
+    def take_more(self, size: int, posted: list[str]) -> list[Item]:
         """More events for a running group that holds ``size`` and has run them all.
 
-        ``mine`` is the group's subjects (a subject taken here is added). While the group
+        ``posted`` is the mailbox the group's subjects were taken with. While the group
         is below :meth:`fair_limit`: first the events read since for one of its own
         subjects (they follow the ones it ran, so its order holds, and they need not wait
-        for its commit), else the queued events of the next ready subject (up to
-        ``max_group`` in the group). Empty when the group has its share, or when the next
-        head must run alone or first settle a commit in doubt (a group of its own does
-        that). Committing once per fair share keeps a backlog's commits as few as a group
-        taken whole would make.
+        for its commit); else the queued events of ready subjects, the first of them
+        chosen as :meth:`_choose` says, the next ones in order until the step holds
+        ``_STEP`` events (subjects of one or two queued events would otherwise cost a
+        call each). Never an event that must run alone or first settle a commit in
+        doubt (a group of its own does that). Committing once per fair share keeps a
+        backlog's commits as few as a group taken whole would make.
         """
-        if size >= self.fair_limit():
+        limit = self.fair_limit()
+        if size >= limit:
             return []
         room = self.max_group - size
-        grew = self._grew
-        if grew:
-            for key in grew & mine:
-                grew.discard(key)
-                subject = self.subjects.get(key)
-                if subject is not None and subject.busy:
-                    taken = _take_head(subject.items, room)
-                    if taken:
-                        return taken
-        index = self._choose()
-        if index < 0 or not _joins(self.subjects[self.ready[index]].items[0]):
-            return []
-        mine.add(self.ready[index])
-        return _take_head(self._pop_ready(index).items, room)
+        while posted:
+            subject = self.subjects.get(posted.pop())
+            if subject is not None and subject.busy and subject.posted is posted:
+                taken = _take_head(subject.items, room)
+                if taken:
+                    return taken
+        taken = []
+        while len(taken) < _STEP and size + len(taken) < limit:
+            index = self._choose(not taken)
+            if index < 0 or not _joins(self.subjects[self.ready[index]].items[0]):
+                break
+            taken += _take_head(self._pop_ready(index, posted).items, room - len(taken))
+        return taken
 
     def requeue(self, items: Iterable[Item]) -> None:
         """Put events back at their place in their subjects (to run in a later group)."""
@@ -425,7 +430,7 @@ class Scheduler:
             if subject is None or not subject.busy:
                 continue
             subject.busy = False
-            self._grew.discard(item.subject)
+            subject.posted = None
             if subject.items:
                 self._mark_ready(item.subject, subject)
             elif not subject.parked:
@@ -533,7 +538,7 @@ class Scheduler:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _choose(self) -> int:
+    def _choose(self, scan: bool) -> int:
         """Where in the ready queue the subject to run next is; -1 when none is ready.
 
         The one with the most queued events among the first ``_WINDOW``: the longest
@@ -552,7 +557,7 @@ class Scheduler:
                 subject.queued = False
         else:
             return -1
-        if len(ready) == 1 or self._passed >= _WINDOW:
+        if not scan or len(ready) == 1 or self._passed >= _WINDOW:
             return 0
         best = 0
         most = len(subjects[ready[0]].items)
@@ -562,8 +567,9 @@ class Scheduler:
                 best, most = index, len(other.items)
         return best
 
-    def _pop_ready(self, index: int) -> _Subject:
-        """Take the subject at ``index`` of the ready queue (see :meth:`_choose`): busy."""
+    def _pop_ready(self, index: int, posted: list[str] | None) -> _Subject:
+        """Take the subject at ``index`` of the ready queue (see :meth:`_choose`): busy,
+        its later events posted to ``posted``."""
         ready = self.ready
         if index:
             key = ready[index]
@@ -575,6 +581,7 @@ class Scheduler:
         subject = self.subjects[key]
         subject.queued = False
         subject.busy = True
+        subject.posted = posted
         return subject
 
     def _mark_ready(self, key: str, subject: _Subject) -> None:

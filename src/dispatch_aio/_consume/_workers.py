@@ -136,7 +136,8 @@ class Workers:
                     await work.wait()  # a wake is pending: no suspension
                 if self._stop_requested.is_set():
                     return
-                group = scheduler.take_subject()
+                posted: list[str] = []  # the group's mailbox (Scheduler.take_more)
+                group = scheduler.take_subject(posted)
                 if not group:
                     continue
                 if scheduler.ready:
@@ -148,7 +149,7 @@ class Workers:
                     if conn is None:
                         conn = await self._acquire_for(group)
                     if conn is not None:
-                        if not await self._runner.run(group, conn):
+                        if not await self._runner.run(group, conn, posted):
                             broken, conn = conn, None
                             failed = True
                             await release(self.pool, broken, config.commit_timeout)
