@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -15,13 +16,17 @@ from .helpers import eventually, locked_payload, uid
 pytestmark = pytest.mark.anyio
 
 
-async def test_replay_handles_the_event_once_more_and_resolves_the_row(
-    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
-) -> None:
-    await dispatch_pool.execute("CREATE TABLE effects (event_id text)")
-    broken = {"yes": True}
-    calls: list[str] = []
-    consumer = Consumer(dispatch_pool, name="projector", poll_interval=0.2, retry_delays=(0,))
+def _projector(
+    pool: asyncpg.Pool,
+    broken: dict[str, bool],
+    calls: list[str],
+    *,
+    retry_delays: tuple[float, ...] = (),
+    after_write: Callable[[], Awaitable[None]] | None = None,
+) -> Consumer:
+    """A consumer whose handler records each run and writes one row through its
+    connection, then fails while ``broken["yes"]``, else awaits ``after_write``."""
+    consumer = Consumer(pool, name="projector", poll_interval=0.2, retry_delays=retry_delays)
 
     @consumer.on("credit.locked")
     async def project(event: Event, conn: asyncpg.Connection) -> None:
@@ -29,7 +34,19 @@ async def test_replay_handles_the_event_once_more_and_resolves_the_row(
         await conn.execute("INSERT INTO effects VALUES ($1)", event.event_id)
         if broken["yes"]:
             raise RuntimeError("projection table is read-only")
+        if after_write is not None:
+            await after_write()
 
+    return consumer
+
+
+async def test_replay_handles_the_event_once_more_and_resolves_the_row(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    await dispatch_pool.execute("CREATE TABLE effects (event_id text)")
+    broken = {"yes": True}
+    calls: list[str] = []
+    consumer = _projector(dispatch_pool, broken, calls, retry_delays=(0,))
     envelope = await dispatcher.publish(
         "credit.locked", locked_payload(), subject=uid("per"), actor="system:tests"
     )
@@ -163,22 +180,6 @@ async def test_replaying_a_still_invalid_event_fails_the_replay_without_a_new_de
     assert count == 1
 
 
-def _projector(
-    pool: asyncpg.Pool, broken: dict[str, bool], calls: list[str], **options: Any
-) -> Consumer:
-    """A consumer whose handler records each run and writes one row through its connection."""
-    consumer = Consumer(pool, name="projector", poll_interval=0.2, retry_delays=(), **options)
-
-    @consumer.on("credit.locked")
-    async def project(event: Event, conn: asyncpg.Connection) -> None:
-        calls.append(event.event_id)
-        await conn.execute("INSERT INTO effects VALUES ($1)", event.event_id)
-        if broken["yes"]:
-            raise RuntimeError("projection table is read-only")
-
-    return consumer
-
-
 async def test_a_read_answered_after_its_replay_finished_does_not_run_it_again(
     dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
 ) -> None:
@@ -258,17 +259,12 @@ async def test_a_replay_resolved_by_hand_while_it_runs_counts_as_done_elsewhere(
     calls: list[str] = []
     running = asyncio.Event()
     go_on = asyncio.Event()
-    consumer = Consumer(pool, name="projector", poll_interval=0.2, retry_delays=())
 
-    @consumer.on("credit.locked")
-    async def project(event: Event, conn: asyncpg.Connection) -> None:
-        calls.append(event.event_id)
-        await conn.execute("INSERT INTO effects VALUES ($1)", event.event_id)
-        if broken["yes"]:
-            raise RuntimeError("projection table is read-only")
+    async def pause() -> None:
         running.set()
         await go_on.wait()
 
+    consumer = _projector(pool, broken, calls, after_write=pause)
     envelope = await dispatcher.publish(
         "credit.locked", locked_payload(), subject=uid("per"), actor="system:tests"
     )
