@@ -140,12 +140,14 @@ class GroupRunner:
             return is_usable(conn)
         committing = False
         try:
-            # The group grows while it runs (Scheduler.take_more): the worker releases the
-            # list it gave, so only that list may grow, and not once the consumer stops.
-            grows = not head.isolate and head.replay_of is None
+            # The group grows while it runs (Scheduler.take_more), in place: the worker
+            # releases the list it gave. Not a lone event, not a replay, and not a group
+            # that settled a commit in doubt (that gives a new list).
+            if head.isolate or head.replay_of is not None:
+                posted = None
             if any(i.in_doubt for i in group):
                 group = await settle_doubt(group, conn, self.store, self.outcomes, self._limit)
-                grows = False
+                posted = None
                 if not group:
                     return is_usable(conn)
             failure: tuple[Item, BaseException] | None = None
@@ -157,7 +159,7 @@ class GroupRunner:
             index = 0
             while True:
                 if index == len(group):
-                    if not grows or posted is None or stopping.is_set():
+                    if posted is None or stopping.is_set():
                         break
                     more = scheduler.take_more(index, posted)
                     if not more:
