@@ -115,12 +115,7 @@ class WarehouseSummary(BaseModel):
     @property
     def ok(self) -> bool:
         """Every committed event loaded exactly once, and nothing else loaded."""
-        return (
-            self.loaded_by_type == self.published_by_type
-            and self.missing_count == 0
-            and not self.loaded_more_than_once
-            and not self.not_published
-        )
+        return not self.problems()
 
     def problems(self) -> tuple[str, ...]:
         """What the check found wrong, a line each; empty when it passed."""
