@@ -9,7 +9,9 @@
     connection (commits with the event's outcome), PgQueuer through a pool connection;
 (c) end-to-end latency, producer commit to handler start, at a steady rate;
 (d) dispatch-aio's drain of the same backlog behind a long history (events its cursor
-    has passed) versus on a table holding only the backlog.
+    has passed) versus on a table holding only the backlog. The two run one after the
+    other in every round, so each round gives a ratio of its own; the goal takes the
+    median of those (one fast round of either drain alone does not make it).
 
 Every drain also reports what it cost per event, measured the same way for both systems
 outside the timed window: CPU of this process and of the server's processes, WAL bytes,
@@ -19,10 +21,11 @@ why one round was slower than another better than the rates can.
 Both systems get one database each on one embedded PostgreSQL with fsync on, an
 asyncpg pool of the same size, the standard asyncio event loop, and settled tables
 (VACUUM ANALYZE + CHECKPOINT before measuring). Drains run ``--rounds`` times, the
-order flipped every round; the best round of each counts (all are printed). A drain
-counts from starting the consumer to the last event done: for dispatch-aio, its
-outcome committed; for PgQueuer, its handler returned (its status write is buffered
-and comes later, so this favours PgQueuer slightly).
+order flipped every round; the best round of each counts (all are printed), except
+for (d), whose ratio is the median of the rounds' own. A drain counts from starting
+the consumer to the last event done: for dispatch-aio, its outcome committed; for
+PgQueuer, its handler returned (its status write is buffered and comes later, so this
+favours PgQueuer slightly).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -600,7 +604,9 @@ def report(results: Results, settings: Settings) -> None:
     big = best("da noop big")
     ratio_a = da_noop / pgq_noop
     ratio_b = da_write / pgq_noop
-    ratio_d = big / da_noop
+    # Paired by round: both drains ran back to back, on the machine as it was then.
+    paired = [b / a for a, b in zip(drains["da noop"], drains["da noop big"], strict=True)]
+    ratio_d = statistics.median(paired)
     width = 48
 
     def row(label: str, value: str, rounds: str = "") -> None:
@@ -650,7 +656,12 @@ def report(results: Results, settings: Settings) -> None:
         f"{big:,.0f}",
         _rounds(drains["da noop big"]),
     )
-    row("ratio large table / small table", f"{ratio_d:.2f}")
+    row("ratio of the best rounds", f"{big / da_noop:.2f}")
+    row(
+        "ratio within each round, median",
+        f"{ratio_d:.2f}",
+        "rounds: " + ", ".join(f"{v:.2f}" for v in paired),
+    )
 
     print(HEADINGS[5])
     telemetry_us = instrumentation_cost_us()
@@ -695,7 +706,7 @@ def report(results: Results, settings: Settings) -> None:
             f"p50 {p50['da']:.2f} vs {p50['pgq']:.2f} ms, "
             f"p99 {p99['da']:.2f} vs {p99['pgq']:.2f} ms",
         ),
-        ("(d) ratio >= 0.9", ratio_d >= 0.9, f"{ratio_d:.2f}"),
+        ("(d) ratio >= 0.9 (median of the rounds' own)", ratio_d >= 0.9, f"{ratio_d:.2f}"),
         (
             "instrumentation with a no-op provider < 5% of the drain's time per event",
             overhead < 5,
