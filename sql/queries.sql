@@ -265,7 +265,7 @@ RETURNING expires_at
 
 -- name: lease_members
 -- The consumer's members, live or not, and the server's clock to compare expiries with.
-SELECT member_id, host, pid, started_at, heartbeat_at, expires_at,
+SELECT member_id, host, pid, started_at, heartbeat_at, expires_at, backlog_at,
        expires_at > now() AS alive, now() AS now
 FROM {{schema}}.dispatcher_member
 WHERE consumer = $1
@@ -273,11 +273,18 @@ ORDER BY member_id
 
 -- name: lease_owners
 -- Every lease of the consumer; owner is NULL when free, owner_alive says whether the
--- owner's member row is unexpired (a dead owner's lease can be taken).
-SELECT l.partition, l.owner, l.epoch, l.acquired_at,
-       (m.expires_at IS NOT NULL AND m.expires_at > now()) AS owner_alive
+-- owner's member row is unexpired (a dead owner's lease can be taken). offered_to is the
+-- member a free partition was offered to, while that offer stands: its member alive and
+-- the offer younger than a second.
+SELECT l.partition, l.owner, l.epoch, l.acquired_at, l.backlog,
+       (m.expires_at IS NOT NULL AND m.expires_at > now()) AS owner_alive,
+       CASE WHEN l.owner IS NULL AND l.offered_at > now() - interval '1 second'
+                 AND o.expires_at > now()
+            THEN l.offered_to END AS offered_to
 FROM {{schema}}.dispatcher_lease l
 LEFT JOIN {{schema}}.dispatcher_member m ON m.consumer = l.consumer AND m.member_id = l.owner
+LEFT JOIN {{schema}}.dispatcher_member o
+    ON o.consumer = l.consumer AND o.member_id = l.offered_to
 WHERE l.consumer = $1
 ORDER BY l.partition
 
@@ -305,13 +312,45 @@ locked AS MATERIALIZED (
     FROM wanted w
 )
 UPDATE {{schema}}.dispatcher_lease l
-SET owner = $2, epoch = l.epoch + 1, acquired_at = now()
+SET owner = $2, epoch = l.epoch + 1, acquired_at = now(), offered_to = NULL
 FROM locked
 WHERE l.consumer = $1 AND l.partition = locked.partition
   AND (l.owner IS NULL OR (l.owner <> $2 AND NOT EXISTS (
       SELECT 1 FROM {{schema}}.dispatcher_member m
       WHERE m.consumer = $1 AND m.member_id = l.owner AND m.expires_at > now())))
 RETURNING l.partition, l.epoch
+
+-- name: lease_report_backlog
+-- The owner's count of queued events in the partitions it holds ($3 partitions, $4
+-- counts), where it changed. With $5 (it grew), the member's backlog_at says when, and
+-- the other members are told to look at the group again.
+WITH reported AS (
+    UPDATE {{schema}}.dispatcher_lease l
+    SET backlog = r.backlog
+    FROM unnest($3::smallint[], $4::integer[]) AS r(partition, backlog)
+    WHERE l.consumer = $1 AND l.owner = $2 AND l.partition = r.partition
+      AND l.backlog <> r.backlog
+    RETURNING 1
+),
+stamped AS (
+    UPDATE {{schema}}.dispatcher_member
+    SET backlog_at = now()
+    WHERE consumer = $1 AND member_id = $2 AND $5::boolean
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM reported) AS reported,
+       (SELECT count(*) FROM stamped) AS stamped,
+       CASE WHEN $5::boolean THEN pg_notify({{lease_channel}}, $1) IS NULL END AS notified
+
+-- name: lease_offer
+-- Releases partitions of this member ($3) for another ($4) to take, and tells the others.
+WITH offered AS (
+    UPDATE {{schema}}.dispatcher_lease
+    SET owner = NULL, offered_to = $4, offered_at = now()
+    WHERE consumer = $1 AND owner = $2 AND partition = ANY($3::smallint[])
+    RETURNING partition
+)
+SELECT partition, pg_notify({{lease_channel}}, $1) IS NULL AS notified FROM offered
 
 -- name: lease_release
 -- Hands partitions back (after their in-flight events have drained) and tells the others.

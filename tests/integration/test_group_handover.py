@@ -88,21 +88,27 @@ async def pool(dispatch_dsn: str) -> AsyncIterator[asyncpg.Pool]:
         await pool.close()
 
 
-def consumer(pool: asyncpg.Pool, *, max_sleep: float = 0.0, **options: Any) -> Consumer:
-    c = Consumer(
-        pool,
-        name=NAME,
-        concurrency=2,
-        batch_size=10,
-        max_group=4,
-        poll_interval=0.2,
-        drain_timeout=10.0,
-        **options,
-    )
+def consumer(
+    pool: asyncpg.Pool,
+    *,
+    max_sleep: float = 0.0,
+    handled: list[str] | None = None,
+    **options: Any,
+) -> Consumer:
+    settings: dict[str, Any] = {
+        "concurrency": 2,
+        "batch_size": 10,
+        "max_group": 4,
+        "poll_interval": 0.2,
+        "drain_timeout": 10.0,
+    }
+    c = Consumer(pool, name=NAME, **(settings | options))
 
     @c.on("credit.locked")
     async def record(event: Event, conn: asyncpg.Connection) -> None:
         await conn.execute("INSERT INTO effects (event_id) VALUES ($1)", event.event_id)
+        if handled is not None:
+            handled.append(event.event_id)
         if max_sleep:
             await asyncio.sleep(random.uniform(0, max_sleep))
 
@@ -445,6 +451,43 @@ async def test_many_hand_overs_between_two_consumers_of_one_name(
         await asyncio.wait_for(a.wait_idle(), 120)
     assert await pool.fetch("SELECT * FROM cursor_violations") == []
     await exactly_once_in_order(pool)
+
+
+async def test_a_backlog_in_one_members_partitions_is_shared_with_the_other(
+    pool: asyncpg.Pool, dispatch_dsn: str
+) -> None:
+    """Every event of a backlog lands in partitions one member holds. The members report
+    their backlogs and swap partitions (ADR 0006, part E), so the other member handles a
+    good part of it: nothing lost, doubled or reordered, no cursor stored past an event
+    without an outcome, and the count of partitions each holds stays fair."""
+    handled_a: list[str] = []
+    handled_b: list[str] = []
+    # A buffer that holds the whole backlog: what a member reports is what it has read.
+    options: dict[str, Any] = {"max_sleep": 0.04, "lease_timeout": 30, "batch_size": 100}
+    a = consumer(pool, dsn=dispatch_dsn, handled=handled_a, **options)
+    b = consumer(pool, handled=handled_b, **options)
+    async with a, b:
+        me, you = a._leases.member_id, b._leases.member_id
+        await eventually(lambda: _split(pool, me, you), within=30, what="a split in two")
+        subjects = await subjects_in(pool, await held_by(pool, me), 24)
+        dispatcher = Dispatcher(pool, producer="tests", tenant_id="tnt_tests")
+        # One transaction, each subject's 10 events in order, subjects interleaved.
+        await dispatcher.publish_many(events(subjects * 10))
+        await eventually(
+            lambda: _effects_at_least(pool, 240), within=60, what="every event handled"
+        )
+        await eventually(lambda: _split(pool, me, you), within=30, what="counts fair again")
+        await asyncio.wait_for(a.wait_idle(), 60)
+        await asyncio.wait_for(b.wait_idle(), 60)
+    assert len(set(handled_a) | set(handled_b)) == 240
+    # Without balancing, b would handle none of them.
+    assert len(set(handled_b)) >= 60, (len(handled_a), len(handled_b))
+    assert await pool.fetch("SELECT * FROM cursor_violations") == []
+    await exactly_once_in_order(pool)
+
+
+async def _effects_at_least(pool: asyncpg.Pool, n: int) -> bool:
+    return int(await pool.fetchval("SELECT count(*) FROM effects")) >= n
 
 
 async def _split(pool: asyncpg.Pool, a: str, b: str) -> bool:

@@ -5,7 +5,14 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatch_aio._consume.assignment import PARTITION_COUNT, assign, movement, moves_for
+from dispatch_aio._consume.assignment import (
+    MIN_GAP,
+    PARTITION_COUNT,
+    assign,
+    balance,
+    movement,
+    moves_for,
+)
 
 MEMBERS = [f"m{i:02d}" for i in range(40)]
 
@@ -89,3 +96,92 @@ def test_moves_for_a_member() -> None:
     assert moves.release == (2,)
     assert moves.acquire == ()
     assert moves_for("b", owners, target).acquire == (2, 3)
+
+
+# -- balance: the backlog evened out by gifts ---------------------------------------
+
+
+def loads(target: dict[int, str], backlog: dict[int, int]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for partition, member in target.items():
+        totals[member] = totals.get(member, 0) + backlog.get(partition, 0)
+    return totals
+
+
+def counts(target: dict[int, str]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for member in target.values():
+        totals[member] = totals.get(member, 0) + 1
+    return totals
+
+
+def settle(
+    members: list[str], target: dict[int, str], backlog: dict[int, int], partitions: int
+) -> dict[int, str]:
+    """What the group holds once the gifts are taken and each receiver gave back its
+    excess (the count-fair rule, keeping the partitions with the most queued)."""
+    owners: dict[int, str | None] = dict(target)
+    owners.update(balance(target, backlog))
+    return assign(members, owners, partitions, backlog)
+
+
+def test_balance_moves_backlog_from_the_busiest_to_the_idlest() -> None:
+    members = ["a", "b", "c", "d"]
+    target = assign(members, {})
+    # Every queued event lands in a's partitions: 40 partitions of 10 events.
+    backlog = dict(list({p: 10 for p, m in target.items() if m == "a"}.items())[:40])
+    gifts = balance(target, backlog)
+    assert gifts
+    assert all(target[p] == "a" and backlog[p] == 10 for p in gifts)
+    assert set(gifts.values()) == {"b", "c", "d"}
+    settled = settle(members, target, backlog, PARTITION_COUNT)
+    assert counts(settled) == counts(target)  # still fair by count
+    spread = loads(settled, backlog)
+    assert max(spread.values()) - min(spread.values()) < MIN_GAP
+    assert sum(spread.values()) == 400
+    # Settled, there is nothing more to give: no partition goes back and forth.
+    assert balance(settled, backlog) == {}
+
+
+def test_balance_leaves_small_differences_fixed_partitions_and_single_members_alone() -> None:
+    target = assign(["a", "b"], {})
+    small = {p: 1 for p, m in target.items() if m == "a"}  # 128 ahead: above MIN_GAP
+    assert balance(target, small) != {}
+    assert balance(target, small, fixed=set(small)) == {}
+    tiny = dict(list(small.items())[: MIN_GAP - 1])
+    assert balance(target, tiny) == {}
+    alone = assign(["a"], {})
+    assert balance(alone, {p: 100 for p in range(10)}) == {}
+    assert balance(target, {}) == {}
+
+
+@st.composite
+def backlogs(draw: st.DrawFn) -> tuple[list[str], dict[int, str | None], dict[int, int]]:
+    members, owners, partitions = draw(groups())
+    queued = draw(
+        st.dictionaries(st.integers(0, partitions - 1), st.integers(0, 400), max_size=partitions)
+    )
+    return members, owners, queued
+
+
+@given(backlogs())
+@settings(max_examples=200)
+def test_gifts_keep_counts_fair_and_only_narrow_the_spread(
+    case: tuple[list[str], dict[int, str | None], dict[int, int]],
+) -> None:
+    members, owners, backlog = case
+    partitions = len(owners)
+    target = assign(members, owners, partitions, backlog)
+    gifts = balance(target, backlog)
+    assert all(target[p] != m and backlog.get(p, 0) > 0 for p, m in gifts.items())
+    settled = settle(members, target, backlog, partitions)
+    assert sorted(settled) == sorted(target)
+    # Still fair by count (which member holds the one extra may change).
+    assert max(counts(settled).values()) - min(counts(settled).values()) <= 1
+    before, after = loads(target, backlog), loads(settled, backlog)
+    assert max(after.values(), default=0) <= max(before.values(), default=0)
+    if len(set(target.values())) == 2:
+        # Two members: the receiver gives back exactly what the plan counted on, so the
+        # settled group is a fixed point (nobody is asked to move a partition back).
+        assert assign(members, settled, partitions, backlog) == settled
+        assert balance(settled, backlog) == {}

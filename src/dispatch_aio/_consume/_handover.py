@@ -7,7 +7,9 @@ needs:
 - a lost or released partition is forgotten at once, with no await in between: no
   cursor of it is stored after that, and its queued events are dropped (the new owner
   reads them from its stored cursor);
-- a partition handed over is not read any more before its in-flight events finish;
+- a partition handed over is not read any more, and its queued events are dropped as a
+  lost one's are: only what already runs in a group finishes here, so the partition
+  goes to its new owner as soon as those groups end, not after its whole backlog;
 - a gained partition is read from its stored cursor (the stream restarts there; a read
   on the wire meanwhile is dropped by the fetcher);
 - while partitions are being taken on, no read finds the consumer idle
@@ -88,6 +90,14 @@ class HandOver:
         if kept != before:
             fetcher.restart(kept, None)
             reader.cursor_partitions = kept
+        handing = self._members.handing_over
+        if handing:
+            # Not handled here any more: the next owner reads them from the stored cursor.
+            dropped = scheduler.drop(set(handing))
+            if dropped:
+                logger.info(
+                    "%d queued events of partitions handed over dropped", dropped, extra=self._log
+                )
         # Cursors moved so far hold for the partitions the stream still covers.
         with contextlib.suppress(Exception):
             await reader.flush_cursors(conn)

@@ -7,6 +7,12 @@ in-flight events have outcomes, acquires what is free and targeted here. A notic
 the lease channel (a member joined, left or released) makes it look again at once. On
 stop, after the consumer drained, it releases every lease and leaves.
 
+In a group of more than one, each step also reports how many events are queued in each
+partition held here, and the plan evens those backlogs out (ADR 0006, part E): this
+process gives partitions with a backlog and nothing running to a member with less. A
+backlog grown by a quarter or more since the last report makes it step at once and tell
+the others.
+
 What it owns is read by the fetcher (:meth:`Members.readable`) and by the group runner
 (:meth:`Members.epochs`: the fencing tokens of a group's partitions).
 """
@@ -42,6 +48,8 @@ class Members:
         step_limit: float,
         connection: Callable[[], contextlib.AbstractAsyncContextManager[asyncpg.Connection]],
         busy: Callable[[], set[int]],
+        backlog: Callable[[], dict[int, int]],
+        running: Callable[[], set[int]],
         on_change: Callable[[asyncpg.Connection, set[int]], Awaitable[None]],
         on_lost: Callable[[set[int]], None],
         log_extra: dict[str, Any],
@@ -51,6 +59,8 @@ class Members:
         self.step_limit = step_limit
         self._connection = connection
         self._busy = busy
+        self._backlog = backlog
+        self._running = running
         self._on_change = on_change
         self._on_lost = on_lost
         self._log = log_extra
@@ -64,6 +74,11 @@ class Members:
         #: later step starts it from their cursors.
         self.unstarted: set[int] = set()
         self.wake = asyncio.Event()
+        #: The last view showed other live members: backlogs are reported and balanced.
+        self.grouped = False
+        #: What was last reported (partition -> queued), and its total.
+        self._reported: dict[int, int] = {}
+        self._reported_total = 0
 
     # -- what the fetcher and the runner ask ---------------------------------------
 
@@ -81,6 +96,24 @@ class Members:
     def epochs(self, partitions: Iterable[int]) -> dict[int, int]:
         """Fencing tokens of ``partitions`` (-1 for one not held: the fence refuses it)."""
         return {p: self.owned.get(p, -1) for p in partitions}
+
+    def note_backlog(self, total: int) -> None:
+        """Events in flight here are now ``total``: step (and report) at once when that
+        grew by a quarter or more since the last report, in a group of more than one.
+        (A shrinking backlog is reported with the next heartbeat.)"""
+        if self.grouped and total - self._reported_total >= max(
+            _REPORT_STEP, self._reported_total // 4
+        ):
+            self.wake.set()
+
+    def group_done(self, partitions: Iterable[int], total: int) -> None:
+        """A group ended: step at once if it held a partition waiting to be handed over
+        (it may be released now); otherwise as :meth:`note_backlog`."""
+        handing = self.handing_over
+        if handing and not handing.isdisjoint(partitions):
+            self.wake.set()
+        else:
+            self.note_backlog(total)
 
     def on_notify(self, payload: str) -> None:
         """A lease-channel notice: look at the group again now."""
@@ -109,15 +142,19 @@ class Members:
             self._lose(lost)
             self.handing_over.clear()
             await store.join(conn)
+        if self.grouped:
+            await self._report(conn)
         view = await store.view(conn)
         member = store.member_id
+        live = set(view.live_members())
+        self.grouped = len(live - {member}) > 0
         # Liveness is the heartbeat alone: a process that died is taken over when its
         # row expires. Probing (host, pid) would take a live process's partitions where
         # hosts share a name and pids repeat (containers).
         epochs = {lease.partition: lease.epoch for lease in view.leases}
         steps = plan(
             member,
-            set(view.live_members()),
+            live,
             view.owners(),
             epochs,
             dict(self.owned),
@@ -125,6 +162,10 @@ class Members:
             now=view.now,
             next_expiry=view.next_expiry(member),
             heartbeat=self.heartbeat,
+            backlog=view.backlog() if self.grouped else None,
+            offers=view.offers(),
+            last_report=view.last_report(),
+            running=self._running() if self.grouped else frozenset(),
         )
         self._lose(set(steps.lost))
         # From before an acquisition commits until the stream covers what it gained,
@@ -133,13 +174,26 @@ class Members:
             steps.adopt
             or steps.acquire
             or self.unstarted
-            or self.handing_over - set(steps.hand_over)
+            or self.handing_over - set(steps.hand_over) - {p for p, _ in steps.offer}
         )
         try:
             await self._carry_out(conn, steps, epochs)
         finally:
             self.settling = False
         return steps.next_check
+
+    async def _report(self, conn: asyncpg.Connection) -> None:
+        """Store the backlog of each partition held here where it changed; tell the
+        others when the total moved by a quarter or more."""
+        counts = self._backlog()
+        current = {p: counts.get(p, 0) for p in self.owned}
+        changed = {p: n for p, n in current.items() if self._reported.get(p) != n}
+        total = sum(current.values())
+        if changed:
+            notify = total - self._reported_total >= max(_REPORT_STEP, self._reported_total // 4)
+            await self.store.report_backlog(conn, changed, notify=notify)
+        self._reported = current
+        self._reported_total = total
 
     async def _carry_out(
         self, conn: asyncpg.Connection, steps: Plan, epochs: dict[int, int]
@@ -150,17 +204,35 @@ class Members:
         for p in steps.adopt:
             self.owned[p] = epochs[p]
             gained.add(p)
-        handing = set(steps.hand_over) - self.handing_over
-        # No longer to be handed over (its target left): read again, from its cursor.
-        kept = self.handing_over - set(steps.hand_over)
-        gained |= {p for p in kept if p in self.owned}
-        self.handing_over = set(steps.hand_over) & set(self.owned)
+        offered = {p for p, _ in steps.offer}
+        handing = (set(steps.hand_over) | offered) - self.handing_over
+        # No longer to be handed over (its target left, or the target changed): read
+        # again, from its stored cursor (its queued events were dropped). Until that
+        # stream starts it is neither read nor given a stored cursor: the changes below
+        # must not make it readable on the old stream, which passed it meanwhile.
+        kept = {p for p in self.handing_over - set(steps.hand_over) - offered if p in self.owned}
+        self.unstarted |= kept
+        gained |= kept
+        self.handing_over = (set(steps.hand_over) | offered) & set(self.owned)
         if handing:
             # Stop reading what goes to others (their cursors stored first), then release
             # each once its events in flight have outcomes.
             await self._on_change(conn, set())
-        if steps.release:
-            released = set(await store.release(conn, steps.release))
+        if steps.offer:
+            # Nothing of theirs runs here (the plan chose them so), and their queued
+            # events were dropped above: given at once, to the member the plan chose.
+            receivers: dict[str, list[int]] = {}
+            for p, receiver in steps.offer:
+                receivers.setdefault(receiver, []).append(p)
+            for receiver, parts in sorted(receivers.items()):
+                self._lose(set(await store.offer(conn, parts, receiver)))
+        release = set(steps.release)
+        if handing:
+            # Their queued events were dropped when reading stopped: those with nothing
+            # left in a running group can go back now.
+            release |= handing - offered - self._busy()
+        if release:
+            released = set(await store.release(conn, sorted(release)))
             self._lose(released)
         if steps.acquire:
             # Waits for the previous owner's fenced commits, but never long enough to
@@ -288,6 +360,10 @@ class MemberConnection:
                 await asyncio.wait_for(conn.close(), self._close_timeout)
             except Exception:
                 terminate(conn)  # closing is a courtesy: the server ends it either way
+
+
+#: A backlog change smaller than this is not reported before the next heartbeat.
+_REPORT_STEP = 32
 
 
 def _ranges(parts: Iterable[int]) -> str:

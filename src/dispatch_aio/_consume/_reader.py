@@ -103,8 +103,11 @@ class ReadLoop:
         refill_below: int,
         log_extra: dict[str, Any],
         leases: LeaseStore | None = None,
+        on_read: Callable[[], None] | None = None,
     ) -> None:
         self.pool = pool
+        #: Called after every read (the member task looks whether the backlog moved).
+        self._on_read = on_read
         self._leases = leases
         #: The partitions the stored cursors are written for: None, every partition (the
         #: per-type cursor); else the partitions the fetcher's stream covers.
@@ -327,6 +330,8 @@ class ReadLoop:
         self._read_at = time.monotonic()
         self._began_idle = self._scheduler.idle
         result = await self._fetcher.read(conn)
+        if self._on_read is not None:
+            self._on_read()
         self._capped = self._scheduler.at_cap()
         self._stats.fetches += 1
         self._cursor_held = result.cursor_held

@@ -159,7 +159,7 @@ class GroupRunner:
             index = 0
             while True:
                 if index == len(group):
-                    if posted is None or stopping.is_set():
+                    if posted is None or stopping.is_set() or self._handing_over(group):
                         break
                     more = scheduler.take_more(index, posted)
                     if not more:
@@ -278,6 +278,14 @@ class GroupRunner:
             self._undo(ran)
             self.scheduler.requeue(group)
             raise
+
+    def _handing_over(self, group: list[Item]) -> bool:
+        """A partition of ``group`` is being handed over: the group takes no more and
+        commits, so the partition can go to its new owner."""
+        members = self.members
+        if members is None or not members.handing_over:
+            return False
+        return not members.handing_over.isdisjoint(i.partition for i in group)
 
     # -- handlers --------------------------------------------------------------------
 

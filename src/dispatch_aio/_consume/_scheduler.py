@@ -472,6 +472,18 @@ class Scheduler:
         """Partitions with events read here and not yet given an outcome."""
         return {i.partition for i in self.inflight.values()}
 
+    def backlog_by_partition(self) -> dict[int, int]:
+        """Events read here and not yet given an outcome, per partition."""
+        counts: dict[int, int] = {}
+        for item in self.inflight.values():
+            counts[item.partition] = counts.get(item.partition, 0) + 1
+        return counts
+
+    def running_partitions(self) -> set[int]:
+        """Partitions with events in a running group (read, not queued any more)."""
+        queued = {id(i) for s in self.subjects.values() for i in s.items}
+        return {i.partition for i in self.inflight.values() if id(i) not in queued}
+
     def drop(self, partitions: set[int]) -> int:
         """Forget the queued events of partitions this process lost; returns how many.
 

@@ -86,6 +86,8 @@ async def prepare(
         step_limit=min(config.commit_timeout, config.lease_timeout / 2),
         connection=member_connection,
         busy=lambda: scheduler.busy_partitions(),
+        backlog=lambda: scheduler.backlog_by_partition(),
+        running=lambda: scheduler.running_partitions(),
         on_change=lambda conn, gained: handover.changed(conn, gained),
         on_lost=lambda lost: handover.lost(lost),
         log_extra=log_extra,
@@ -134,6 +136,7 @@ async def prepare(
         refill_below=max(config.batch_size, max_buffered // 2),
         log_extra=log_extra,
         leases=leases,
+        on_read=lambda: members.note_backlog(len(scheduler.inflight)),
     )
     handover = HandOver(
         members=members,

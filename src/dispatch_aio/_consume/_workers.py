@@ -225,6 +225,9 @@ class Workers:
     def _after_group(self, group: list[Item]) -> None:
         """Release the group's subjects and put their next events up for a worker."""
         self._scheduler.release(group)
+        members = self._runner.members
+        if members is not None:
+            members.group_done((i.partition for i in group), len(self._scheduler.inflight))
         reader = self._reader
         if len(self._scheduler.inflight) < reader.refill_below:
             reader.capacity.set()

@@ -52,6 +52,8 @@ class Member:
     heartbeat_at: datetime
     expires_at: datetime
     alive: bool
+    #: When it last reported a change of backlog (None: never).
+    backlog_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,10 @@ class Lease:
     owner: str | None
     epoch: int
     owner_alive: bool
+    #: Events queued in the partition, as its owner last reported (a hint for balance).
+    backlog: int = 0
+    #: Free, and offered to this live member for a second (ADR 0006, part E).
+    offered_to: str | None = None
 
     @property
     def held(self) -> bool:
@@ -94,6 +100,23 @@ class GroupView:
     def owners(self) -> dict[int, str | None]:
         """Partition -> live owner (None when free or held by an expired member)."""
         return {lease.partition: lease.owner if lease.held else None for lease in self.leases}
+
+    def backlog(self) -> dict[int, int]:
+        """Partition -> reported backlog, for the partitions with one."""
+        return {lease.partition: lease.backlog for lease in self.leases if lease.backlog}
+
+    def offers(self) -> dict[int, str]:
+        """Free partition -> the live member it stands offered to."""
+        return {
+            lease.partition: lease.offered_to
+            for lease in self.leases
+            if lease.offered_to is not None
+        }
+
+    def last_report(self) -> datetime | None:
+        """The latest change of backlog any live member reported."""
+        stamps = [m.backlog_at for m in self.members if m.alive and m.backlog_at is not None]
+        return max(stamps) if stamps else None
 
     def held_by(self, member_id: str) -> dict[int, int]:
         """Partition -> epoch of the leases ``member_id`` holds."""
@@ -172,6 +195,7 @@ class LeaseStore:
                     heartbeat_at=r["heartbeat_at"],
                     expires_at=r["expires_at"],
                     alive=r["alive"],
+                    backlog_at=r["backlog_at"],
                 )
                 for r in members
             ),
@@ -181,6 +205,8 @@ class LeaseStore:
                     owner=r["owner"],
                     epoch=r["epoch"],
                     owner_alive=r["owner_alive"],
+                    backlog=r["backlog"],
+                    offered_to=r["offered_to"],
                 )
                 for r in leases
             ),
@@ -218,6 +244,31 @@ class LeaseStore:
             )
             rows = await conn.fetch(self.q.lease_acquire, self.consumer, self.member_id, wanted)
         return {r["partition"]: r["epoch"] for r in rows}
+
+    async def report_backlog(
+        self, conn: asyncpg.Connection, backlog: Mapping[int, int], *, notify: bool
+    ) -> int:
+        """Store how many events are queued in each partition held here (others untouched);
+        with ``notify``, the other members look at the group again. Returns the rows changed."""
+        parts = sorted(backlog)
+        reported: int = await conn.fetchval(  # the changed rows' count
+            self.q.lease_report_backlog,
+            self.consumer,
+            self.member_id,
+            parts,
+            [backlog[p] for p in parts],
+            notify,
+        )
+        return reported
+
+    async def offer(
+        self, conn: asyncpg.Connection, partitions: Iterable[int], member_id: str
+    ) -> list[int]:
+        """Release partitions (nothing in flight) for ``member_id`` to take; notifies."""
+        rows = await conn.fetch(
+            self.q.lease_offer, self.consumer, self.member_id, sorted(set(partitions)), member_id
+        )
+        return sorted(r["partition"] for r in rows)
 
     async def release(self, conn: asyncpg.Connection, partitions: Iterable[int]) -> list[int]:
         """Hand partitions back (their in-flight events drained first); notifies."""
