@@ -88,3 +88,45 @@ async def test_a_subjects_events_read_while_its_group_runs_join_that_group(
     assert [e for e, _ in seen] == [first.event_id, second.event_id]
     assert seen[0][1] == seen[1][1]
     assert consumer.stats.groups_committed == 1
+
+
+async def test_a_group_holding_a_partition_being_handed_over_takes_no_more(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    """The member task decides to hand over the partition of a running group's subject.
+    The group ends with what it holds (the subject queued behind it waits for a group of
+    its own), so the partition can go as soon as that group commits, not once the group
+    has grown to a fair share. (The decision is set directly: which partitions a member
+    hands over depends on the group's backlogs, see test_group_handover.py.)"""
+    leaving, staying = uid("per"), uid("per")
+    entered, release = asyncio.Event(), asyncio.Event()
+    seen: dict[str, list[int]] = {}
+    consumer = Consumer(
+        dispatch_pool,
+        name=uid("grow"),
+        concurrency=1,
+        poll_interval=0.05,
+        handler_timeout=None,
+        lease_timeout=60,  # no heartbeat step while the test runs
+    )
+
+    @consumer.on("credit.locked")
+    async def on_locked(event: Event, conn: asyncpg.Connection) -> None:
+        seen.setdefault(event.subject, []).append(await conn.fetchval("SELECT txid_current()"))
+        if event.subject == leaving and not entered.is_set():
+            entered.set()
+            await release.wait()
+
+    part = await dispatch_pool.fetchval("SELECT dispatcher_partition($1)", leaving)
+    async with consumer:
+        # The longest subject is taken first: the one whose partition is handed over.
+        await dispatcher.publish_many([spec(s) for s in [leaving] * 3 + [staying] * 2])  # type: ignore[misc]
+        await asyncio.wait_for(entered.wait(), 10)
+        consumer._members.handing_over.add(part)
+        release.set()
+        await eventually(
+            lambda: sum(len(t) for t in seen.values()) == 5, within=20, what="every event"
+        )
+    # The handed-over subject committed alone; the other subject had a group of its own.
+    [group] = set(seen[leaving])
+    assert group not in seen[staying]

@@ -285,6 +285,25 @@ def test_drop_forgets_queued_events_of_lost_partitions_only() -> None:
     assert [i.position for i in take_group(s)] == [3]
 
 
+def test_backlog_and_running_partitions_tell_queued_from_running() -> None:
+    """What a member reports (events without an outcome, per partition) and what it may
+    give away (partitions with nothing in a running group)."""
+    s = scheduler(workers=1, max_group=1)
+    for position, subject, partition in ((1, "a", 7), (2, "a", 7), (3, "b", 9), (4, "c", 9)):
+        r = row(position, subject)
+        item = make(r)
+        item.partition = partition
+        s.read(r, lambda _r, it=item: it)
+    assert s.backlog_by_partition() == {7: 2, 9: 2}
+    assert s.running_partitions() == set()
+    [running] = take_group(s)  # a's head: partition 7 now runs, 9 is only queued
+    assert running.partition == 7
+    assert s.running_partitions() == {7}
+    assert s.backlog_by_partition() == {7: 2, 9: 2}  # running events count too
+    assert s.drop({9}) == 2  # given away: its queued events go
+    assert s.backlog_by_partition() == {7: 2}
+
+
 def test_an_event_read_again_after_its_partition_came_back_is_queued_once_more() -> None:
     """Its partition was lost (queued events dropped) and gained again while an earlier
     event of the type still runs: the dropped entry is still among the type's pending
