@@ -165,7 +165,7 @@ def backlogs(draw: st.DrawFn) -> tuple[list[str], dict[int, str | None], dict[in
 
 
 @given(backlogs())
-@settings(max_examples=200)
+@settings(max_examples=300)
 def test_gifts_keep_counts_fair_and_only_narrow_the_spread(
     case: tuple[list[str], dict[int, str | None], dict[int, int]],
 ) -> None:
@@ -180,8 +180,11 @@ def test_gifts_keep_counts_fair_and_only_narrow_the_spread(
     assert max(counts(settled).values()) - min(counts(settled).values()) <= 1
     before, after = loads(target, backlog), loads(settled, backlog)
     assert max(after.values(), default=0) <= max(before.values(), default=0)
-    if len(set(target.values())) == 2:
-        # Two members: the receiver gives back exactly what the plan counted on, so the
-        # settled group is a fixed point (nobody is asked to move a partition back).
+    if len(set(target.values())) == 2 and partitions % 2 == 0:
+        # Two members with equal shares: the receiver gives back exactly what the plan
+        # counted on, so the settled group is a fixed point (nobody is asked to move a
+        # partition back). With an odd count, the share with one more follows the
+        # partitions (it goes to the member holding the most), so a gift may come back
+        # as nothing; the next plan then narrows the rest.
         assert assign(members, settled, partitions, backlog) == settled
         assert balance(settled, backlog) == {}

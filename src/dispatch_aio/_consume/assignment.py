@@ -105,8 +105,9 @@ def balance(
     partitions never move (their owner cannot let them go now). While the member with
     the most queued has at least ``max(min_gap, mean / 16)`` more than the one with the
     least, it gives that one a partition with a backlog, and gets back the one that
-    member would give up (the last in :func:`keep_order`): counts stay as they were. The
-    partition chosen leaves the two closest. Every move narrows the difference, so this
+    member would give up (the last in :func:`keep_order`), which must be idle: counts
+    stay as they were, and the backlogs move as planned wherever the idle one ends up.
+    The partition chosen leaves the two closest. Every move narrows the difference, so this
     ends; the answer depends on the inputs alone (ties go to the lowest partition and
     member id), so every member computes the same one from the same view.
     """
@@ -125,11 +126,15 @@ def balance(
         gap = load[high] - load[low]
         if gap < threshold:
             break
+        # What the receiver gives back: its partition with the least queued. Only an idle
+        # one: then it carries no backlog wherever it goes (the share with one more may
+        # follow the gift, and the count-fair rule then fills another member's gap).
         given = keep_order(held[low], backlog)[-1]
-        floor = backlog.get(given, 0)
+        if backlog.get(given, 0):
+            break
         best: tuple[int, int] | None = None  # (how close it leaves the two, partition)
         for partition in held[high]:
-            moved = backlog.get(partition, 0) - floor
+            moved = backlog.get(partition, 0)
             if partition not in fixed and 0 < moved < gap:
                 closeness = abs(gap - 2 * moved)
                 if best is None or (closeness, partition) < best:
@@ -137,16 +142,16 @@ def balance(
         if best is None:
             break
         taken = best[1]
-        moved = backlog.get(taken, 0) - floor
+        moved = backlog.get(taken, 0)
         held[high].remove(taken)
         held[low].remove(given)
         held[high].append(given)
         held[low].append(taken)
         result[taken], result[given] = low, high
         gifts[taken] = low
-        gifts.pop(given, None)
         load[high] -= moved
         load[low] += moved
+    # A partition given on twice may have come back to where it was.
     return {p: m for p, m in gifts.items() if m != target[p]}
 
 
