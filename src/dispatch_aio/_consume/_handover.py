@@ -64,19 +64,13 @@ class HandOver:
     def lost(self, lost: set[int]) -> None:
         """Leases lost or released: stop reading and storing cursors for them, and drop
         their queued events. Synchronous: no cursor of theirs is stored after this."""
-        reader, scheduler = self._reader, self._scheduler
+        reader = self._reader
         current = reader.cursor_partitions
         reader.cursor_partitions = frozenset(
             (set(range(PARTITION_COUNT)) if current is None else set(current)) - lost
         )
         self._fetcher.restart(self._members.readable(), None)
-        dropped = scheduler.drop(lost)
-        if dropped:
-            logger.info("%d queued events of lost partitions dropped", dropped, extra=self._log)
-            if len(scheduler.inflight) < reader.refill_below:
-                # Room made without a group finishing: a read loop paused on a full
-                # buffer reads on now (it would wait for the next group to end).
-                reader.capacity.set()
+        self._drop(lost, "lost partitions")
 
     async def changed(self, conn: asyncpg.Connection, gained: set[int]) -> None:
         """Leases gained, or some to hand over: read what is held (minus what is handed
@@ -90,14 +84,9 @@ class HandOver:
         if kept != before:
             fetcher.restart(kept, None)
             reader.cursor_partitions = kept
-        handing = self._members.handing_over
-        if handing:
+        if self._members.handing_over:
             # Not handled here any more: the next owner reads them from the stored cursor.
-            dropped = scheduler.drop(set(handing))
-            if dropped:
-                logger.info(
-                    "%d queued events of partitions handed over dropped", dropped, extra=self._log
-                )
+            self._drop(set(self._members.handing_over), "partitions handed over")
         # Cursors moved so far hold for the partitions the stream still covers.
         with contextlib.suppress(Exception):
             await reader.flush_cursors(conn)
@@ -111,6 +100,17 @@ class HandOver:
         # Reads begun so far covered less than is held now: none of them finds it idle.
         self._settled_seq = reader.fetch_seq
         reader.wake.set()
+
+    def _drop(self, partitions: set[int], what: str) -> None:
+        """Drop the queued events of ``partitions``; room made without a group finishing
+        lets a read loop paused on a full buffer read on now (it would wait for the next
+        group to end)."""
+        reader, scheduler = self._reader, self._scheduler
+        dropped = scheduler.drop(partitions)
+        if dropped:
+            logger.info("%d queued events of %s dropped", dropped, what, extra=self._log)
+            if len(scheduler.inflight) < reader.refill_below:
+                reader.capacity.set()
 
     def idle_counts(self, idle_seq: int, since: int) -> bool:
         """Whether the read numbered ``idle_seq``, which found nothing, shows the consumer
