@@ -412,8 +412,14 @@ async def test_terminating_a_worker_connection_during_the_outcome_commit(
         await _publish(dispatcher)
 
         async def committing() -> list[int]:
-            # Active only: the read loop's idle connection last sent a COMMIT too.
-            return await _pids_running(effects_pool, "COMMIT%", active=True)
+            # The stalled one: asleep in the trigger. Other COMMITs (the read loop's cursor
+            # store) may be active for a moment too; cutting one of those instead left the
+            # stalled commit running for its 30 s.
+            rows = await effects_pool.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND query LIKE 'COMMIT%' AND state = 'active' AND wait_event = 'PgSleep'"
+            )
+            return [r["pid"] for r in rows]
 
         await eventually(committing, within=10, what="a commit to stall")
         for pid in await committing():
