@@ -304,6 +304,23 @@ def test_backlog_and_running_partitions_tell_queued_from_running() -> None:
     assert s.backlog_by_partition() == {7: 2}
 
 
+def test_dropping_queued_events_frees_the_buffer_they_filled() -> None:
+    """A full buffer of one partition's events, dropped (the partition was lost or given
+    away): reading must be able to go on at once. The dropped entries used to stay in the
+    type's pending events until a later outcome moved its mark; a process with nothing
+    else in flight then never read again."""
+    s = scheduler(workers=1, max_group=1, max_buffered=4)
+    for position in range(1, 5):
+        r = row(position, "a")
+        item = make(r)
+        item.partition = 7
+        s.read(r, lambda _r, it=item: it)
+    assert s.at_cap()
+    assert s.drop({7}) == 4
+    assert not s.at_cap()
+    assert s.inflight == {}
+
+
 def test_an_event_read_again_after_its_partition_came_back_is_queued_once_more() -> None:
     """Its partition was lost (queued events dropped) and gained again while an earlier
     event of the type still runs: the dropped entry is still among the type's pending

@@ -504,12 +504,18 @@ class Scheduler:
             subject.items = keep
             if not keep and not subject.busy:
                 del self.subjects[key]
+        if dropped:
+            # Their entries leave the types' pending events now: left for a later outcome
+            # to clear, they could hold the buffer's cap with nothing else in flight, and
+            # no read would come again.
+            self.advance()
         return dropped
 
     def forget(self, items: Iterable[Item]) -> None:
         """Let events go without an outcome (their lease was lost mid-group)."""
         for item in items:
             self._forget(item)
+        self.advance()
 
     def _forget(self, item: Item) -> None:
         self.inflight.pop(item.position, None)
