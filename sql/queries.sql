@@ -339,7 +339,6 @@ stamped AS (
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM reported) AS reported,
-       (SELECT count(*) FROM stamped) AS stamped,
        CASE WHEN $5::boolean THEN pg_notify({{lease_channel}}, $1) IS NULL END AS notified
 
 -- name: lease_offer

@@ -101,9 +101,7 @@ class Members:
         """Events in flight here are now ``total``: step (and report) at once when that
         grew by a quarter or more since the last report, in a group of more than one.
         (A shrinking backlog is reported with the next heartbeat.)"""
-        if self.grouped and total - self._reported_total >= max(
-            _REPORT_STEP, self._reported_total // 4
-        ):
+        if self.grouped and self._grew(total):
             self.wake.set()
 
     def group_done(self, partitions: Iterable[int], total: int) -> None:
@@ -182,16 +180,20 @@ class Members:
             self.settling = False
         return steps.next_check
 
+    def _grew(self, total: int) -> bool:
+        """``total`` is a quarter (and ``_REPORT_STEP`` events) or more above the last
+        report: worth a report now, and a notice to the others."""
+        return total - self._reported_total >= max(_REPORT_STEP, self._reported_total // 4)
+
     async def _report(self, conn: asyncpg.Connection) -> None:
         """Store the backlog of each partition held here where it changed; tell the
-        others when the total moved by a quarter or more."""
+        others when the total grew by a quarter or more."""
         counts = self._backlog()
         current = {p: counts.get(p, 0) for p in self.owned}
         changed = {p: n for p, n in current.items() if self._reported.get(p) != n}
         total = sum(current.values())
         if changed:
-            notify = total - self._reported_total >= max(_REPORT_STEP, self._reported_total // 4)
-            await self.store.report_backlog(conn, changed, notify=notify)
+            await self.store.report_backlog(conn, changed, notify=self._grew(total))
         self._reported = current
         self._reported_total = total
 

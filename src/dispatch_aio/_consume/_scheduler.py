@@ -485,10 +485,12 @@ class Scheduler:
         return {i.partition for i in self.inflight.values() if id(i) not in queued}
 
     def drop(self, partitions: set[int]) -> int:
-        """Forget the queued events of partitions this process lost; returns how many.
+        """Forget the queued events of partitions this process lost or hands over;
+        returns how many.
 
-        Events in a running group stay: their outcome is refused by the fence. Dropped
-        events get no outcome here; the new owner reads them from its stored cursor.
+        Events in a running group stay: a lost partition's are refused by the fence, a
+        handed-over one's commit before it is released. Dropped events get no outcome
+        here; the new owner reads them from its stored cursor.
         """
         if not partitions:
             return 0

@@ -111,16 +111,15 @@ def balance(
     ends; the answer depends on the inputs alone (ties go to the lowest partition and
     member id), so every member computes the same one from the same view.
     """
-    result = dict(target)
     gifts: dict[int, str] = {}
     held: dict[str, list[int]] = {}
-    for partition, member in sorted(result.items()):
+    for partition, member in sorted(target.items()):
         held.setdefault(member, []).append(partition)
     if len(held) < 2:
         return gifts
     load = {m: sum(backlog.get(p, 0) for p in parts) for m, parts in held.items()}
     threshold = max(min_gap, sum(load.values()) // (16 * len(held)))
-    for _ in range(len(result)):
+    for _ in range(len(target)):
         high = min(held, key=lambda m: (-load[m], m))
         low = min(held, key=lambda m: (load[m], m))
         gap = load[high] - load[low]
@@ -147,7 +146,6 @@ def balance(
         held[low].remove(given)
         held[high].append(given)
         held[low].append(taken)
-        result[taken], result[given] = low, high
         gifts[taken] = low
         load[high] -= moved
         load[low] += moved
