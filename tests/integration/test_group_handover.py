@@ -525,3 +525,42 @@ async def test_a_process_that_lost_its_lease_counts_no_attempt_there(pool: async
         await eventually(lambda: not c._members.owned, within=30, what="the loss to be seen")
     assert await pool.fetchval("SELECT count(*) FROM dispatcher_attempt") == 0
     assert await pool.fetchval("SELECT count(*) FROM dispatcher_dead_letter") == 0
+
+
+async def test_partitions_gained_are_read_on_their_own_from_their_cursors(
+    pool: asyncpg.Pool, dispatch_dsn: str
+) -> None:
+    """A member takes over partitions whose stored cursor lies far below its own reads:
+    it reads them from that cursor on a stream of their own (ADR 0006), and reads again
+    none of the events of the partitions it already held (each would come back as a
+    dedup hit), however far back the gained cursor is."""
+    a = consumer(pool, dsn=dispatch_dsn, lease_timeout=30, batch_size=50)
+    gate = asyncio.Event()
+    b = Consumer(
+        pool, name=NAME, concurrency=2, batch_size=50, poll_interval=0.2, drain_timeout=0.5
+    )
+
+    @b.on("credit.locked")
+    async def stuck(event: Event, conn: asyncpg.Connection) -> None:
+        await gate.wait()  # never set: b leaves with these in flight
+
+    dispatcher = Dispatcher(pool, producer="tests", tenant_id="tnt_tests")
+    async with a:
+        me = a._leases.member_id
+        await b.start()
+        you = b._leases.member_id
+        await eventually(lambda: _split(pool, me, you), within=30, what="a split in two")
+        # b's events first (lower ids), then a's: b's cursor stays below all of a's.
+        await dispatcher.publish_many(events(await subjects_in(pool, await held_by(pool, you), 20)))
+        mine = await subjects_in(pool, await held_by(pool, me), 30)
+        await dispatcher.publish_many(events(mine * 2))
+        await eventually(lambda: _effects_at_least(pool, 60), within=30, what="a's events")
+        hits_before = a.stats.dedup_hits
+        await b.aclose()  # its handlers time out and roll back; it hands its leases back
+        await eventually(lambda: _holds(pool, me, 256), within=30, what="all taken over")
+        await eventually(lambda: _effects_at_least(pool, 80), within=30, what="b's events")
+        await asyncio.wait_for(a.wait_idle(), 60)
+        assert a.stats.dedup_hits - hits_before == 0
+        assert a._fetcher._catchup is None  # caught up, and merged into the main stream
+    assert await pool.fetch("SELECT * FROM cursor_violations") == []
+    await exactly_once_in_order(pool)

@@ -22,10 +22,13 @@ from .._storage._consumer_store import ConsumerStore
 from .._typed import PayloadModel
 from ._codec import EventDecoder
 from ._scheduler import Item, Scheduler
+from .assignment import PARTITION_COUNT
 from .horizon import Key, Stream
 from .streams_store import StreamsStore, partition_mask
 
 __all__ = ["Fetcher", "ReadResult", "RowKeys"]
+
+_ALL = frozenset(range(PARTITION_COUNT))
 
 
 class RowKeys(Sequence[Key]):
@@ -87,11 +90,16 @@ class Fetcher:
     ) -> None:
         self._store = store
         self._streams = streams
-        #: One stream over every partition (a single process reads with no filter).
+        #: The main stream (a single process reads every partition, with no filter).
         self.stream = Stream(frontier=start)
-        #: Partitions read (None: all). Empty until the member task has leases.
-        self._partitions: frozenset[int] | None = frozenset()
+        #: Partitions the main stream reads. Empty until the member task has leases.
+        self._main: frozenset[int] = frozenset()
         self._mask: bytes | None = partition_mask(())
+        #: Partitions gained while the main stream ran, read from their stored cursors
+        #: by a stream of their own until both catch up in one read (ADR 0006).
+        self._catchup: Stream | None = None
+        self._caught: frozenset[int] = frozenset()
+        self._catchup_mask: bytes | None = None
         #: Bumped by every restart: a read that was on the wire meanwhile is dropped.
         self._generation = 0
         self._scheduler = scheduler
@@ -104,16 +112,22 @@ class Fetcher:
     async def read(self, conn: asyncpg.Connection) -> ReadResult:
         """Read the next batch on ``conn`` (one statement, in a read-only transaction)."""
         scheduler = self._scheduler
-        stream = self.stream
-        if self._partitions is not None and not self._partitions:
+        if not self._main:
             return ReadResult(False, False, 0)  # no lease held here (yet)
         if scheduler.at_cap():
             # A type holds its cap of events behind a head without an outcome.
-            return ReadResult(False, bool(stream.watched), 0)
+            return ReadResult(False, self._watching(), 0)
         # A full batch means a backlog: read ahead in bigger steps (up to the buffer).
-        limit = self._limit
+        streams = [(self.stream, self._mask)]
+        catchup = self._catchup
+        if catchup is not None:
+            streams.append((catchup, self._catchup_mask))
+        # Each stream reads up to the limit: two share the room one would have.
+        limit = max(self._batch_size, self._limit // len(streams))
         generation = self._generation
-        result = await self._streams.fetch(conn, [(stream.plan(), self._mask)], limit)
+        result = await self._streams.fetch(
+            conn, [(stream.plan(), mask) for stream, mask in streams], limit
+        )
         if generation != self._generation:
             # Partitions changed hands while this read was on the wire. Its rows may
             # belong to partitions this process no longer holds, and its snapshot speaks
@@ -121,53 +135,105 @@ class Fetcher:
             # bound over a gained partition's events not yet read, and that partition's
             # stored cursor with it (a later owner would start past them: lost, or
             # handled after their subject's later events). Drop it; read again at once.
-            return ReadResult(True, bool(self.stream.watched), 0)
-        got = result.streams[0]
+            return ReadResult(True, self._watching(), 0)
         make = self._make_item
         pull = scheduler.pull
-        for row in got.pulled:
-            pull(row, make)
-        hits = 0
         read = scheduler.read
         on_hit = self._on_dedup_hit
-        for rows in (got.watched_rows, got.range_rows or ()):
-            for row in rows:
-                if read(row, make):
-                    hits += 1
-                    if on_hit is not None:
-                        on_hit(row["event_type"])
-        range_rows = got.range_rows
-        stream.advance(
-            result.snapshot,
-            RowKeys(got.watched_rows),
-            None if range_rows is None else RowKeys(range_rows),
-            limit,
-        )
-        scheduler.set_bound(stream.low_water())
+        hits = 0
+        for (stream, _), got in zip(streams, result.streams, strict=True):
+            for row in got.pulled:
+                pull(row, make)
+            for rows in (got.watched_rows, got.range_rows or ()):
+                for row in rows:
+                    if read(row, make):
+                        hits += 1
+                        if on_hit is not None:
+                            on_hit(row["event_type"])
+            range_rows = got.range_rows
+            stream.advance(
+                result.snapshot,
+                RowKeys(got.watched_rows),
+                None if range_rows is None else RowKeys(range_rows),
+                limit,
+            )
+        if catchup is not None and self.stream.can_merge(catchup):
+            # Both caught up in this read: one stream reads them all from now on.
+            self.stream.merge(catchup)
+            self._set_main(self._main | self._caught)
+            self._set_catchup(None, frozenset())
+        scheduler.set_bound(self.low_water())
         scheduler.advance()
-        full = not stream.caught_up
+        full = any(not stream.caught_up for stream, _ in streams)
         room = max(self._batch_size, scheduler.max_buffered - len(scheduler.inflight))
         self._limit = room if full else self._batch_size
-        return ReadResult(full, bool(stream.watched), hits)
+        return ReadResult(full, self._watching(), hits)
+
+    def low_water(self) -> Key:
+        """Below every row not read yet and every id in progress, over both streams."""
+        mark = self.stream.low_water()
+        if self._catchup is not None:
+            mark = min(mark, self._catchup.low_water())
+        return mark
+
+    def _watching(self) -> bool:
+        """Transactions a stream passed are still open (the stored cursor waits)."""
+        return bool(self.stream.watched) or (
+            self._catchup is not None and bool(self._catchup.watched)
+        )
 
     @property
     def partitions(self) -> frozenset[int] | None:
         """The partitions read now (None: all)."""
-        return self._partitions
+        held = self._main | self._caught
+        return None if len(held) == PARTITION_COUNT else held
 
     def restart(self, partitions: frozenset[int] | None, start: Key | None) -> None:
-        """Read ``partitions`` (None: all); from ``start`` on when partitions were gained.
+        """Read ``partitions`` (None: all); those gained from ``start`` on.
 
-        ``start`` must be a stored cursor or lower (ADR 0006: a restart from a cursor
-        loses nothing; rows read again are skipped by their markers). Without it (only
-        partitions left the set) the stream's state stays valid for the rest. A read
-        on the wire meanwhile is dropped when it returns.
+        ``start`` must be the gained partitions' lowest stored cursor or lower (ADR 0006:
+        a restart from a cursor loses nothing; rows read again are skipped by their
+        markers). Partitions kept go on where their stream is; partitions gained are read
+        by a catch-up stream of their own (with the main stream, in the same statement)
+        until both catch up in one read and merge, so a gain re-reads only what the gained
+        partitions have above their cursors. Without ``start`` only partitions may leave.
+        A read on the wire meanwhile is dropped when it returns.
         """
         self._generation += 1
-        self._partitions = partitions
-        self._mask = partition_mask(partitions)
-        if start is not None:
-            self.stream = Stream(frontier=start)
+        wanted = _ALL if partitions is None else partitions
+        main = self._main & wanted
+        caught = self._caught & wanted
+        gained = wanted - self._main - self._caught
+        if start is None:
+            # Only leaving. A partition not read yet waits for the restart that brings
+            # its stored cursor (read from here, it would skip its rows below).
+            gained = frozenset()
+        if not main and caught:
+            # The main stream has nothing left: the catch-up stream is the main one now.
+            assert self._catchup is not None
+            self.stream, main, caught = self._catchup, caught, frozenset()
+            self._set_catchup(None, frozenset())
+        if gained:
+            assert start is not None
+            if not main:
+                self.stream, main = Stream(frontier=start), gained
+            elif caught and self._catchup is not None:
+                # Gained again before the last gain caught up: one catch-up for both.
+                self._catchup = Stream(frontier=min(self._catchup.low_water(), start))
+                caught = caught | gained
+            else:
+                self._catchup, caught = Stream(frontier=start), gained
+        self._set_main(main)
+        self._set_catchup(self._catchup if caught else None, caught)
+
+    def _set_main(self, partitions: frozenset[int]) -> None:
+        self._main = partitions
+        self._mask = partition_mask(None if len(partitions) == PARTITION_COUNT else partitions)
+
+    def _set_catchup(self, stream: Stream | None, partitions: frozenset[int]) -> None:
+        self._catchup = stream
+        self._caught = partitions
+        self._catchup_mask = partition_mask(partitions) if stream is not None else None
 
     async def read_replays(self, conn: asyncpg.Connection) -> None:
         """Queue the dead letters waiting to be replayed, each on a lane of its own."""

@@ -10,8 +10,9 @@ needs:
 - a partition handed over is not read any more, and its queued events are dropped as a
   lost one's are: only what already runs in a group finishes here, so the partition
   goes to its new owner as soon as those groups end, not after its whole backlog;
-- a gained partition is read from its stored cursor (the stream restarts there; a read
-  on the wire meanwhile is dropped by the fetcher);
+- a gained partition is read from its stored cursor, by a catch-up stream that merges
+  into the main one once both catch up (a read on the wire meanwhile is dropped by the
+  fetcher): what is held already is not read again;
 - while partitions are being taken on, no read finds the consumer idle
   (:meth:`HandOver.idle_counts`).
 """
@@ -93,8 +94,10 @@ class HandOver:
         start: tuple[int, int] | None = None
         if gained:
             stored = await self._leases.read_cursors(conn, self._event_types, gained)
-            start = min([fetcher.stream.low_water(), *stored.values()])
-            scheduler.restart_cursors(start)
+            # The gained partitions are read from their lowest stored cursor, by a stream
+            # of their own; the cursors stored for everything held follow the lower mark.
+            start = min(stored.values(), default=fetcher.low_water())
+            scheduler.restart_cursors(min(start, fetcher.low_water()))
         fetcher.restart(readable, start)
         reader.cursor_partitions = readable
         # Reads begun so far covered less than is held now: none of them finds it idle.
