@@ -548,6 +548,9 @@ SET LOCAL plan_cache_mode = force_generic_plan
 -- out_of_order candidates (ADR 0002). Kind 3, last: the statement's own snapshot, which
 -- says exactly which ids it could not see. `handled`: consumer $9 has an outcome for it;
 -- `attempts`: its failed attempts so far; occurred_at as microseconds (as consumer_fetch).
+-- Floors ($10 xid, $11 position; empty arrays: none): a catch-up stream's partitions'
+-- own stored cursors, element (stream - 1) * 256 + partition + 1 (NULL: none); rows at
+-- or below their partition's floor have outcomes and are not read.
 WITH horizon AS MATERIALIZED (
     SELECT pg_current_snapshot() AS s
 ),
@@ -580,6 +583,13 @@ watched AS MATERIALIZED (
                                 WHERE w.stream = s.stream AND w.xid = e.xid)
               AND (s.mask IS NULL OR get_bit(s.mask,
                    coalesce(e.partition, {{schema}}.dispatcher_partition(e.subject))) = 1)
+              AND (cardinality($10::bigint[]) = 0 OR NOT coalesce(
+                   (e.xid, e.position) <= (
+                       ($10::bigint[])[(s.stream - 1) * 256 + coalesce(e.partition,
+                           {{schema}}.dispatcher_partition(e.subject)) + 1]::text::xid8,
+                       ($11::bigint[])[(s.stream - 1) * 256 + coalesce(e.partition,
+                           {{schema}}.dispatcher_partition(e.subject)) + 1]),
+                   false))
             ORDER BY e.xid, e.position
             LIMIT $8
         ) e
@@ -609,6 +619,13 @@ ranged AS MATERIALIZED (
               AND (e.xid, e.position) > (s.frontier_xid::text::xid8, s.frontier_position)
               AND (s.mask IS NULL OR get_bit(s.mask,
                    coalesce(e.partition, {{schema}}.dispatcher_partition(e.subject))) = 1)
+              AND (cardinality($10::bigint[]) = 0 OR NOT coalesce(
+                   (e.xid, e.position) <= (
+                       ($10::bigint[])[(s.stream - 1) * 256 + coalesce(e.partition,
+                           {{schema}}.dispatcher_partition(e.subject)) + 1]::text::xid8,
+                       ($11::bigint[])[(s.stream - 1) * 256 + coalesce(e.partition,
+                           {{schema}}.dispatcher_partition(e.subject)) + 1]),
+                   false))
             ORDER BY e.xid, e.position
             LIMIT $8 - coalesce(tk.n, 0)
         ) e

@@ -561,6 +561,42 @@ async def test_partitions_gained_are_read_on_their_own_from_their_cursors(
         await eventually(lambda: _effects_at_least(pool, 80), within=30, what="b's events")
         await asyncio.wait_for(a.wait_idle(), 60)
         assert a.stats.dedup_hits - hits_before == 0
-        assert a._fetcher._catchup is None  # caught up, and merged into the main stream
+        assert len(a._fetcher._readings) == 1  # caught up, and merged into the main stream
+    assert await pool.fetch("SELECT * FROM cursor_violations") == []
+    await exactly_once_in_order(pool)
+
+
+async def test_a_partition_handed_over_is_read_by_its_next_owner_from_its_own_mark(
+    pool: asyncpg.Pool, dispatch_dsn: str
+) -> None:
+    """A backlog is half handled when a second member joins and takes half the
+    partitions. The cursor stored for each partition handed over is that partition's own
+    mark (below its first event without an outcome), not the type's mark, which waits for
+    the slowest subject: the newcomer reads again none of the events already handled,
+    but for those whose group was still running.
+
+    One subject per partition, so each partition's events are handled in order and its
+    own mark leaves nothing handled above it."""
+    partitions = random.sample(range(256), 40)
+    subjects = [(await subjects_in(pool, {p}, 1))[0] for p in partitions]
+    a = consumer(pool, dsn=dispatch_dsn, lease_timeout=30, max_sleep=0.02, batch_size=50)
+    b = consumer(pool, lease_timeout=30, batch_size=50)
+    dispatcher = Dispatcher(pool, producer="tests", tenant_id="tnt_tests")
+    async with a:
+        me = a._leases.member_id
+        await eventually(lambda: _holds(pool, me, 256), within=30, what="a holds all")
+        # One transaction, subjects interleaved: the type's mark stays below the slowest.
+        await dispatcher.publish_many(events(subjects * 5))
+        await eventually(lambda: _effects_at_least(pool, 60), within=30, what="a third")
+        async with b:
+            you = b._leases.member_id
+            await eventually(lambda: _split(pool, me, you), within=30, what="a split in two")
+            await eventually(lambda: _effects_at_least(pool, 200), within=60, what="all")
+            await asyncio.wait_for(b.wait_idle(), 60)
+            assert b.stats.handled > 0  # b took partitions with events left in them
+            # Only events in a group running at the hand-over can be read again: their
+            # partition's mark was taken below them, and they committed after (at most
+            # concurrency x max_group = 8). With the type's mark it was 20 to 34.
+            assert b.stats.dedup_hits <= 8
     assert await pool.fetch("SELECT * FROM cursor_violations") == []
     await exactly_once_in_order(pool)

@@ -52,7 +52,7 @@ def test_a_later_gain_reads_from_its_cursor_and_leaves_the_main_stream_alone() -
     assert f.low_water() == (40, 2)  # the stored cursors wait for the gained partition
 
 
-def test_a_second_gain_joins_the_catch_up_from_the_lower_cursor() -> None:
+def test_each_gain_reads_from_its_own_cursor_until_the_streams_merge() -> None:
     f = fetcher()
     f.restart(frozenset({1}), (5, 7))
     caught_up_at(f, 900)
@@ -62,6 +62,22 @@ def test_a_second_gain_joins_the_catch_up_from_the_lower_cursor() -> None:
     f.restart(frozenset({1, 2, 3, 4}), (60, 1))
     assert f.low_water() == (30, 9)
     assert f.stream.frontier == (900, 0)
+    assert [r.stream.frontier for r in f._readings] == [(900, 0), (40, 2), (30, 9), (60, 1)]
+    f.restart(frozenset({1, 3, 4}), None)  # 2 leaves: its catch-up goes with it
+    assert f.low_water() == (30, 9)
+    assert f.partitions == {1, 3, 4}
+
+
+def test_gains_past_the_limit_join_the_newest_catch_up_from_the_lower_mark() -> None:
+    f = fetcher()
+    f.restart(frozenset({0}), (1, 0))
+    caught_up_at(f, 900)
+    for p in range(1, 8):
+        f.restart(frozenset(range(p + 1)), (100 - p, 0))
+    assert len(f._readings) == 5
+    assert f._readings[-1].partitions == {4, 5, 6, 7}
+    assert f._readings[-1].stream.frontier == (93, 0)
+    assert f.partitions == set(range(8))
 
 
 def test_losing_the_main_streams_partitions_makes_the_catch_up_the_main_stream() -> None:

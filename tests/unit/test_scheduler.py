@@ -542,3 +542,31 @@ def test_finished_replay_requests_are_remembered_up_to_a_bound() -> None:
         s.end_replay(f"dlq_{n}")
     assert s.begin_replay("dlq_0", "t1")  # the oldest was let go
     assert not s.begin_replay(f"dlq_{_RECENT_LIMIT}", "t1")
+
+
+def test_a_partitions_own_mark_is_below_its_first_event_without_an_outcome() -> None:
+    """The mark stored for a partition handed over: below its own first event without an
+    outcome, however far behind the type's mark is held by another partition; a partition
+    with nothing in flight gets the type's read mark; none is above the reader's bound."""
+    s = scheduler(workers=4, max_group=1)
+    items = {}
+    for position, subject, partition in ((1, "a", 7), (2, "b", 9), (3, "b", 9), (4, "c", 9)):
+        r = row(position, subject, xid=50)
+        item = items[position] = make(r)
+        item.partition = partition
+        s.read(r, lambda _r, it=item: it)
+    s.set_bound((60, 0))
+    group = take_group(s)  # partition 7's event runs; 9's first subject's head too
+    for other in (take_group(s), take_group(s)):
+        group += other
+    done = [i for i in group if i.position in (2, 4)]
+    for item in done:
+        s.complete(item, Outcome.HANDLED)
+    s.advance()
+    assert s.cursors[TYPE].committed == (50, 0)  # held by partition 7's event 1
+    marks = s.partition_marks({7, 9, 11})
+    assert marks[(TYPE, 7)] == (50, 0)
+    assert marks[(TYPE, 9)] == (50, 2)  # event 3 has no outcome; 2 and 4 have
+    assert marks[(TYPE, 11)] == (50, 4)  # nothing here: the last row read
+    s.set_bound((40, 0))
+    assert s.partition_marks({9})[(TYPE, 9)] == (40, 0)

@@ -29,6 +29,22 @@ from .streams_store import StreamsStore, partition_mask
 __all__ = ["Fetcher", "ReadResult", "RowKeys"]
 
 _ALL = frozenset(range(PARTITION_COUNT))
+#: Catch-up streams at most; a gain beyond joins the newest from the lower mark.
+_MAX_CATCHUPS = 4
+
+
+@dataclass(slots=True, frozen=True)
+class _Reading:
+    """A stream and the partitions it reads (its read's filter)."""
+
+    stream: Stream
+    partitions: frozenset[int]
+    mask: bytes | None
+
+    @classmethod
+    def of(cls, stream: Stream, partitions: frozenset[int]) -> _Reading:
+        every = len(partitions) == PARTITION_COUNT
+        return cls(stream, partitions, partition_mask(None if every else partitions))
 
 
 class RowKeys(Sequence[Key]):
@@ -90,16 +106,11 @@ class Fetcher:
     ) -> None:
         self._store = store
         self._streams = streams
-        #: The main stream (a single process reads every partition, with no filter).
-        self.stream = Stream(frontier=start)
-        #: Partitions the main stream reads. Empty until the member task has leases.
-        self._main: frozenset[int] = frozenset()
-        self._mask: bytes | None = partition_mask(())
-        #: Partitions gained while the main stream ran, read from their stored cursors
-        #: by a stream of their own until both catch up in one read (ADR 0006).
-        self._catchup: Stream | None = None
-        self._caught: frozenset[int] = frozenset()
-        self._catchup_mask: bytes | None = None
+        #: What is read: the main stream first (a single process reads every partition
+        #: with no filter); then, for partitions gained while it ran, catch-up streams
+        #: from their stored cursors, each until it and the main one catch up in one read
+        #: (ADR 0006). The main stream reads nothing until the member task has leases.
+        self._readings = [_Reading.of(Stream(frontier=start), frozenset())]
         #: Bumped by every restart: a read that was on the wire meanwhile is dropped.
         self._generation = 0
         self._scheduler = scheduler
@@ -109,24 +120,26 @@ class Fetcher:
         #: Builds a row's Event (the group runner calls it right before the handler).
         self.decode = EventDecoder(registry, payload_models or {})
 
+    @property
+    def stream(self) -> Stream:
+        """The main stream."""
+        return self._readings[0].stream
+
     async def read(self, conn: asyncpg.Connection) -> ReadResult:
         """Read the next batch on ``conn`` (one statement, in a read-only transaction)."""
         scheduler = self._scheduler
-        if not self._main:
+        readings = self._readings
+        if not readings[0].partitions:
             return ReadResult(False, False, 0)  # no lease held here (yet)
         if scheduler.at_cap():
             # A type holds its cap of events behind a head without an outcome.
             return ReadResult(False, self._watching(), 0)
-        # A full batch means a backlog: read ahead in bigger steps (up to the buffer).
-        streams = [(self.stream, self._mask)]
-        catchup = self._catchup
-        if catchup is not None:
-            streams.append((catchup, self._catchup_mask))
-        # Each stream reads up to the limit: two share the room one would have.
-        limit = max(self._batch_size, self._limit // len(streams))
+        # A full batch means a backlog: read ahead in bigger steps (up to the buffer),
+        # which the streams share.
+        limit = max(self._batch_size, self._limit // len(readings))
         generation = self._generation
         result = await self._streams.fetch(
-            conn, [(stream.plan(), mask) for stream, mask in streams], limit
+            conn, [(r.stream.plan(), r.mask) for r in readings], limit
         )
         if generation != self._generation:
             # Partitions changed hands while this read was on the wire. Its rows may
@@ -141,7 +154,7 @@ class Fetcher:
         read = scheduler.read
         on_hit = self._on_dedup_hit
         hits = 0
-        for (stream, _), got in zip(streams, result.streams, strict=True):
+        for reading, got in zip(readings, result.streams, strict=True):
             for row in got.pulled:
                 pull(row, make)
             for rows in (got.watched_rows, got.range_rows or ()):
@@ -151,89 +164,91 @@ class Fetcher:
                         if on_hit is not None:
                             on_hit(row["event_type"])
             range_rows = got.range_rows
-            stream.advance(
+            reading.stream.advance(
                 result.snapshot,
                 RowKeys(got.watched_rows),
                 None if range_rows is None else RowKeys(range_rows),
                 limit,
             )
-        if catchup is not None and self.stream.can_merge(catchup):
-            # Both caught up in this read: one stream reads them all from now on.
-            self.stream.merge(catchup)
-            self._set_main(self._main | self._caught)
-            self._set_catchup(None, frozenset())
+        full = any(not r.stream.caught_up for r in readings)
+        if len(readings) > 1:
+            self._merge()
         scheduler.set_bound(self.low_water())
         scheduler.advance()
-        full = any(not stream.caught_up for stream, _ in streams)
         room = max(self._batch_size, scheduler.max_buffered - len(scheduler.inflight))
         self._limit = room if full else self._batch_size
         return ReadResult(full, self._watching(), hits)
 
+    def _merge(self) -> None:
+        """Catch-up streams that caught up with the main one in the last read join it."""
+        main, *rest = self._readings
+        left = []
+        for reading in rest:
+            if main.stream.can_merge(reading.stream):
+                main.stream.merge(reading.stream)
+                main = _Reading.of(main.stream, main.partitions | reading.partitions)
+            else:
+                left.append(reading)
+        self._readings = [main, *left]
+
     def low_water(self) -> Key:
-        """Below every row not read yet and every id in progress, over both streams."""
-        mark = self.stream.low_water()
-        if self._catchup is not None:
-            mark = min(mark, self._catchup.low_water())
-        return mark
+        """Below every row not read yet and every id in progress, over every stream."""
+        return min(r.stream.low_water() for r in self._readings)
 
     def _watching(self) -> bool:
         """Transactions a stream passed are still open (the stored cursor waits)."""
-        return bool(self.stream.watched) or (
-            self._catchup is not None and bool(self._catchup.watched)
-        )
+        return any(r.stream.watched for r in self._readings)
 
     @property
     def partitions(self) -> frozenset[int] | None:
         """The partitions read now (None: all)."""
-        held = self._main | self._caught
+        held = frozenset().union(*(r.partitions for r in self._readings))
         return None if len(held) == PARTITION_COUNT else held
 
-    def restart(self, partitions: frozenset[int] | None, start: Key | None) -> None:
+    def restart(
+        self,
+        partitions: frozenset[int] | None,
+        start: Key | None,
+        floors: Mapping[int, Key] | None = None,
+    ) -> None:
         """Read ``partitions`` (None: all); those gained from ``start`` on.
 
         ``start`` must be the gained partitions' lowest stored cursor or lower (ADR 0006:
         a restart from a cursor loses nothing; rows read again are skipped by their
-        markers). Partitions kept go on where their stream is; partitions gained are read
-        by a catch-up stream of their own (with the main stream, in the same statement)
-        until both catch up in one read and merge, so a gain re-reads only what the gained
-        partitions have above their cursors. Without ``start`` only partitions may leave.
-        A read on the wire meanwhile is dropped when it returns.
+        markers). Partitions kept go on where their stream is. Partitions gained are read
+        by a catch-up stream of their own, in the same statement as the others, until it
+        and the main stream catch up in one read and merge: a gain re-reads what the
+        gained partitions hold above their cursors, nothing of the rest. Without ``start``
+        partitions only leave: one not read yet is left for the restart that brings its
+        cursor. ``floors``: the gained partitions' own stored cursors, if ``start`` is the
+        lowest of them; their rows at or below are not read again. A read on the wire
+        meanwhile is dropped when it returns.
         """
         self._generation += 1
         wanted = _ALL if partitions is None else partitions
-        main = self._main & wanted
-        caught = self._caught & wanted
-        gained = wanted - self._main - self._caught
-        if start is None:
-            # Only leaving. A partition not read yet waits for the restart that brings
-            # its stored cursor (read from here, it would skip its rows below).
-            gained = frozenset()
-        if not main and caught:
-            # The main stream has nothing left: the catch-up stream is the main one now.
-            assert self._catchup is not None
-            self.stream, main, caught = self._catchup, caught, frozenset()
-            self._set_catchup(None, frozenset())
+        held = frozenset().union(*(r.partitions for r in self._readings))
+        readings = [
+            _Reading.of(r.stream, r.partitions & wanted)
+            for r in self._readings
+            if r.partitions & wanted
+        ]
+        gained = wanted - held if start is not None else frozenset()
+        folded = False
         if gained:
             assert start is not None
-            if not main:
-                self.stream, main = Stream(frontier=start), gained
-            elif caught and self._catchup is not None:
-                # Gained again before the last gain caught up: one catch-up for both.
-                self._catchup = Stream(frontier=min(self._catchup.low_water(), start))
-                caught = caught | gained
-            else:
-                self._catchup, caught = Stream(frontier=start), gained
-        self._set_main(main)
-        self._set_catchup(self._catchup if caught else None, caught)
-
-    def _set_main(self, partitions: frozenset[int]) -> None:
-        self._main = partitions
-        self._mask = partition_mask(None if len(partitions) == PARTITION_COUNT else partitions)
-
-    def _set_catchup(self, stream: Stream | None, partitions: frozenset[int]) -> None:
-        self._catchup = stream
-        self._caught = partitions
-        self._catchup_mask = partition_mask(partitions) if stream is not None else None
+            if len(readings) > _MAX_CATCHUPS:
+                # Many gains in a row: the newest catch-up takes this one too, from the
+                # lower of the two marks.
+                last = readings.pop()
+                start = min(start, last.stream.low_water())
+                gained |= last.partitions
+                folded = True  # read from the lower mark: no floors
+            stream = Stream(frontier=start)
+            if floors and not folded:
+                stream.floors = {p: key for p, key in floors.items() if p in gained and key > start}
+            readings.append(_Reading.of(stream, gained))
+        # With the main stream's partitions all gone, the oldest catch-up is the main one.
+        self._readings = readings or [_Reading.of(self.stream, frozenset())]
 
     async def read_replays(self, conn: asyncpg.Connection) -> None:
         """Queue the dead letters waiting to be replayed, each on a lane of its own."""

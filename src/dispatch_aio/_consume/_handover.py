@@ -7,8 +7,9 @@ needs:
 - a lost or released partition is forgotten at once, with no await in between: no
   cursor of it is stored after that, and its queued events are dropped (the new owner
   reads them from its stored cursor);
-- a partition handed over is not read any more, and its queued events are dropped as a
-  lost one's are: only what already runs in a group finishes here, so the partition
+- a partition handed over is not read any more, its cursor is stored below its own
+  events without an outcome (:meth:`Scheduler.partition_marks`), and its queued events are
+  dropped as a lost one's are: only what already runs in a group finishes here, so the partition
   goes to its new owner as soon as those groups end, not after its whole backlog;
 - a gained partition is read from its stored cursor, by a catch-up stream that merges
   into the main one once both catch up (a read on the wire meanwhile is dropped by the
@@ -82,7 +83,11 @@ class HandOver:
         # is dropped), and read nothing gained before its stream starts from its cursor.
         before = fetcher.partitions
         kept = _intersect(before, readable)
+        leaving: dict[tuple[str, int], tuple[int, int]] = {}
         if kept != before:
+            # Their own marks, taken while their events are still here: the next owner
+            # starts below what has no outcome in them, not at the type's mark.
+            leaving = scheduler.partition_marks(set(_all(before) - _all(kept)))
             fetcher.restart(kept, None)
             reader.cursor_partitions = kept
         if self._members.handing_over:
@@ -91,14 +96,19 @@ class HandOver:
         # Cursors moved so far hold for the partitions the stream still covers.
         with contextlib.suppress(Exception):
             await reader.flush_cursors(conn)
+            # Stored only forwards: a mark below one stored already changes nothing.
+            await self._leases.advance_cursors(conn, leaving)
         start: tuple[int, int] | None = None
+        floors: dict[int, tuple[int, int]] = {}
         if gained:
             stored = await self._leases.read_cursors(conn, self._event_types, gained)
             # The gained partitions are read from their lowest stored cursor, by a stream
             # of their own; the cursors stored for everything held follow the lower mark.
-            start = min(stored.values(), default=fetcher.low_water())
+            for (_, partition), key in stored.items():
+                floors[partition] = min(key, floors.get(partition, key))
+            start = min(floors.values(), default=fetcher.low_water())
             scheduler.restart_cursors(min(start, fetcher.low_water()))
-        fetcher.restart(readable, start)
+        fetcher.restart(readable, start, floors)
         reader.cursor_partitions = readable
         # Reads begun so far covered less than is held now: none of them finds it idle.
         self._settled_seq = reader.fetch_seq
@@ -125,6 +135,11 @@ class HandOver:
             and not members.settling
             and not members.unstarted
         )
+
+
+def _all(partitions: frozenset[int] | None) -> frozenset[int]:
+    """``partitions``, None standing for all of them."""
+    return frozenset(range(PARTITION_COUNT)) if partitions is None else partitions
 
 
 def _intersect(a: frozenset[int] | None, b: frozenset[int] | None) -> frozenset[int] | None:

@@ -479,6 +479,30 @@ class Scheduler:
             counts[item.partition] = counts.get(item.partition, 0) + 1
         return counts
 
+    def partition_marks(self, partitions: set[int]) -> dict[tuple[str, int], tuple[int, int]]:
+        """Where the stored cursor of each (type, partition) of ``partitions`` may be now:
+        below each of their events read here without an outcome, and not above the type's
+        own mark before any other event (the reader's bound, the last row read).
+
+        For partitions that stop being read here (handed over): their next owner starts
+        there, so it reads again only what has no outcome yet, not everything since the
+        type's mark, which waits for the slowest partition held.
+        """
+        firsts: dict[tuple[str, int], tuple[int, int]] = {}
+        for item in self.inflight.values():
+            if item.partition in partitions:
+                key = (item.event_type, item.partition)
+                below = (item.xid, item.position - 1)
+                if key not in firsts or below < firsts[key]:
+                    firsts[key] = below
+        marks: dict[tuple[str, int], tuple[int, int]] = {}
+        for event_type, cursor in self.cursors.items():
+            base = cursor.read if self.bound is None else min(self.bound, cursor.read)
+            for partition in partitions:
+                first = firsts.get((event_type, partition))
+                marks[(event_type, partition)] = base if first is None else min(base, first)
+        return marks
+
     def running_partitions(self) -> set[int]:
         """Partitions with events in a running group (read, not queued any more)."""
         queued = {id(i) for s in self.subjects.values() for i in s.items}
@@ -527,10 +551,14 @@ class Scheduler:
         item.row = item.event = item.dead_letter = None
 
     def restart_cursors(self, start: tuple[int, int]) -> None:
-        """The reader restarted lower (partitions changed hands): cursors follow from there."""
+        """Partitions gained are read from ``start``: cursors follow from there.
+
+        The largest key read stays: the rows below it that are read again (the gained
+        partitions') are held back by the bound, which the reader raises as it reads
+        them; the partitions read before are not read again to raise it once more.
+        """
         for cursor in self.cursors.values():
             cursor.committed = cursor.flushed = min(cursor.committed, start)
-            cursor.read = min(cursor.read, start)
         self.bound = start
 
     # -- observation -------------------------------------------------------------------

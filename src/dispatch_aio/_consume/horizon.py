@@ -52,6 +52,8 @@ class ReadPlan:
     frontier: Key
     #: ``(xid, position)``: read the rows of ``xid`` above ``position`` (0: all of them).
     watched: tuple[Key, ...]
+    #: ``(partition, key)``: that partition's rows at or below ``key`` are not read.
+    floors: tuple[tuple[int, Key], ...] = ()
 
 
 @dataclass(slots=True)
@@ -65,11 +67,16 @@ class Stream:
     caught_up: bool = False
     #: ``xmax`` of the last read's snapshot.
     seen_xmax: int = 0
+    #: Partitions' own stored cursors, when the stream starts at the lowest of several
+    #: (a catch-up of partitions gained): their rows at or below are not read again.
+    floors: dict[int, Key] = field(default_factory=dict)
 
     def plan(self) -> ReadPlan:
         """What the next read must ask for."""
         return ReadPlan(
-            self.frontier, tuple((x, self.drain.get(x, 0)) for x in sorted(self.watched))
+            self.frontier,
+            tuple((x, self.drain.get(x, 0)) for x in sorted(self.watched)),
+            tuple(sorted(self.floors.items())),
         )
 
     def advance(
@@ -107,6 +114,9 @@ class Stream:
             # Everything visible was read: every id below xmax has been looked at.
             self.frontier = max(self.frontier, (snapshot.xmax, 0))
             self.caught_up = True
+            # Below the frontier now, and below every id still watched (a stored cursor
+            # was below every id in progress then): they filter nothing any more.
+            self.floors.clear()
         # Ids still running that the frontier has passed: only they can add rows below it.
         self.watched |= {x for x in snapshot.xip if x <= self.frontier[0]}
 

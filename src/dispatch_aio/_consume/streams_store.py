@@ -102,11 +102,21 @@ class StreamsStore:
         watched_stream: list[int] = []
         watched_xid: list[int] = []
         watched_after: list[int] = []
+        floor_xid: list[int | None] = []
+        floor_position: list[int | None] = []
         for ordinal, (plan, _) in enumerate(plans, start=1):
             for xid, after in plan.watched:
                 watched_stream.append(ordinal)
                 watched_xid.append(xid)
                 watched_after.append(after)
+        if any(plan.floors for plan, _ in plans):
+            # One slot per (stream, partition); empty arrays when no stream has floors.
+            floor_xid = [None] * (PARTITION_COUNT * len(plans))
+            floor_position = [None] * (PARTITION_COUNT * len(plans))
+            for ordinal, (plan, _) in enumerate(plans):
+                for partition, (xid, position) in plan.floors:
+                    floor_xid[ordinal * PARTITION_COUNT + partition] = xid
+                    floor_position[ordinal * PARTITION_COUNT + partition] = position
         # A read-only transaction of its own (no transaction id, so it holds nobody back)
         # only to scope the plan setting: SET LOCAL, so the pool connection keeps nothing,
         # also behind a transaction-pooling PgBouncer.
@@ -124,6 +134,8 @@ class StreamsStore:
                 watched_after,
                 limit,
                 self.consumer,
+                floor_xid,
+                floor_position,
             )
             await transaction.commit()
         except BaseException:
