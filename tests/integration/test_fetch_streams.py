@@ -205,6 +205,49 @@ async def test_partition_masks_split_the_events_exactly(
         assert all(partitions[i] < 128 for i in low.read_ids)
 
 
+async def test_floors_skip_each_partitions_rows_at_or_below_its_own_cursor(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    """A catch-up stream starts at the lowest of its partitions' cursors and skips, in
+    the statement, each row at or below its own partition's floor; a second stream in
+    the same read without floors reads its rows all, and a caught-up stream drops them."""
+    published = [i for _ in range(20) for i in await publish(dispatcher, 3, subject=uid("per"))]
+    async with dispatch_pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT event_id, xid::text::bigint AS xid, position, "
+            "coalesce(partition, dispatcher_partition(subject)) AS partition "
+            "FROM dispatcher_event ORDER BY xid, position"
+        )
+        assert [r["event_id"] for r in rows] == published
+        low = {r["partition"] for r in rows if r["partition"] < 128}
+        # Each low partition's floor: its own second row (or its only one).
+        floors: dict[int, Key] = {}
+        for p in low:
+            own = [r for r in rows if r["partition"] == p]
+            floors[p] = (own[min(1, len(own) - 1)]["xid"], own[min(1, len(own) - 1)]["position"])
+        expected = {
+            r["event_id"]
+            for r in rows
+            if r["partition"] in low and (r["xid"], r["position"]) > floors[r["partition"]]
+        }
+        catchup = Stream(frontier=(0, 0), floors=dict(floors))
+        plain = Stream(frontier=(0, 0))
+        store = StreamsStore("public", "coaching", TYPES)
+        masks = [partition_mask(low), partition_mask(set(range(128, 256)))]
+        result = await store.fetch(
+            conn, [(catchup.plan(), masks[0]), (plain.plan(), masks[1])], 1000
+        )
+        got, other = result.streams
+        assert {r["event_id"] for r in got.range_rows or ()} == expected
+        assert 0 < len(expected) < len([r for r in rows if r["partition"] in low])
+        assert {r["event_id"] for r in other.range_rows or ()} == {
+            r["event_id"] for r in rows if r["partition"] >= 128
+        }
+        catchup.advance(result.snapshot, got.watched_keys, got.range_keys, 1000)
+        assert catchup.caught_up
+        assert not catchup.floors
+
+
 def test_partition_mask_bits() -> None:
     assert partition_mask(None) is None
     mask = partition_mask([0, 9, 255])

@@ -74,6 +74,8 @@ FETCH_ARGS = (
     [],
     1000,  # limit
     "c",  # consumer
+    [],  # floors per (stream, partition): none
+    [],
 )
 
 
@@ -98,7 +100,7 @@ async def test_fetch_probes_markers_per_row_read(dispatch_pool: asyncpg.Pool) ->
                 f"EXPLAIN (FORMAT JSON) EXECUTE {statement.get_name()}("
                 "ARRAY['credit.locked', 'credit.reserved'], ARRAY[0]::bigint[], "
                 "ARRAY[0]::bigint[], ARRAY[NULL]::bytea[], '{}'::bigint[], '{}'::bigint[], "
-                "'{}'::bigint[], 1000, 'c')"
+                "'{}'::bigint[], 1000, 'c', '{}'::bigint[], '{}'::bigint[])"
             )
         )
         probes = [
