@@ -527,6 +527,25 @@ LEFT JOIN {{schema}}.dispatcher_member m ON m.consumer = $1 AND m.member_id = l.
 LEFT JOIN lag ON lag.partition = g.partition
 ORDER BY g.partition
 
+-- name: consumer_unread_by_partition
+-- What a process has yet to read of a backlog, per partition (ADR 0006 part E): rows of
+-- the types $1 above the frontier ($2, $3) in the partitions of mask $4 (NULL: all),
+-- counted over at most $5 rows per type. Bounded: a longer backlog costs $5 index entries
+-- per type and reads as that many; its tail, where sharing it matters, is counted exactly.
+SELECT u.partition, count(*)::int AS n
+FROM unnest($1::text[]) AS t(event_type)
+CROSS JOIN LATERAL (
+    SELECT coalesce(e.partition, {{schema}}.dispatcher_partition(e.subject)) AS partition
+    FROM {{schema}}.dispatcher_event e
+    WHERE e.event_type = t.event_type
+      AND (e.xid, e.position) > ($2::bigint::text::xid8, $3::bigint)
+      AND ($4::bytea IS NULL OR get_bit($4,
+           coalesce(e.partition, {{schema}}.dispatcher_partition(e.subject))) = 1)
+    ORDER BY e.xid, e.position
+    LIMIT $5
+) u
+GROUP BY u.partition
+
 -- name: consumer_fetch_streams_begin
 -- Begins the read's own transaction (read only), in the same round trip as the setting
 -- that makes consumer_fetch_streams reuse one plan. Left to choose, PostgreSQL plans that

@@ -600,3 +600,34 @@ async def test_a_partition_handed_over_is_read_by_its_next_owner_from_its_own_ma
             assert b.stats.dedup_hits <= 8
     assert await pool.fetch("SELECT * FROM cursor_violations") == []
     await exactly_once_in_order(pool)
+
+
+async def test_a_backlog_longer_than_the_buffer_is_shared_by_what_is_left_to_read(
+    pool: asyncpg.Pool, dispatch_dsn: str
+) -> None:
+    """As the test above, with a read-ahead buffer far shorter than the backlog: what a
+    member reports is what it holds in its partitions, read or not (it counts the rows it
+    has yet to read), so the other member takes a good part of it, as with a buffer that
+    holds it all. Counting only what was read, both looked equally loaded (each as full
+    as its buffer) until the very end of the backlog."""
+    handled_a: list[str] = []
+    handled_b: list[str] = []
+    options: dict[str, Any] = {"max_sleep": 0.04, "lease_timeout": 30, "max_buffered": 16}
+    a = consumer(pool, dsn=dispatch_dsn, handled=handled_a, **options)
+    b = consumer(pool, handled=handled_b, **options)
+    async with a, b:
+        me, you = a._leases.member_id, b._leases.member_id
+        await eventually(lambda: _split(pool, me, you), within=30, what="a split in two")
+        subjects = await subjects_in(pool, await held_by(pool, me), 24)
+        dispatcher = Dispatcher(pool, producer="tests", tenant_id="tnt_tests")
+        await dispatcher.publish_many(events(subjects * 10))
+        await eventually(
+            lambda: _effects_at_least(pool, 240), within=60, what="every event handled"
+        )
+        await eventually(lambda: _split(pool, me, you), within=30, what="counts fair again")
+        await asyncio.wait_for(a.wait_idle(), 60)
+        await asyncio.wait_for(b.wait_idle(), 60)
+    assert len(set(handled_a) | set(handled_b)) == 240
+    assert len(set(handled_b)) >= 60, (len(handled_a), len(handled_b))
+    assert await pool.fetch("SELECT * FROM cursor_violations") == []
+    await exactly_once_in_order(pool)

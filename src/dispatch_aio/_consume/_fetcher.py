@@ -29,6 +29,8 @@ from .streams_store import StreamsStore, partition_mask
 __all__ = ["Fetcher", "ReadResult", "RowKeys"]
 
 _ALL = frozenset(range(PARTITION_COUNT))
+#: Rows counted per type when a member counts what it has yet to read.
+UNREAD_LIMIT = 10_000
 #: Catch-up streams at most; a gain beyond joins the newest from the lower mark.
 _MAX_CATCHUPS = 4
 
@@ -178,6 +180,19 @@ class Fetcher:
         room = max(self._batch_size, scheduler.max_buffered - len(scheduler.inflight))
         self._limit = room if full else self._batch_size
         return ReadResult(full, self._watching(), hits)
+
+    async def unread(self, conn: asyncpg.Connection) -> dict[int, int]:
+        """Rows the main stream has yet to read, per partition (at most
+        :data:`UNREAD_LIMIT` per type counted); empty once it has caught up.
+
+        What a member of a group reports is what it holds, read or not: counting only
+        what was read, every member with a backlog longer than its buffer looks as loaded
+        as its buffer is long, and none gives any of it away.
+        """
+        main = self._readings[0]
+        if main.stream.caught_up or not main.partitions:
+            return {}
+        return await self._streams.unread(conn, main.stream.frontier, main.mask, UNREAD_LIMIT)
 
     def _merge(self) -> None:
         """Catch-up streams that caught up with the main one in the last read join it."""

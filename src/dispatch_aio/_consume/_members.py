@@ -53,6 +53,7 @@ class Members:
         on_change: Callable[[asyncpg.Connection, set[int]], Awaitable[None]],
         on_lost: Callable[[set[int]], None],
         log_extra: dict[str, Any],
+        unread: Callable[[asyncpg.Connection], Awaitable[dict[int, int]]] | None = None,
     ) -> None:
         self.store = store
         self.heartbeat = heartbeat
@@ -60,6 +61,7 @@ class Members:
         self._connection = connection
         self._busy = busy
         self._backlog = backlog
+        self._unread = unread
         self._running = running
         self._on_change = on_change
         self._on_lost = on_lost
@@ -79,6 +81,8 @@ class Members:
         #: What was last reported (partition -> queued), and its total.
         self._reported: dict[int, int] = {}
         self._reported_total = 0
+        #: The last report counted rows not read yet.
+        self._reported_unread = False
 
     # -- what the fetcher and the runner ask ---------------------------------------
 
@@ -97,11 +101,15 @@ class Members:
         """Fencing tokens of ``partitions`` (-1 for one not held: the fence refuses it)."""
         return {p: self.owned.get(p, -1) for p in partitions}
 
-    def note_backlog(self, total: int) -> None:
-        """Events in flight here are now ``total``: step (and report) at once when that
-        grew by a quarter or more since the last report, in a group of more than one.
-        (A shrinking backlog is reported with the next heartbeat.)"""
-        if self.grouped and self._grew(total):
+    def note_backlog(self, total: int, unread: bool = False) -> None:
+        """Events in flight here are now ``total``, and ``unread`` says whether rows are
+        left to read beyond them: step (and report) at once when that grew by a quarter
+        or more since the last report, or when rows are left to read and the last report
+        counted none, in a group of more than one. (A shrinking backlog is reported with
+        the next heartbeat.)"""
+        if not self.grouped:
+            return
+        if self._grew(total) or (unread and not self._reported_unread):
             self.wake.set()
 
     def group_done(self, partitions: Iterable[int], total: int) -> None:
@@ -186,9 +194,14 @@ class Members:
         return total - self._reported_total >= max(_REPORT_STEP, self._reported_total // 4)
 
     async def _report(self, conn: asyncpg.Connection) -> None:
-        """Store the backlog of each partition held here where it changed; tell the
-        others when the total grew by a quarter or more."""
+        """Store the backlog of each partition held here where it changed (events read
+        without an outcome, and rows not read yet); tell the others when the total grew
+        by a quarter or more."""
         counts = self._backlog()
+        unread = {} if self._unread is None else await self._unread(conn)
+        for partition, n in unread.items():
+            counts[partition] = counts.get(partition, 0) + n
+        self._reported_unread = bool(unread)
         current = {p: counts.get(p, 0) for p in self.owned}
         changed = {p: n for p, n in current.items() if self._reported.get(p) != n}
         total = sum(current.values())

@@ -91,6 +91,7 @@ async def prepare(
         on_change=lambda conn, gained: handover.changed(conn, gained),
         on_lost=lambda lost: handover.lost(lost),
         log_extra=log_extra,
+        unread=lambda conn: fetcher.unread(conn),
     )
     async with pool.acquire(timeout=config.acquire_timeout) as conn:
         await check_schema(conn, config.db_schema)
@@ -136,7 +137,9 @@ async def prepare(
         refill_below=max(config.batch_size, max_buffered // 2),
         log_extra=log_extra,
         leases=leases,
-        on_read=lambda: members.note_backlog(len(scheduler.inflight)),
+        on_read=lambda: members.note_backlog(
+            len(scheduler.inflight), unread=not fetcher.stream.caught_up
+        ),
     )
     handover = HandOver(
         members=members,

@@ -170,3 +170,18 @@ class StreamsStore:
             elif len(read.watched_rows) < limit:
                 read.range_rows = []  # the range ran and found nothing
         return StreamsRead(snapshot, reads)
+
+    async def unread(
+        self, conn: asyncpg.Connection, frontier: Key, mask: bytes | None, limit: int
+    ) -> dict[int, int]:
+        """Rows above ``frontier`` in the partitions of ``mask``, per partition, counted
+        over at most ``limit`` rows per type (``consumer_unread_by_partition``)."""
+        rows = await conn.fetch(
+            self.q.consumer_unread_by_partition,
+            self.event_types,
+            frontier[0],
+            frontier[1],
+            mask,
+            limit,
+        )
+        return {r["partition"]: r["n"] for r in rows}
