@@ -8,9 +8,10 @@ needs:
   cursor of it is stored after that, and its queued events are dropped (the new owner
   reads them from its stored cursor);
 - a partition handed over is not read any more, its cursor is stored below its own
-  events without an outcome (:meth:`Scheduler.partition_marks`), and its queued events are
-  dropped as a lost one's are: only what already runs in a group finishes here, so the partition
-  goes to its new owner as soon as those groups end, not after its whole backlog;
+  events without an outcome (:meth:`Scheduler.partition_marks`), and its queued events
+  are dropped as a lost one's are: only what already runs in a group finishes here, so
+  the partition goes to its new owner as soon as those groups end, not after its whole
+  backlog;
 - a gained partition is read from its stored cursor, by a catch-up stream that merges
   into the main one once both catch up (a read on the wire meanwhile is dropped by the
   fetcher): what is held already is not read again;
