@@ -69,15 +69,19 @@ def test_each_gain_reads_from_its_own_cursor_until_the_streams_merge() -> None:
 
 
 def test_gains_past_the_limit_join_the_newest_catch_up_from_the_lower_mark() -> None:
+    """Past eight catch-ups a gain joins the newest, from the lower mark; what that one
+    had read stays skipped (a floor at its mark), as do the gained cursors."""
     f = fetcher()
     f.restart(frozenset({0}), (1, 0))
     caught_up_at(f, 900)
-    for p in range(1, 8):
-        f.restart(frozenset(range(p + 1)), (100 - p, 0))
-    assert len(f._readings) == 5
-    assert f._readings[-1].partitions == {4, 5, 6, 7}
-    assert f._readings[-1].stream.frontier == (93, 0)
-    assert f.partitions == set(range(8))
+    for p in range(1, 13):
+        f.restart(frozenset(range(p + 1)), (100 - p, 0), {p: (100 - p, 0)})
+    assert len(f._readings) == 9
+    newest = f._readings[-1]
+    assert newest.partitions == {8, 9, 10, 11, 12}
+    assert newest.stream.frontier == (88, 0)
+    assert newest.stream.floors == {8: (92, 0), 9: (91, 0), 10: (90, 0), 11: (89, 0)}
+    assert f.partitions == set(range(13))
 
 
 def test_losing_the_main_streams_partitions_makes_the_catch_up_the_main_stream() -> None:

@@ -32,7 +32,7 @@ _ALL = frozenset(range(PARTITION_COUNT))
 #: Rows counted per type when a member counts what it has yet to read.
 UNREAD_LIMIT = 10_000
 #: Catch-up streams at most; a gain beyond joins the newest from the lower mark.
-_MAX_CATCHUPS = 4
+_MAX_CATCHUPS = 8
 
 
 @dataclass(slots=True, frozen=True)
@@ -248,19 +248,21 @@ class Fetcher:
             if r.partitions & wanted
         ]
         gained = wanted - held if start is not None else frozenset()
-        folded = False
         if gained:
             assert start is not None
+            own = {p: key for p, key in (floors or {}).items() if p in gained}
             if len(readings) > _MAX_CATCHUPS:
                 # Many gains in a row: the newest catch-up takes this one too, from the
-                # lower of the two marks.
+                # lower of the two marks. Its partitions' rows up to its own mark were
+                # read here (done, or held by the scheduler): their floor.
                 last = readings.pop()
-                start = min(start, last.stream.low_water())
+                mark = last.stream.low_water()
+                for p in last.partitions:
+                    own[p] = max(last.stream.floors.get(p, mark), mark)
+                start = min(start, mark)
                 gained |= last.partitions
-                folded = True  # read from the lower mark: no floors
             stream = Stream(frontier=start)
-            if floors and not folded:
-                stream.floors = {p: key for p, key in floors.items() if p in gained and key > start}
+            stream.floors = {p: key for p, key in own.items() if key > start}
             readings.append(_Reading.of(stream, gained))
         # With the main stream's partitions all gone, the oldest catch-up is the main one.
         self._readings = readings or [_Reading.of(self.stream, frozenset())]
