@@ -217,8 +217,12 @@ class Fetcher:
     @property
     def partitions(self) -> frozenset[int] | None:
         """The partitions read now (None: all)."""
-        held = frozenset().union(*(r.partitions for r in self._readings))
+        held = self._held()
         return None if len(held) == PARTITION_COUNT else held
+
+    def _held(self) -> frozenset[int]:
+        """Every partition a stream reads."""
+        return frozenset().union(*(r.partitions for r in self._readings))
 
     def restart(
         self,
@@ -241,7 +245,7 @@ class Fetcher:
         """
         self._generation += 1
         wanted = _ALL if partitions is None else partitions
-        held = frozenset().union(*(r.partitions for r in self._readings))
+        held = self._held()
         readings = [
             _Reading.of(r.stream, r.partitions & wanted)
             for r in self._readings

@@ -68,10 +68,7 @@ class HandOver:
         """Leases lost or released: stop reading and storing cursors for them, and drop
         their queued events. Synchronous: no cursor of theirs is stored after this."""
         reader = self._reader
-        current = reader.cursor_partitions
-        reader.cursor_partitions = frozenset(
-            (set(range(PARTITION_COUNT)) if current is None else set(current)) - lost
-        )
+        reader.cursor_partitions = _all(reader.cursor_partitions) - lost
         self._fetcher.restart(self._members.readable(), None)
         self._drop(lost, "lost partitions")
 

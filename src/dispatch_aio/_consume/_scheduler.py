@@ -497,7 +497,7 @@ class Scheduler:
                     firsts[key] = below
         marks: dict[tuple[str, int], tuple[int, int]] = {}
         for event_type, cursor in self.cursors.items():
-            base = cursor.read if self.bound is None else min(self.bound, cursor.read)
+            base = self._read_mark(cursor)
             for partition in partitions:
                 first = firsts.get((event_type, partition))
                 marks[(event_type, partition)] = base if first is None else min(base, first)
@@ -639,14 +639,18 @@ class Scheduler:
             if self._on_ready is not None:
                 self._on_ready()
 
+    def _read_mark(self, cursor: _TypeCursor) -> tuple[int, int]:
+        """The type's mark before its events without an outcome: the reader's bound, not
+        above the last row of the type read. Every row of the type between the two was
+        read, so both say the same, and a real row's key is what status, retention and
+        the horizon check at start expect (the bound's may be xmax)."""
+        return cursor.read if self.bound is None else min(self.bound, cursor.read)
+
     def _advance(self, cursor: _TypeCursor) -> None:
         pending = cursor.pending
         while pending and pending[0].done:
             pending.popleft()
-        # Not above the last row of the type read: every row of the type between it and
-        # the bound was read, so both say the same, and a real row's key is what status,
-        # retention and the horizon check at start expect (the bound's may be xmax).
-        mark = cursor.read if self.bound is None else min(self.bound, cursor.read)
+        mark = self._read_mark(cursor)
         if pending:
             head = pending[0]
             mark = min(mark, (head.xid, head.position - 1))
