@@ -50,6 +50,20 @@ def test_a_full_watched_part_drains_per_id_and_skips_the_range() -> None:
     assert stream.frontier == (22, 0)
 
 
+def test_the_mark_follows_an_ended_id_while_its_rows_are_drained() -> None:
+    """An id that ended with more rows than a batch is read a batch at a time: the mark
+    stands at its last row read, not below all of its rows (a hand-over's mark, and the
+    stored cursor, would otherwise send the next owner back over every row of it)."""
+    stream = Stream(frontier=(20, 0), watched={15})
+    assert stream.low_water() == (15, 0)
+    stream.advance(Snapshot.of(21, 22, [21]), [(15, 2), (15, 3)], None, limit=2)
+    assert stream.drain == {15: 3}
+    assert stream.low_water() == (15, 3)
+    stream.advance(Snapshot.of(21, 22, [21]), [(15, 7), (15, 8)], None, limit=2)
+    assert stream.low_water() == (15, 8)
+    assert stream.low_water((15, 6)) == (15, 5)
+
+
 def test_the_cursor_sits_just_below_the_first_unfinished_event() -> None:
     stream = Stream(frontier=(30, 0))
     assert stream.low_water((12, 5)) == (12, 4)

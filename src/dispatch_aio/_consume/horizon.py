@@ -128,10 +128,15 @@ class Stream:
     def low_water(self, first_unfinished: Key | None = None) -> Key:
         """Where a partition's stored cursor may be: below every unfinished event of the
         partition (``first_unfinished``, the smallest key read without an outcome), below
-        every watched id, and not above the frontier."""
+        every watched id's rows not read yet, and not above the frontier.
+
+        A watched id being drained (``drain``) has ended, every one of its rows is visible,
+        and those up to the drained position were read: the mark may stand there, not
+        below all of its rows.
+        """
         mark = self.frontier
         if self.watched:
-            mark = min(mark, (min(self.watched), 0))
+            mark = min(mark, min((x, self.drain.get(x, 0)) for x in self.watched))
         if first_unfinished is not None:
             mark = min(mark, (first_unfinished[0], first_unfinished[1] - 1))
         return mark
