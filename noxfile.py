@@ -80,6 +80,8 @@ def typing(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Every benchmark, each printing figures against a baseline measured in the same run."""
     session.install(".[bench]")
-    scripts = session.posargs or sorted(str(p) for p in Path("benchmarks").glob("*.py"))
+    scripts = session.posargs or sorted(
+        str(p) for p in Path("benchmarks").glob("*.py") if not p.name.startswith("_")
+    )
     for script in scripts:
         session.run("python", script)

@@ -152,7 +152,8 @@ class BenchServer:
     embedded: EmbeddedPostgres
 
     @classmethod
-    def start(cls) -> BenchServer:
+    def start(cls, settings: dict[str, str] | None = None) -> BenchServer:
+        """Start the server, with ``settings`` beyond the common ones."""
         embedded = EmbeddedPostgres(
             fsync=True,
             settings={
@@ -161,6 +162,7 @@ class BenchServer:
                 # Maintenance runs between measurements (settle), not in the middle of one.
                 "autovacuum": "off",
                 "log_min_messages": "warning",
+                **(settings or {}),
             },
         )
         embedded.start()
