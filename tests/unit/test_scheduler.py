@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dispatch_aio._consume._scheduler import Item, Outcome, Scheduler
+from dispatch_aio._consume._items import Item, Outcome
+from dispatch_aio._consume._scheduler import Scheduler
 
 TYPE = "credit.locked"
 

@@ -11,7 +11,7 @@ import asyncpg
 from .._telemetry import Telemetry
 from ._deadline import HandlerDeadline
 from ._handlers import Subscription, cancelled, consumer_cancelling
-from ._scheduler import Item
+from ._items import Item
 
 __all__ = ["run_attempt"]
 

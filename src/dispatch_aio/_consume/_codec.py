@@ -31,7 +31,7 @@ from .._ids import new_id
 from .._registry import Registry
 from .._storage._consumer_store import DeadLetterRow
 from .._typed import PayloadModel, with_model_payload
-from ._scheduler import Item
+from ._items import Item
 
 __all__ = [
     "AS_STORED",

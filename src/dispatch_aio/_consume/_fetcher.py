@@ -21,7 +21,8 @@ from .._registry import Registry
 from .._storage._consumer_store import ConsumerStore
 from .._typed import PayloadModel
 from ._codec import EventDecoder
-from ._scheduler import Item, Scheduler
+from ._items import Item
+from ._scheduler import Scheduler
 from .assignment import PARTITION_COUNT
 from .horizon import Key, Stream
 from .streams_store import StreamsStore, partition_mask

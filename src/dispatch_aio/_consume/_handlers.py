@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 from .._typed import PayloadModel
 from ._codec import AS_STORED
-from ._scheduler import Item
+from ._items import Item
 
 __all__ = [
     "Handler",

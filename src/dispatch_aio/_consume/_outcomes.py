@@ -24,8 +24,9 @@ from .._storage._driver import FailureKind
 from .._telemetry import Telemetry
 from ._codec import MAX_MESSAGE, dead_letter_row, storable
 from ._config import ConsumerConfig
+from ._items import Item, Outcome
 from ._members import Members
-from ._scheduler import Item, Outcome, Scheduler
+from ._scheduler import Scheduler
 from .leases_store import LeaseStore
 
 __all__ = ["ConsumerStats", "Outcomes"]

@@ -41,9 +41,10 @@ from ._codec import EventDecoder
 from ._config import ConsumerConfig
 from ._deadline import HandlerDeadline
 from ._handlers import Subscription
+from ._items import Item, Outcome
 from ._members import Members
 from ._outcomes import ConsumerStats, Outcomes
-from ._scheduler import Item, Outcome, Scheduler
+from ._scheduler import Scheduler
 from ._settle import commit_failed, lease_lost, settle_doubt
 from .leases_store import LeaseStore
 

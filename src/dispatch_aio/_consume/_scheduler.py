@@ -31,126 +31,32 @@ from __future__ import annotations
 
 import bisect
 import collections
-import enum
 import heapq
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Item", "Outcome", "Scheduler"]
+from ._items import (
+    Item,
+    Outcome,
+    SubjectQueue,
+    TypeCursor,
+    by_position,
+    hold,
+    joins,
+    take_head,
+)
+
+__all__ = ["Scheduler"]
 
 _RECENT_LIMIT = 4096
-
-
-class Outcome(enum.Enum):
-    """How an event left the scheduler."""
-
-    HANDLED = "handled"  # its handler succeeded; the marker committed with its writes
-    DEAD_LETTERED = "dead_lettered"  # failed for good (or undecodable); a row says why
-    DONE_ELSEWHERE = "done_elsewhere"  # another process of this consumer finished it
-    REPLAYED = "replayed"  # a replayed dead letter succeeded
-    REPLAY_FAILED = "replay_failed"  # a replayed dead letter failed again
-
-
-@dataclass(slots=True, eq=False)
-class Item:
-    """One event on its way to an outcome."""
-
-    position: int
-    xid: int
-    event_id: str
-    event_type: str
-    subject: str
-    #: The row as read (released once the event is done: memory stays bounded).
-    row: Any
-    #: The decoded event handed to the handler; None when the row could not be decoded.
-    event: Any = None
-    #: Attempts so far (failures recorded earlier included).
-    attempts: int = 0
-    #: Set when the next group must dead-letter the event instead of handling it.
-    dead_letter: Any = None
-    #: A handler without a connection succeeded; only its marker is left to commit.
-    succeeded: bool = False
-    #: The dead letter this run replays, if it is a replay.
-    replay_of: str | None = None
-    #: Run alone in its group (a replay, or a suspect after a group failed to commit).
-    isolate: bool = False
-    #: Its group's commit was under way when the connection failed: it may have committed.
-    in_doubt: bool = False
-    done: bool = False
-    #: Its subject's partition (ADR 0006); -1 for a replay (not fenced).
-    partition: int = -1
-
-
-@dataclass(slots=True, eq=False)
-class _Subject:
-    items: list[Item] = field(default_factory=list)
-    busy: bool = False
-    parked: bool = False
-    queued: bool = False
-    #: The mailbox of the running group that holds it (take_subject, take_more).
-    posted: list[str] | None = None
-
-
-@dataclass(slots=True)
-class _TypeCursor:
-    #: The largest key read (the bound when the reader sets none).
-    read: tuple[int, int]
-    committed: tuple[int, int]
-    flushed: tuple[int, int]
-    #: Stored when the consumer started: rows at or below it had their outcome then.
-    start: tuple[int, int]
-    #: Events read here, in (xid, position) order; finished ones leave it from the front
-    #: (lazily), so a stuck head keeps those behind it: that is what the cap bounds.
-    pending: collections.deque[Item] = field(default_factory=collections.deque)
-
-
-def _by_position(item: Item) -> int:
-    return item.position
-
-
-def _by_key(item: Item) -> tuple[int, int]:
-    return (item.xid, item.position)
 
 
 #: How far into the ready queue the next subject is looked for (see Scheduler._choose).
 _WINDOW = 16
 #: Events a group takes at least per step while it grows (see Scheduler.take_more).
 _STEP = 8
-
-
-def _joins(item: Item) -> bool:
-    """Whether an event may join a running group (not one that must run alone or first
-    settle a commit in doubt; a group of its own does those)."""
-    return not (item.isolate or item.in_doubt or item.replay_of is not None)
-
-
-def _take_head(items: list[Item], room: int) -> list[Item]:
-    """Pop up to ``room`` events from the head of a subject's queue that may join."""
-    taken: list[Item] = []
-    while items and len(taken) < room and _joins(items[0]):
-        taken.append(items.pop(0))
-    return taken
-
-
-def _hold(pending: collections.deque[Item], item: Item) -> None:
-    """Add ``item`` to a type's pending events, keeping them in (xid, position) order.
-
-    Reads mostly come in that order: the event goes last, with no entry of its own (a
-    heap needs a key tuple per event, and a search at every pop). An ended transaction's
-    rows or a pulled row may go earlier; an event read again after its partition came
-    back goes after its finished entry, which leaves first.
-    """
-    if pending:
-        last = pending[-1]
-        xid = item.xid
-        if last.xid > xid or (last.xid == xid and last.position > item.position):
-            at = bisect.bisect_right(pending, (xid, item.position), key=_by_key)
-            pending.insert(at, item)
-            return
-    pending.append(item)
 
 
 class Scheduler:
@@ -179,11 +85,11 @@ class Scheduler:
         self._on_ready = on_ready
         self._on_retry = on_retry
         self.cursors = {
-            t: _TypeCursor(read=c, committed=c, flushed=c, start=c) for t, c in cursors.items()
+            t: TypeCursor(read=c, committed=c, flushed=c, start=c) for t, c in cursors.items()
         }
         #: The reader's low-water mark over every type (below every id in progress).
         self.bound: tuple[int, int] | None = None
-        self.subjects: dict[str, _Subject] = {}
+        self.subjects: dict[str, SubjectQueue] = {}
         self.ready: collections.deque[str] = collections.deque()
         self.inflight: dict[int, Item] = {}
         #: Replays in flight: dead-letter id -> the request being run (see begin_replay).
@@ -238,7 +144,7 @@ class Scheduler:
         if position in self.inflight or position in self._recent:
             return False
         item = make(row)
-        _hold(cursor.pending, item)
+        hold(cursor.pending, item)
         self.add(item)
         return False
 
@@ -250,7 +156,7 @@ class Scheduler:
         item = make(row)
         cursor = self.cursors.get(item.event_type)
         if cursor is not None:
-            _hold(cursor.pending, item)
+            hold(cursor.pending, item)
         self.add(item)
 
     def add(self, item: Item, *, track: bool = True) -> None:
@@ -259,14 +165,14 @@ class Scheduler:
             self.inflight[item.position] = item
         subject = self.subjects.get(item.subject)
         if subject is None:
-            subject = self.subjects[item.subject] = _Subject()
+            subject = self.subjects[item.subject] = SubjectQueue()
         items = subject.items
         # Reads come in position order: the new event usually goes last, and appending it
         # spares the search (whose key is a Python call per step).
         if not items or items[-1].position < item.position:
             items.append(item)
         else:
-            bisect.insort(items, item, key=_by_position)
+            bisect.insort(items, item, key=by_position)
         if subject.busy:
             if subject.posted is not None:
                 subject.posted.append(item.subject)  # its running group may take it
@@ -352,15 +258,15 @@ class Scheduler:
         while posted:
             subject = self.subjects.get(posted.pop())
             if subject is not None and subject.busy and subject.posted is posted:
-                taken = _take_head(subject.items, room)
+                taken = take_head(subject.items, room)
                 if taken:
                     return taken
         taken = []
         while len(taken) < _STEP and size + len(taken) < limit:
             index = self._choose(not taken)
-            if index < 0 or not _joins(self.subjects[self.ready[index]].items[0]):
+            if index < 0 or not joins(self.subjects[self.ready[index]].items[0]):
                 break
-            taken += _take_head(self._pop_ready(index, posted).items, room - len(taken))
+            taken += take_head(self._pop_ready(index, posted).items, room - len(taken))
         return taken
 
     def requeue(self, items: Iterable[Item]) -> None:
@@ -368,8 +274,8 @@ class Scheduler:
         for item in items:
             subject = self.subjects.get(item.subject)
             if subject is None:
-                subject = self.subjects[item.subject] = _Subject()
-            bisect.insort(subject.items, item, key=_by_position)
+                subject = self.subjects[item.subject] = SubjectQueue()
+            bisect.insort(subject.items, item, key=by_position)
 
     def retry(self, item: Item, delay: float) -> None:
         """Put ``item`` back and park its subject for ``delay`` seconds."""
@@ -615,7 +521,7 @@ class Scheduler:
                 best, most = index, len(other.items)
         return best
 
-    def _pop_ready(self, index: int, posted: list[str] | None) -> _Subject:
+    def _pop_ready(self, index: int, posted: list[str] | None) -> SubjectQueue:
         """Take the subject at ``index`` of the ready queue (see :meth:`_choose`): busy,
         its later events posted to ``posted``."""
         ready = self.ready
@@ -632,21 +538,21 @@ class Scheduler:
         subject.posted = posted
         return subject
 
-    def _mark_ready(self, key: str, subject: _Subject) -> None:
+    def _mark_ready(self, key: str, subject: SubjectQueue) -> None:
         if subject.items and not (subject.busy or subject.parked or subject.queued):
             subject.queued = True
             self.ready.append(key)
             if self._on_ready is not None:
                 self._on_ready()
 
-    def _read_mark(self, cursor: _TypeCursor) -> tuple[int, int]:
+    def _read_mark(self, cursor: TypeCursor) -> tuple[int, int]:
         """The type's mark before its events without an outcome: the reader's bound, not
         above the last row of the type read. Every row of the type between the two was
         read, so both say the same, and a real row's key is what status, retention and
         the horizon check at start expect (the bound's may be xmax)."""
         return cursor.read if self.bound is None else min(self.bound, cursor.read)
 
-    def _advance(self, cursor: _TypeCursor) -> None:
+    def _advance(self, cursor: TypeCursor) -> None:
         pending = cursor.pending
         while pending and pending[0].done:
             pending.popleft()

@@ -13,9 +13,10 @@ from .._errors import LeaseLostError
 from .._storage._consumer_store import ConsumerStore, DeadLetterRow
 from .._telemetry import Telemetry
 from ._codec import MAX_MESSAGE, storable
+from ._items import Item, Outcome
 from ._members import Members
 from ._outcomes import Outcomes
-from ._scheduler import Item, Outcome, Scheduler
+from ._scheduler import Scheduler
 
 __all__ = ["commit_failed", "lease_lost", "settle_doubt"]
 

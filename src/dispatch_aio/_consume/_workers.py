@@ -22,10 +22,11 @@ import asyncpg
 
 from .._storage import Backoff, FailureKind, classify, release
 from ._config import ConsumerConfig
+from ._items import Item
 from ._outcomes import ConsumerStats
 from ._reader import ReadLoop
 from ._runner import GroupRunner
-from ._scheduler import Item, Scheduler
+from ._scheduler import Scheduler
 
 __all__ = ["WorkBell", "Workers"]
 
