@@ -98,7 +98,11 @@ async def test_a_group_holding_a_partition_being_handed_over_takes_no_more(
     its own), so the partition can go as soon as that group commits, not once the group
     has grown to a fair share. (The decision is set directly: which partitions a member
     hands over depends on the group's backlogs, see test_group_handover.py.)"""
-    leaving, staying = uid("per"), uid("per")
+    leaving = uid("per")
+    part = await dispatch_pool.fetchval("SELECT dispatcher_partition($1)", leaving)
+    staying = uid("per")
+    while await dispatch_pool.fetchval("SELECT dispatcher_partition($1)", staying) == part:
+        staying = uid("per")  # its own partition: never held back by the hand-over
     entered, release = asyncio.Event(), asyncio.Event()
     seen: dict[str, list[int]] = {}
     consumer = Consumer(
@@ -117,11 +121,18 @@ async def test_a_group_holding_a_partition_being_handed_over_takes_no_more(
             entered.set()
             await release.wait()
 
-    part = await dispatch_pool.fetchval("SELECT dispatcher_partition($1)", leaving)
     async with consumer:
         # The longest subject is taken first: the one whose partition is handed over.
         await dispatcher.publish_many([spec(s) for s in [leaving] * 3 + [staying] * 2])  # type: ignore[misc]
         await asyncio.wait_for(entered.wait(), 10)
+
+        # The decision stays made: a step of the member task would revise it (a lone
+        # member hands nothing over), and one comes with any notice on the lease channel,
+        # or late under load; the group would then grow with the other subject.
+        async def no_step(conn: asyncpg.Connection) -> float:
+            return 60.0
+
+        consumer._members.step = no_step  # type: ignore[method-assign]
         consumer._members.handing_over.add(part)
         release.set()
         await eventually(
