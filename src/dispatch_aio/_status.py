@@ -94,6 +94,10 @@ class GroupMember(BaseModel):
     partitions: list[int]
     #: Events past the cursors of its partitions (an upper bound, as ``lag``).
     lag: int
+    #: Events it last reported, over its partitions, as read without an outcome or left
+    #: to read (ADR 0006, part E: what gifts even out). 0 for a process alone: it
+    #: reports nothing.
+    backlog: int = 0
 
 
 class ConsumerGroup(BaseModel):
@@ -251,8 +255,8 @@ def age(seconds: float) -> str:
 async def _groups(
     conn: asyncpg.Connection, schema: str, health: list[ConsumerHealth]
 ) -> list[ConsumerGroup]:
-    """Members, their partitions and lag, and unowned partitions, per consumer that has
-    ever run as a group member (one with lease rows)."""
+    """Members, their partitions, lag and reported backlog, and unowned partitions, per
+    consumer that has ever run as a group member (one with lease rows)."""
     from ._consume.leases_store import LeaseStore
 
     types: dict[str, list[str]] = {}
@@ -265,6 +269,10 @@ async def _groups(
         if not view.leases:
             continue
         parts = await store.partition_status(conn, event_types)
+        reported: dict[str, int] = {}
+        for lease in view.leases:
+            if lease.held and lease.owner is not None:
+                reported[lease.owner] = reported.get(lease.owner, 0) + lease.backlog
         held: dict[str, list[int]] = {}
         lag: dict[str | None, int] = {}
         for p in parts:
@@ -282,6 +290,7 @@ async def _groups(
                         since=m.started_at,
                         partitions=held.get(m.member_id, []),
                         lag=lag.get(m.member_id, 0),
+                        backlog=reported.get(m.member_id, 0),
                     )
                     for m in view.members
                     if m.alive

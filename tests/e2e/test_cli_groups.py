@@ -49,8 +49,10 @@ async def test_status_shows_the_group_and_forget_refuses_a_running_consumer(
         assert sorted(p for m in group["members"] for p in m["partitions"]) == list(range(256))
         assert group["unowned"] == []
         assert all(m["host"] and m["pid"] > 0 for m in group["members"])
+        assert all(m["backlog"] >= 0 for m in group["members"])
         table = await cli("status", dsn=dispatch_dsn)
         assert "processes of grouped:" in table.out
+        assert "BACKLOG" in table.out
         assert "unowned" not in table.out
 
         refused = await cli("consumers", "forget", "grouped", "--yes", dsn=dispatch_dsn)

@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from dispatch_aio import Consumer, Dispatcher, Event
+from dispatch_aio._consume.leases_store import LeaseStore
 from dispatch_aio._status import consumer_status
 
 from .helpers import locked_payload, uid
@@ -106,3 +107,39 @@ async def test_a_running_consumer_warns_about_a_transaction_holding_it_back(
         await holder.close()
     assert records[0].__dict__["pid"] == holder_pid
     assert records[0].__dict__["consumer"] == "projector"
+
+
+async def test_status_shows_the_backlog_each_process_reported(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    """Per process of a group, the sum of the backlogs it stored on its leases (only
+    held ones: a free partition's stale report belongs to nobody)."""
+    name = uid("grp")
+    consumer = Consumer(dispatch_pool, name=name, poll_interval=0.1)
+
+    @consumer.on("credit.locked")
+    async def handle(event: Event) -> None:
+        pass
+
+    await dispatcher.publish(
+        "credit.locked", locked_payload(), subject=uid("per"), actor="system:t"
+    )
+    async with consumer:  # its cursors and lease rows; it leaves on stop
+        await consumer.wait_idle()
+    first, second = (LeaseStore("public", name, member_id=uid("m")) for _ in range(2))
+    async with dispatch_pool.acquire() as conn:
+        for store, parts in ((first, range(0, 128)), (second, range(128, 255))):
+            await store.join(conn)
+            assert len(await store.acquire(conn, parts)) == len(parts)
+        await first.report_backlog(conn, {0: 5, 1: 7}, notify=False)
+        await second.report_backlog(conn, {200: 11}, notify=False)
+        # Partition 255 is nobody's: whatever it last carried is not counted.
+        await conn.execute(
+            "UPDATE dispatcher_lease SET backlog = 99 WHERE consumer = $1 AND partition = 255",
+            name,
+        )
+    report = await consumer_status(dispatch_pool, consumer=name)
+    [group] = report.groups
+    backlog = {m.member_id: m.backlog for m in group.members}
+    assert backlog == {first.member_id: 12, second.member_id: 11}
+    assert group.unowned == [255]

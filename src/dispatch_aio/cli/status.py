@@ -118,10 +118,11 @@ def _print_groups(report: StatusReport, ctx: Context) -> None:
                 str(len(m.partitions)),
                 _ranges(m.partitions),
                 str(m.lag),
+                str(m.backlog),
             ]
             for m in group.members
         ]
-        headers = ["HOST", "PID", "SINCE", "PARTITIONS", "WHICH", "LAG"]
+        headers = ["HOST", "PID", "SINCE", "PARTITIONS", "WHICH", "LAG", "BACKLOG"]
         ctx.print(*table(headers, rows))
         if group.unowned:
             ctx.print(
