@@ -547,20 +547,15 @@ CROSS JOIN LATERAL (
 GROUP BY u.partition
 
 -- name: consumer_fetch_streams_begin
--- Begins the read's own transaction (read only), in the same round trip as the settings
--- that make consumer_fetch_streams reuse one plan. Left to choose, PostgreSQL plans that
+-- Begins the read's own transaction (read only), in the same round trip as the setting
+-- that makes consumer_fetch_streams reuse one plan. Left to choose, PostgreSQL plans that
 -- statement anew for every execution (about 2.5 ms of planning against 0.8 ms of
 -- execution for a batch of 50), which is most of the consumer's cost per read in a steady
 -- trickle. Its plan does not depend on the parameters' values: index ranges on
--- (event_type, xid, position) either way, and one probe by primary key of the markers
--- and attempts per row. Sequential scans are off for it: a plan made while those tables
--- were empty by their statistics (a VACUUM then) would read every marker for every row
--- read, for the connection's life, and every table it reads has the index it needs. SET
--- LOCAL ends with the transaction, so a pool (or a transaction-pooling PgBouncer) never
--- hands the settings to anyone else.
+-- (event_type, xid, position) either way. SET LOCAL ends with the transaction, so a pool
+-- (or a transaction-pooling PgBouncer) never hands the setting to anyone else.
 BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY;
-SET LOCAL plan_cache_mode = force_generic_plan;
-SET LOCAL enable_seqscan = off
+SET LOCAL plan_cache_mode = force_generic_plan
 
 -- name: consumer_fetch_streams
 -- The read of ADR 0006, one round trip, one snapshot. A stream is the subscribed types
