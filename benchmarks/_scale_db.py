@@ -12,13 +12,19 @@ from pathlib import Path
 import asyncpg
 
 __all__ = [
+    "DRAIN_TIMEOUT",
     "EFFECTS_DDL",
     "SERVER_SETTINGS",
     "check_effects",
-    "commit_span",
+    "commit_times",
     "cpu_seconds",
     "server_pids",
 ]
+
+#: Seconds: a drain slower than this is broken, not slow.
+DRAIN_TIMEOUT = 600.0
+#: The rows of the backlog, published in one transaction (for :func:`commit_times`).
+BACKLOG = "SELECT xmin FROM dispatcher_event"
 
 EFFECTS_DDL = (
     "CREATE TABLE effects (id bigserial PRIMARY KEY, event_id text NOT NULL, "
@@ -56,17 +62,18 @@ async def server_pids(conn: asyncpg.Connection) -> list[int]:
     ]
 
 
-async def commit_span(conn: asyncpg.Connection, started: str, ended: str) -> float:
-    """Seconds from the commit of the transaction that wrote the rows of query
-    ``started`` (one transaction: the backlog) to the last commit of those of ``ended``
-    (the outcomes). Each query selects ``xmin`` of its rows."""
-    seconds = await conn.fetchval(
-        f"SELECT extract(epoch FROM (SELECT max(pg_xact_commit_timestamp(xmin)) FROM ({ended}) e)"
-        f" - (SELECT min(pg_xact_commit_timestamp(xmin)) FROM ({started}) s))"
+async def commit_times(conn: asyncpg.Connection, ended: str) -> tuple[float, float]:
+    """When the backlog committed and when the last of the rows of query ``ended`` (the
+    outcomes; it selects their ``xmin``) did, in seconds since 1970."""
+    started, finished = await conn.fetchrow(
+        "SELECT extract(epoch FROM (SELECT min(pg_xact_commit_timestamp(xmin)) "
+        f"FROM ({BACKLOG}) s))::float8, "
+        "extract(epoch FROM (SELECT max(pg_xact_commit_timestamp(xmin)) "
+        f"FROM ({ended}) e))::float8"
     )
-    if seconds is None:
+    if started is None or finished is None:
         raise RuntimeError("no commit timestamps: is track_commit_timestamp on?")
-    return float(seconds)
+    return float(started), float(finished)
 
 
 async def check_effects(conn: asyncpg.Connection, expected: int, label: str) -> None:

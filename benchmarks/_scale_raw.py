@@ -28,13 +28,19 @@ from typing import Any
 
 import _common as common
 import asyncpg
-from _scale_db import EFFECTS_DDL, check_effects, commit_span, cpu_seconds, server_pids
+from _scale_db import (
+    DRAIN_TIMEOUT,
+    EFFECTS_DDL,
+    check_effects,
+    commit_times,
+    cpu_seconds,
+    server_pids,
+)
 from _scale_worker import CPU_SECONDS, EFFECT, burn
 
 __all__ = ["drain", "split"]
 
 GROUP = 50
-DRAIN_TIMEOUT = 600.0
 SCRIPT = os.path.abspath(__file__)
 RAW_DDL = (
     "CREATE TABLE raw_share (subject text PRIMARY KEY, share integer NOT NULL);"
@@ -139,9 +145,7 @@ async def drain(
                 worker.go()
             await asyncio.wait_for(asyncio.gather(*(w.done() for w in workers)), DRAIN_TIMEOUT)
             cpu_after = {p: cpu_seconds(p) for p in pids}
-            seconds = await commit_span(
-                conn, "SELECT xmin FROM dispatcher_event", "SELECT xmin FROM raw_done"
-            )
+            started, finished = await commit_times(conn, "SELECT xmin FROM raw_done")
             await check_effects(conn, len(specs), label)
             rows = await conn.fetch("SELECT pid, count(*) AS n FROM effects GROUP BY pid")
     finally:
@@ -155,7 +159,7 @@ async def drain(
         f"no library, subjects split evenly up front: CPU {client / events * 1000:.2f}"
         f" ms/event in the workers, {server_cpu / events * 1000:.2f} ms/event in the server"
     )
-    return events / seconds, sorted((r["n"] for r in rows), reverse=True), line
+    return events / (finished - started), sorted((r["n"] for r in rows), reverse=True), line
 
 
 async def _work(dsn: str, share: int, concurrency: int) -> None:

@@ -45,10 +45,11 @@ import _common as common
 import _scale_raw as baseline
 import asyncpg
 from _scale_db import (
+    DRAIN_TIMEOUT,
     EFFECTS_DDL,
     SERVER_SETTINGS,
     check_effects,
-    commit_span,
+    commit_times,
     cpu_seconds,
     server_pids,
 )
@@ -57,7 +58,6 @@ HERE = Path(__file__).resolve().parent
 WORKER = "_scale_worker:make"
 EVENT_TYPE = "credit.locked"
 START_TIMEOUT = 60.0
-DRAIN_TIMEOUT = 600.0
 
 
 @dataclass(frozen=True)
@@ -271,7 +271,6 @@ async def drain(
                 for start in range(0, len(specs), 1000):
                     await publisher.publish_many(specs[start : start + 1000], conn=conn)  # type: ignore[arg-type]
             committed = time.perf_counter()
-            committed_at = await conn.fetchval(BACKLOG_COMMITTED)
             deadline = committed + DRAIN_TIMEOUT
             while True:
                 done = await conn.fetchval(
@@ -285,10 +284,8 @@ async def drain(
                 await asyncio.sleep(poll_delay(done, sizes.events, now - committed))
             cpu_after = {p: cpu_seconds(p) for p in cpu_before}
             server_cpu = sum(cpu_after[p] - cpu_before[p] for p in pg_pids)
-            seconds = await commit_span(
-                conn,
-                "SELECT xmin FROM dispatcher_event",
-                f"SELECT xmin FROM dispatcher_dedup WHERE consumer = '{name}'",
+            committed_at, finished_at = await commit_times(
+                conn, f"SELECT xmin FROM dispatcher_dedup WHERE consumer = '{name}'"
             )
             await check_effects(conn, sizes.events, label)
             rows = await conn.fetch("SELECT pid, count(*) AS n FROM effects GROUP BY pid")
@@ -307,13 +304,7 @@ async def drain(
             await worker.stop()
         await pool.close()
     per_process = sorted((r["n"] for r in rows), reverse=True)
-    return Drain(label, processes, sizes.events / seconds, per_process, lines)
-
-
-BACKLOG_COMMITTED = (
-    "SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin))::float8 "
-    "FROM dispatcher_event LIMIT 1"
-)
+    return Drain(label, processes, sizes.events / (finished_at - committed_at), per_process, lines)
 
 
 async def raw_drain(
