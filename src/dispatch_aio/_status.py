@@ -269,16 +269,15 @@ async def _groups(
         if not view.leases:
             continue
         parts = await store.partition_status(conn, event_types)
-        reported: dict[str, int] = {}
-        for lease in view.leases:
-            if lease.held and lease.owner is not None:
-                reported[lease.owner] = reported.get(lease.owner, 0) + lease.backlog
+        backlog = view.backlog()
         held: dict[str, list[int]] = {}
         lag: dict[str | None, int] = {}
+        reported: dict[str | None, int] = {}
         for p in parts:
             if p.owner is not None:
                 held.setdefault(p.owner, []).append(p.partition)
             lag[p.owner] = lag.get(p.owner, 0) + p.lag
+            reported[p.owner] = reported.get(p.owner, 0) + backlog.get(p.partition, 0)
         groups.append(
             ConsumerGroup(
                 consumer=name,
