@@ -22,6 +22,7 @@ import pytest
 from dispatch_aio import Consumer, ConsumerState, Dispatcher, Event, migrate
 from dispatch_aio._embedded import EmbeddedPostgres
 
+from .crash_helpers import crash, until_up
 from .helpers import eventually, locked_payload, uid
 
 pytestmark = pytest.mark.anyio
@@ -77,33 +78,12 @@ async def crash_dsn(crash_server: EmbeddedPostgres) -> AsyncIterator[str]:
     finally:
         await conn.close()
     yield dsn
-    await _until_up(crash_server.dsn())
+    await until_up(crash_server.dsn())
     admin = await asyncpg.connect(crash_server.dsn())
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
-
-
-async def _until_up(dsn: str, within: float = 60) -> None:
-    async def up() -> bool:
-        try:
-            conn = await asyncpg.connect(dsn, timeout=2)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-            return False
-        await conn.close()
-        return True
-
-    await eventually(up, within=within, what="the server to accept connections", every=0.1)
-
-
-async def _crash(dsn: str) -> None:
-    """SIGKILL one backend: the postmaster ends every connection and recovers."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        os.kill(await conn.fetchval("SELECT pg_backend_pid()"), signal.SIGKILL)
-    finally:
-        conn.terminate()
 
 
 async def _publisher(dsn: str, published: list[str], stop: asyncio.Event) -> None:
@@ -167,12 +147,12 @@ async def test_worker_process_survives_five_crash_restarts(
     stop = asyncio.Event()
     producer = asyncio.ensure_future(_publisher(crash_dsn, published, stop))
     try:
-        for crash in range(5):
+        for number in range(5):
             seen = len(published)
             await eventually(
                 lambda seen=seen: len(published) >= seen + 20,  # type: ignore[misc]
                 within=30,
-                what=f"the producer to publish before crash {crash + 1}",
+                what=f"the producer to publish before crash {number + 1}",
             )
 
             async def handled_some() -> bool:
@@ -183,11 +163,11 @@ async def test_worker_process_survives_five_crash_restarts(
                 return distinct > 0
 
             # The first time includes the worker's start-up (slow on a loaded machine).
-            within = 90 if crash == 0 else 30
+            within = 90 if number == 0 else 30
             await eventually(handled_some, within=within, what="the worker to handle events")
-            await _crash(crash_dsn)
+            await crash(crash_dsn)
             await asyncio.sleep(0.2)  # let the postmaster notice and restart
-            await _until_up(crash_dsn)
+            await until_up(crash_dsn)
             assert worker.returncode is None, log.read_text()[-4000:]
         stop.set()
         await producer

@@ -272,6 +272,24 @@ class Fetcher:
         # With the main stream's partitions all gone, the oldest catch-up is the main one.
         self._readings = readings or [_Reading.of(self.stream, frozenset())]
 
+    def reset(
+        self, partitions: frozenset[int] | None, start: Key, floors: Mapping[int, Key]
+    ) -> None:
+        """Forget every stream: read ``partitions`` (None: all) again from ``start``, the
+        lowest of their stored cursors (``floors``: each one's own; rows at or below are
+        not read again).
+
+        For a server that may have restarted since the streams last read: crash recovery
+        hands out again the ids of transactions whose end never reached the disk, so ids
+        a stream passed as over may commit rows below its frontier. A stored cursor is
+        below every such id (ADR 0006). A read on the wire meanwhile is dropped.
+        """
+        self._generation += 1
+        wanted = _ALL if partitions is None else partitions
+        stream = Stream(frontier=start)
+        stream.floors = {p: key for p, key in floors.items() if p in wanted and key > start}
+        self._readings = [_Reading.of(stream, wanted)]
+
     async def read_replays(self, conn: asyncpg.Connection) -> None:
         """Queue the dead letters waiting to be replayed, each on a lane of its own."""
         scheduler = self._scheduler

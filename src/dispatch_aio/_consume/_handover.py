@@ -94,8 +94,9 @@ class HandOver:
         # Cursors moved so far hold for the partitions the stream still covers.
         with contextlib.suppress(Exception):
             await reader.flush_cursors(conn)
-            # Stored only forwards: a mark below one stored already changes nothing.
-            await self._leases.advance_cursors(conn, leaving)
+            if reader.cursors_trusted():
+                # Stored only forwards: a mark below one stored already changes nothing.
+                await self._leases.advance_cursors(conn, leaving)
         start: tuple[int, int] | None = None
         floors: dict[int, tuple[int, int]] = {}
         if gained:
@@ -111,6 +112,39 @@ class HandOver:
         # Reads begun so far covered less than is held now: none of them finds it idle.
         self._settled_seq = reader.fetch_seq
         reader.wake.set()
+
+    async def reread(self, conn: asyncpg.Connection) -> None:
+        """Read everything held again from the stored cursors, which ``conn`` reads.
+
+        For after the read connection was lost: the server may have crashed, and crash
+        recovery hands out again the ids of transactions whose end never reached the
+        disk. The streams passed such ids as over; a new transaction under one of them
+        commits rows below their frontiers, which they would never read. A stored cursor
+        is below every such id (ADR 0006: the transaction that stored it committed, so
+        recovery hands out only ids above its own). Events held here already run on;
+        rows read again are skipped by position or by their markers.
+        """
+        reader, fetcher, scheduler = self._reader, self._fetcher, self._scheduler
+        stored = await self._leases.read_cursors(conn, self._event_types, range(PARTITION_COUNT))
+        # No await from here on: what is held is what the member task holds now.
+        readable = self._members.readable()
+        held = _all(readable)
+        floors: dict[int, tuple[int, int]] = {}
+        per_type: dict[str, tuple[int, int]] = {}
+        for (event_type, partition), key in stored.items():
+            if partition in held:
+                floors[partition] = min(key, floors.get(partition, key))
+                per_type[event_type] = min(key, per_type.get(event_type, key))
+        start = min(floors.values(), default=min(stored.values(), default=(0, 0)))
+        scheduler.restart_cursors(start, per_type)
+        fetcher.reset(readable, start, floors)
+        # Reads begun so far knew less than is known now: none of them finds it idle.
+        self._settled_seq = reader.fetch_seq
+        logger.info(
+            "read connection lost: reading the partitions held again from their stored"
+            " cursors (a server restart may hand out transaction ids again)",
+            extra=self._log,
+        )
 
     def _drop(self, partitions: set[int], what: str) -> None:
         """Drop the queued events of ``partitions``; room made without a group finishing

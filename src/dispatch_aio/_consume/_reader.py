@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -104,8 +104,16 @@ class ReadLoop:
         log_extra: dict[str, Any],
         leases: LeaseStore | None = None,
         on_read: Callable[[], None] | None = None,
+        on_reconnect: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
     ) -> None:
         self.pool = pool
+        #: Called on the new read connection after one was lost, before it reads or
+        #: stores anything (the streams are read again from the stored cursors).
+        self._on_reconnect = on_reconnect
+        #: The read connection was lost: what the streams know may be from before a server
+        #: restart, which hands out transaction ids again. No cursor is stored until
+        #: ``on_reconnect`` has run.
+        self._reread = False
         #: Called after every read (the member task looks whether the backlog moved).
         self._on_read = on_read
         self._leases = leases
@@ -186,6 +194,9 @@ class ReadLoop:
                             # A read whose request or answer vanished (a partition, a dead
                             # NAT entry) would wait for TCP to give up, minutes; bound it.
                             with anyio.fail_after(config.commit_timeout):
+                                if self._reread:
+                                    await self._reconnected(self._conn)
+                                    read = True
                                 if read:
                                     full = await self._read(self._conn)
                                 if self._flush_due():
@@ -198,6 +209,7 @@ class ReadLoop:
                             raise
                         delay = failures.next()
                         self._stats.reconnects += 1
+                        self._reread = True
                         logger.warning(
                             "fetch failed (%s: %s); again in %.1fs",
                             type(exc).__name__,
@@ -236,6 +248,27 @@ class ReadLoop:
             with anyio.CancelScope(shield=True):
                 await self._drop_connection()
 
+    async def _reconnected(self, conn: asyncpg.Connection) -> None:
+        """The read connection was lost and is back: read again from the stored cursors."""
+        if self._on_reconnect is not None:
+            await self._on_reconnect(conn)
+        self._reread = False
+
+    def cursors_trusted(self) -> bool:
+        """Whether the cursors the scheduler moved may be stored.
+
+        Not from the moment the read connection is found lost until the streams are read
+        again from the stored cursors: a server crash may have handed out again ids they
+        passed as over, and a cursor stored past such an id would lose its events for
+        good. A crash ends every connection, the read one with the others, so a lost read
+        connection is the sign (a connection cut alone costs a re-read, skipped by the
+        markers).
+        """
+        conn = self._conn
+        if conn is not None and not is_usable(conn):
+            self._reread = True
+        return not self._reread
+
     def _read_due(self) -> bool:
         """Whether to read now: asked to, the poll interval passed, the cap held the last
         read back, or nothing announces new events (no LISTEN: a finished group is then
@@ -264,7 +297,7 @@ class ReadLoop:
             conn = self._conn
             # is_usable, not is_closed(): a pool proxy whose connection the server ended
             # is detached by the pool, and is_closed() on it raises.
-            if conn is not None and is_usable(conn):
+            if self.cursors_trusted() and conn is not None:
                 try:
                     yield conn
                 except TimeoutError:
@@ -353,7 +386,7 @@ class ReadLoop:
     async def flush_cursors(self, conn: asyncpg.Connection | None = None) -> None:
         """Store cursors that moved. A low-water mark: losing one only costs a re-read."""
         moved = self._scheduler.moved_cursors()
-        if not moved:
+        if not moved or not self.cursors_trusted():
             return
         if conn is None:
             async with self.pool.acquire(timeout=self.config.acquire_timeout) as own:

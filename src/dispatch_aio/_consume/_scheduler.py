@@ -34,7 +34,7 @@ import collections
 import heapq
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ._items import (
@@ -456,15 +456,22 @@ class Scheduler:
         item.done = True
         item.row = item.event = item.dead_letter = None
 
-    def restart_cursors(self, start: tuple[int, int]) -> None:
+    def restart_cursors(
+        self, start: tuple[int, int], stored: Mapping[str, tuple[int, int]] | None = None
+    ) -> None:
         """Partitions gained are read from ``start``: cursors follow from there.
 
         The largest key read stays: the rows below it that are read again (the gained
         partitions') are held back by the bound, which the reader raises as it reads
         them; the partitions read before are not read again to raise it once more.
+        ``stored``: each type's stored cursor as read again now, which a server crash
+        may have taken back (one stored without waiting for the disk): rows above it are
+        not taken as done before the start any more.
         """
-        for cursor in self.cursors.values():
+        for event_type, cursor in self.cursors.items():
             cursor.committed = cursor.flushed = min(cursor.committed, start)
+            if stored is not None and event_type in stored:
+                cursor.start = min(cursor.start, stored[event_type])
         self.bound = start
 
     # -- observation -------------------------------------------------------------------

@@ -137,6 +137,7 @@ async def prepare(
         refill_below=max(config.batch_size, max_buffered // 2),
         log_extra=log_extra,
         leases=leases,
+        on_reconnect=lambda conn: handover.reread(conn),
         on_read=lambda: members.note_backlog(
             len(scheduler.inflight), unread=not fetcher.stream.caught_up
         ),
