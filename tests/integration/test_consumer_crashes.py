@@ -19,10 +19,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from dispatch_aio import Consumer, ConsumerState, Dispatcher, Event, migrate
+from dispatch_aio import Consumer, ConsumerState, Dispatcher, Event
 from dispatch_aio._embedded import EmbeddedPostgres
 
-from .crash_helpers import crash, until_up
+from .crash_helpers import crash, migrated_database, until_up
 from .helpers import eventually, locked_payload, uid
 
 pytestmark = pytest.mark.anyio
@@ -64,26 +64,10 @@ def crash_server() -> Iterator[EmbeddedPostgres]:
 
 @pytest.fixture
 async def crash_dsn(crash_server: EmbeddedPostgres) -> AsyncIterator[str]:
-    admin = await asyncpg.connect(crash_server.dsn())
-    name = f"crash_{uid('db').split('_')[1].replace('-', '')}"
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = crash_server.dsn(name)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate(conn)
-        await conn.execute("CREATE TABLE effects (event_id text NOT NULL)")
-    finally:
-        await conn.close()
-    yield dsn
-    await until_up(crash_server.dsn())
-    admin = await asyncpg.connect(crash_server.dsn())
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with migrated_database(
+        crash_server, "crash", "CREATE TABLE effects (event_id text NOT NULL)"
+    ) as dsn:
+        yield dsn
 
 
 async def _publisher(dsn: str, published: list[str], stop: asyncio.Event) -> None:

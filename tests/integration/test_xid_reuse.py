@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 import pytest
 
-from dispatch_aio import Consumer, Dispatcher, Event, migrate
+from dispatch_aio import Consumer, Dispatcher, Event
 from dispatch_aio._embedded import EmbeddedPostgres
 from dispatch_aio._storage import is_usable
 
-from .crash_helpers import crash, until_up
+from .crash_helpers import crash, migrated_database, until_up
 from .helpers import eventually, locked_payload, uid
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -45,25 +45,8 @@ def reuse_server() -> Iterator[EmbeddedPostgres]:
 
 @pytest.fixture
 async def reuse_dsn(reuse_server: EmbeddedPostgres) -> AsyncIterator[str]:
-    admin = await asyncpg.connect(reuse_server.dsn())
-    name = f"reuse_{uid('db').split('_')[1].replace('-', '')}"
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = reuse_server.dsn(name)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    yield dsn
-    await until_up(reuse_server.dsn())
-    admin = await asyncpg.connect(reuse_server.dsn())
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with migrated_database(reuse_server, "reuse") as dsn:
+        yield dsn
 
 
 async def _burn(dsn: str, count: int) -> int:
