@@ -10,6 +10,7 @@ same id, below where the reader had got to. These tests crash a cluster of their
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
@@ -86,55 +87,78 @@ async def _publish_one(dsn: str) -> tuple[str, int]:
         await conn.close()
 
 
+@pytest.mark.parametrize("members", [1, 2])
 async def test_an_event_committed_under_an_id_handed_out_again_is_handled(
-    reuse_dsn: str,
+    reuse_dsn: str, members: int
 ) -> None:
+    """One process holding every partition (a cursor per type), and two sharing them (a
+    cursor per partition, read again from the lowest with each one's own as its floor)."""
     handled: set[str] = set()
-    pool = await asyncpg.create_pool(reuse_dsn, min_size=1, max_size=6)
-    # A lease long enough that the crash does not cost this process its partitions (a
-    # regained partition is read again from its stored cursor, which would hide the bug).
-    consumer = Consumer(
-        pool,
-        name="reuse",
-        poll_interval=0.2,
-        concurrency=4,
-        lease_timeout=120,
-        commit_timeout=5,
-        acquire_timeout=5,
-        listen_reconnect_delays=(0.2,),
-    )
-
-    @consumer.on("credit.locked")
-    async def record(event: Event, conn: asyncpg.Connection) -> None:
-        handled.add(event.event_id)
-
-    try:
-        async with consumer:
-            await consumer.wait_idle()
-            reproduced = None
-            for _ in range(ATTEMPTS):
-                xmax = await _burn(reuse_dsn, BURNT)
-                # A read after the rollbacks: the reader has passed their ids (read-only,
-                # it writes no WAL that would flush theirs).
-                await consumer.wait_idle()
-                await crash(reuse_dsn)
-                await asyncio.sleep(0.2)  # let the postmaster notice and restart
-                await until_up(reuse_dsn)
-                event_id, xid = await _publish_one(reuse_dsn)
-                if xid < xmax:
-                    reproduced = (event_id, xid, xmax)
-                    break
-                # The rollbacks' WAL reached the disk before the crash: ids not reused.
-                await eventually(lambda e=event_id: e in handled, within=30, what="the event")  # type: ignore[misc]
-            assert reproduced is not None, f"no id handed out again in {ATTEMPTS} crashes"
-            event_id, xid, xmax = reproduced
-            await eventually(
-                lambda: event_id in handled,
-                within=20,
-                what=f"the event committed under id {xid}, handed out again (below {xmax})",
+    async with contextlib.AsyncExitStack() as stack:
+        consumers = []
+        for _ in range(members):
+            pool = await asyncpg.create_pool(reuse_dsn, min_size=1, max_size=6)
+            stack.push_async_callback(pool.close)
+            # A lease long enough that the crash does not cost a process its partitions (a
+            # regained partition is read again from its stored cursor: the bug hidden).
+            consumer = Consumer(
+                pool,
+                name="reuse",
+                poll_interval=0.2,
+                concurrency=4,
+                lease_timeout=120,
+                commit_timeout=5,
+                acquire_timeout=5,
+                listen_reconnect_delays=(0.2,),
             )
+
+            @consumer.on("credit.locked")
+            async def record(event: Event, conn: asyncpg.Connection) -> None:
+                handled.add(event.event_id)
+
+            await stack.enter_async_context(consumer)
+            consumers.append(consumer)
+        await _leases_shared(reuse_dsn, members)
+        reproduced = None
+        for _ in range(ATTEMPTS):
+            xmax = await _burn(reuse_dsn, BURNT)
+            # A read after the rollbacks: the readers have passed their ids (read-only,
+            # they write no WAL that would flush theirs).
+            for consumer in consumers:
+                await consumer.wait_idle()
+            await crash(reuse_dsn)
+            await asyncio.sleep(0.2)  # let the postmaster notice and restart
+            await until_up(reuse_dsn)
+            event_id, xid = await _publish_one(reuse_dsn)
+            if xid < xmax:
+                reproduced = (event_id, xid, xmax)
+                break
+            # The rollbacks' WAL reached the disk before the crash: ids not reused.
+            await eventually(lambda e=event_id: e in handled, within=30, what="the event")  # type: ignore[misc]
+        assert reproduced is not None, f"no id handed out again in {ATTEMPTS} crashes"
+        event_id, xid, xmax = reproduced
+        await eventually(
+            lambda: event_id in handled,
+            within=20,
+            what=f"the event committed under id {xid}, handed out again (below {xmax})",
+        )
+
+
+async def _leases_shared(dsn: str, members: int) -> None:
+    """Until ``members`` processes hold the consumer's 256 partitions between them."""
+    conn = await asyncpg.connect(dsn)
+    try:
+
+        async def shared() -> bool:
+            row = await conn.fetchrow(
+                "SELECT count(DISTINCT owner) AS owners, count(owner) AS held"
+                " FROM dispatcher_lease WHERE consumer = 'reuse'"
+            )
+            return bool(row["owners"] == members and row["held"] == 256)
+
+        await eventually(shared, within=30, what=f"{members} members to share the partitions")
     finally:
-        await pool.close()
+        await conn.close()
 
 
 async def _stored(pool: asyncpg.Pool) -> list[tuple[str, int, int]]:
