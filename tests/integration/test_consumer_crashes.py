@@ -21,6 +21,7 @@ import pytest
 
 from dispatch_aio import Consumer, ConsumerState, Dispatcher, Event
 from dispatch_aio._embedded import EmbeddedPostgres
+from dispatch_aio._storage import is_usable
 
 from .crash_helpers import crash, migrated_database, until_up
 from .helpers import eventually, locked_payload, uid
@@ -291,6 +292,33 @@ async def test_terminating_the_fetcher_connection_keeps_delivering(
     await _exactly_once(effects_pool)
     assert consumer.stats.handled == 4
     assert consumer.stats.retried == 0
+
+
+async def test_a_read_connection_ended_between_reads_is_replaced_without_a_failed_read(
+    effects_pool: asyncpg.Pool, dispatcher: Dispatcher, caplog: pytest.LogCaptureFixture
+) -> None:
+    consumer = _consumer(effects_pool)
+
+    @consumer.on("credit.locked")
+    async def record(event: Event, conn: asyncpg.Connection) -> None:
+        await conn.execute("INSERT INTO effects VALUES ($1)", event.event_id)
+
+    async with consumer:
+        await _publish(dispatcher)
+        await asyncio.wait_for(consumer.wait_idle(), 10)
+        reading = consumer._reader.connection
+        assert reading is not None
+        await _terminate(effects_pool, reading.get_server_pid())
+        await eventually(lambda: not is_usable(reading), within=10, what="the connection closed")
+        caplog.clear()
+        await _publish(dispatcher, 3)
+        await asyncio.wait_for(consumer.wait_idle(), 10)
+    await _exactly_once(effects_pool)
+    assert consumer.stats.handled == 4
+    # Replaced when found closed, not after a read on it failed and a backoff passed.
+    assert consumer.stats.reconnects == 1
+    failed = [r.getMessage() for r in caplog.records if "fetch failed" in r.getMessage()]
+    assert failed == []
 
 
 async def test_terminating_a_worker_connection_mid_handler_runs_the_event_again(

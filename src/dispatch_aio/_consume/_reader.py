@@ -186,6 +186,8 @@ class ReadLoop:
                 full = False
                 if read or self._flush_due():
                     try:
+                        if self._conn is not None and not is_usable(self._conn):
+                            await self._lost_connection()
                         if self._conn is None:
                             # Outside the lock: a borrower uses a pool connection meanwhile
                             # rather than wait for this one to be made.
@@ -268,6 +270,15 @@ class ReadLoop:
         if conn is not None and not is_usable(conn):
             self._reread = True
         return not self._reread
+
+    async def _lost_connection(self) -> None:
+        """The read connection ended between two reads (the server ended it, or crashed):
+        give it back and read again from the stored cursors on the next one, without a
+        read that fails on it first."""
+        self._reread = True
+        self._stats.reconnects += 1
+        logger.info("the read connection was lost; reconnecting", extra=self._log)
+        await self._drop_connection()
 
     def _read_due(self) -> bool:
         """Whether to read now: asked to, the poll interval passed, the cap held the last
