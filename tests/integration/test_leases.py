@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 
 import asyncpg
 import pytest
 
 from dispatch_aio import Dispatcher
+from dispatch_aio._consume._members import Members
 from dispatch_aio._consume.assignment import PARTITION_COUNT, assign, moves_for
 from dispatch_aio._consume.leases_store import LeaseStore
 from dispatch_aio._errors import LeaseLostError
@@ -334,3 +336,52 @@ async def test_partition_status_shows_owners_unowned_partitions_and_lag(
     assert {s.partition for s in status if s.owner == a.member_id} == set(held[a.member_id])
     assert {s.partition for s in status if s.owner is None} == set(held[b.member_id])
     assert sum(s.lag for s in status) == 29
+
+
+async def test_a_step_beaten_to_part_of_its_share_looks_again_soon(
+    dispatch_pool: asyncpg.Pool,
+) -> None:
+    """Another member takes a partition between the view a step planned from and the
+    step's acquisition: the plan is out of date, and a partition it left free must not
+    wait a whole heartbeat for an owner (one did, 1.01 s, in a rolling restart)."""
+    a, b = stores("a", "b")
+    heartbeat = 1.0
+
+    async def no_change(conn: asyncpg.Connection, gained: set[int]) -> None:
+        return None
+
+    members = Members(
+        a,
+        heartbeat=heartbeat,
+        step_limit=5.0,
+        connection=lambda: dispatch_pool.acquire(),
+        busy=set,
+        backlog=dict,
+        running=set,
+        on_change=no_change,
+        on_lost=lambda lost: None,
+        log_extra={},
+    )
+    real_acquire = a.acquire
+    beaten: dict[int, int] = {}
+
+    async def acquire_after_b(
+        conn: asyncpg.Connection, partitions: Iterable[int], *, lock_timeout: float = 5.0
+    ) -> dict[int, int]:
+        # Between a's view and a's acquisition, b takes the first of them (for real).
+        wanted = sorted(partitions)
+        beaten.update(await b.acquire(conn, wanted[:1]))
+        return await real_acquire(conn, wanted, lock_timeout=lock_timeout)
+
+    async with dispatch_pool.acquire() as conn:
+        await a.join(conn)
+        await b.join(conn)
+        a.acquire = acquire_after_b  # type: ignore[method-assign]
+        delay = await members.step(conn)
+        assert beaten
+        assert not set(beaten) & set(members.owned)
+        assert members.owned  # the rest was taken
+        assert delay <= heartbeat / 10
+        # Without the race the next step keeps the heartbeat's pace.
+        a.acquire = real_acquire  # type: ignore[method-assign]
+        assert await members.step(conn) > heartbeat / 10

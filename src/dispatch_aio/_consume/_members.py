@@ -183,9 +183,14 @@ class Members:
             or self.handing_over - set(steps.hand_over) - {p for p, _ in steps.offer}
         )
         try:
-            await self._carry_out(conn, steps, epochs)
+            short = await self._carry_out(conn, steps, epochs)
         finally:
             self.settling = False
+        if short:
+            # Others took some of what the plan gave this process, since the view it was
+            # made from: the plan is out of date, and what it left free stays unowned
+            # until a step looks again. Soon, not a heartbeat later.
+            return min(steps.next_check, self.heartbeat / _SHORT_STEPS)
         return steps.next_check
 
     def _grew(self, total: int) -> bool:
@@ -212,7 +217,9 @@ class Members:
 
     async def _carry_out(
         self, conn: asyncpg.Connection, steps: Plan, epochs: dict[int, int]
-    ) -> None:
+    ) -> bool:
+        """Do what ``steps`` says; True when another member took some of what it was to
+        acquire first."""
         store = self.store
         # Held since a step that failed before their stream started: start it now.
         gained: set[int] = self.unstarted & set(self.owned)
@@ -249,11 +256,13 @@ class Members:
         if release:
             released = set(await store.release(conn, sorted(release)))
             self._lose(released)
+        short = False
         if steps.acquire:
             # Waits for the previous owner's fenced commits, but never long enough to
             # miss our own heartbeat.
             try:
                 got = await store.acquire(conn, steps.acquire, lock_timeout=self.heartbeat / 2)
+                short = len(got) < len(set(steps.acquire))
             except asyncpg.LockNotAvailableError:
                 # A paused owner's outcome transaction still holds its fence: the server
                 # cuts it off soon (idle_in_transaction_session_timeout); try again then.
@@ -269,6 +278,7 @@ class Members:
                 # cursors) until a later step starts their stream from their cursors.
                 self.unstarted |= gained & set(self.owned)
                 raise
+        return short
 
     def _lose(self, lost: set[int]) -> None:
         """Partitions are not ours any more: forget them at once, with no await between,
@@ -379,6 +389,10 @@ class MemberConnection:
 
 #: A backlog change smaller than this is not reported before the next heartbeat.
 _REPORT_STEP = 32
+#: After an acquisition that others beat in part, the next step comes this fraction of a
+#: heartbeat later: soon enough that nothing free waits a heartbeat for an owner, late
+#: enough that two members racing for the same partitions do not spin.
+_SHORT_STEPS = 20
 
 
 def _ranges(parts: Iterable[int]) -> str:
