@@ -284,11 +284,9 @@ class Fetcher:
         a stream passed as over may commit rows below its frontier. A stored cursor is
         below every such id (ADR 0006). A read on the wire meanwhile is dropped.
         """
-        self._generation += 1
-        wanted = _ALL if partitions is None else partitions
-        stream = Stream(frontier=start)
-        stream.floors = {p: key for p, key in floors.items() if p in wanted and key > start}
-        self._readings = [_Reading.of(stream, wanted)]
+        # Nothing held: every partition is gained, from ``start``, by one new stream.
+        self._readings = [_Reading.of(Stream(frontier=start), frozenset())]
+        self.restart(partitions, start, floors)
 
     async def read_replays(self, conn: asyncpg.Connection) -> None:
         """Queue the dead letters waiting to be replayed, each on a lane of its own."""

@@ -308,7 +308,7 @@ class ReadLoop:
             conn = self._conn
             # is_usable, not is_closed(): a pool proxy whose connection the server ended
             # is detached by the pool, and is_closed() on it raises.
-            if self.cursors_trusted() and conn is not None:
+            if conn is not None and is_usable(conn):
                 try:
                     yield conn
                 except TimeoutError:
