@@ -30,12 +30,23 @@ async def until_up(dsn: str, within: float = 60) -> None:
 
 
 async def crash(dsn: str) -> None:
-    """SIGKILL one backend: the postmaster ends every connection and recovers."""
-    conn = await asyncpg.connect(dsn)
+    """SIGKILL one backend: the postmaster ends every connection and recovers.
+
+    Returns once the postmaster has ended another connection (one opened before the
+    kill), so that whatever connects next meets the recovering server, not the old one.
+    """
+    witness = await asyncpg.connect(dsn)
     try:
-        os.kill(await conn.fetchval("SELECT pg_backend_pid()"), signal.SIGKILL)
+        conn = await asyncpg.connect(dsn)
+        try:
+            os.kill(await conn.fetchval("SELECT pg_backend_pid()"), signal.SIGKILL)
+        finally:
+            conn.terminate()
+        await eventually(
+            witness.is_closed, within=30, what="the postmaster to end every connection"
+        )
     finally:
-        conn.terminate()
+        witness.terminate()
 
 
 @contextlib.asynccontextmanager

@@ -151,7 +151,6 @@ async def test_worker_process_survives_five_crash_restarts(
             within = 90 if number == 0 else 30
             await eventually(handled_some, within=within, what="the worker to handle events")
             await crash(crash_dsn)
-            await asyncio.sleep(0.2)  # let the postmaster notice and restart
             await until_up(crash_dsn)
             assert worker.returncode is None, log.read_text()[-4000:]
         stop.set()

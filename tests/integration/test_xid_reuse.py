@@ -9,7 +9,6 @@ same id, below where the reader had got to. These tests crash a cluster of their
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 
@@ -127,7 +126,6 @@ async def test_an_event_committed_under_an_id_handed_out_again_is_handled(
             for consumer in consumers:
                 await consumer.wait_idle()
             await crash(reuse_dsn)
-            await asyncio.sleep(0.2)  # let the postmaster notice and restart
             await until_up(reuse_dsn)
             event_id, xid = await _publish_one(reuse_dsn)
             if xid < xmax:
