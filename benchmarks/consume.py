@@ -7,6 +7,9 @@
     (``QueueManager.run(batch_size=100)``, its other defaults);
 (b) the same with a handler inserting one row: dispatch-aio through the event's
     connection (commits with the event's outcome), PgQueuer through a pool connection;
+    beside them, raw asyncpg doing the same writes with nothing read, decoded or checked
+    (what PostgreSQL and the driver allow for those writes: the consumer's own cost is
+    the distance to it);
 (c) end-to-end latency, producer commit to handler start, at a steady rate;
 (d) dispatch-aio's drain of the same backlog behind a long history (events its cursor
     has passed) versus on a table holding only the backlog. The two run one after the
@@ -248,6 +251,65 @@ async def dispatch_drain(
     if write and written != expected:
         raise AssertionError(f"dispatch-aio wrote {written} rows for {expected} events")
     return expected / (end - start)
+
+
+# -- raw asyncpg: the same writes -----------------------------------------------------------
+
+RAW_CONSUMER = "bench-raw"
+RAW_GROUP = 100  # events per transaction: about the consumer's groups in these drains
+RAW_MARKERS = (
+    "INSERT INTO dispatcher_dedup (consumer, event_id, outcome)"
+    " SELECT $1, unnest($2::text[]), 'handled' ON CONFLICT (consumer, event_id) DO NOTHING"
+)
+
+
+async def backlog_ids(pool: asyncpg.Pool) -> list[str]:
+    """The backlog's event ids in the order a consumer reads them."""
+    rows = await pool.fetch(
+        "SELECT event_id FROM dispatcher_event WHERE event_type = $1 ORDER BY xid, position",
+        EVENT_TYPE,
+    )
+    return [row["event_id"] for row in rows]
+
+
+async def raw_drain(
+    pool: asyncpg.Pool, event_ids: list[str], *, meter: CostMeter | None = None
+) -> float:
+    """What (b) writes, by raw asyncpg; returns events per second.
+
+    As many tasks as the consumer runs groups, each taking ``RAW_GROUP`` events at a
+    time: in one transaction, one ``INSERT`` per event on that connection (the handler's
+    row), then the group's markers in one statement, then ``COMMIT``. No row is read,
+    no payload parsed or checked, nothing scheduled, no lease fenced: the floor under
+    drain (b) on this machine.
+    """
+    async with pool.acquire() as conn:
+        await conn.execute("TRUNCATE dispatcher_dedup, projection")
+    await common.settle(pool, "dispatcher_dedup", "projection")
+    groups = iter([event_ids[i : i + RAW_GROUP] for i in range(0, len(event_ids), RAW_GROUP)])
+
+    async def worker() -> None:
+        async with pool.acquire() as conn:
+            for group in groups:
+                async with conn.transaction():
+                    for event_id in group:
+                        await conn.execute(INSERT_PROJECTION, event_id)
+                    await conn.execute(RAW_MARKERS, RAW_CONSUMER, group)
+
+    if meter is not None:
+        await meter.start(pool)
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(_DEFAULTS.concurrency)))
+    end = time.perf_counter()
+    if meter is not None:
+        await meter.stop(pool, len(event_ids))
+    marked = await pool.fetchval(
+        "SELECT count(*) FROM dispatcher_dedup WHERE consumer = $1", RAW_CONSUMER
+    )
+    written = await pool.fetchval("SELECT count(*) FROM projection")
+    if marked != len(event_ids) or written != len(event_ids):
+        raise AssertionError(f"raw asyncpg marked {marked} and wrote {written} rows")
+    return len(event_ids) / (end - start)
 
 
 # -- PgQueuer ------------------------------------------------------------------------------
@@ -520,6 +582,7 @@ async def measure_drains(
     big_pool = await common.open_pool(big, settings.pool_size)
     pgq_pool = await common.open_pool(pgq, settings.pool_size + 1)
     try:
+        ids = await backlog_ids(small_pool)
         meter = CostMeter()
         steps: list[tuple[str, Callable[[], Awaitable[float]]]] = [
             ("pgq noop", lambda: pgq_drain(pgq_pool, payloads, write=False, meter=meter)),
@@ -527,6 +590,7 @@ async def measure_drains(
             ("da noop big", lambda: dispatch_drain(big_pool, passed, n, write=False, meter=meter)),
             ("pgq write", lambda: pgq_drain(pgq_pool, payloads, write=True, meter=meter)),
             ("da write", lambda: dispatch_drain(small_pool, (0, 0), n, write=True, meter=meter)),
+            ("raw write", lambda: raw_drain(small_pool, ids, meter=meter)),
         ]
         if settings.drains_only:
             steps = [step for step in steps if step[0] != "da noop big"]
@@ -626,6 +690,12 @@ def report(results: Results, settings: Settings) -> None:
     row("PgQueuer, via a pool conn (jobs/s)", f"{pgq_write:,.0f}", _rounds(drains["pgq write"]))
     row("ratio dispatch-aio / PgQueuer, both writing", f"{da_write / pgq_write:.2f}x")
     row("ratio dispatch-aio writing / PgQueuer no-op", f"{ratio_b:.2f}x")
+    row(
+        "raw asyncpg, the same writes only (events/s)",
+        f"{best('raw write'):,.0f}",
+        _rounds(drains["raw write"]),
+    )
+    row("ratio dispatch-aio writing / raw asyncpg", f"{da_write / best('raw write'):.2f}x")
 
     print(HEADINGS[3])
     count = int(settings.rate * settings.duration) * settings.latency_rounds
@@ -682,6 +752,7 @@ def report(results: Results, settings: Settings) -> None:
         ("da noop big", "dispatch-aio, no-op, long history"),
         ("pgq write", "PgQueuer, writing"),
         ("da write", "dispatch-aio, writing"),
+        ("raw write", "raw asyncpg, the same writes"),
     ):
         costs = results.costs.get(label, [])
         if not costs:
@@ -722,7 +793,7 @@ def report(results: Results, settings: Settings) -> None:
 def report_drains(results: Results) -> None:
     """The ``--drains-only`` report: drains (a) and (b), their ratios and costs."""
     best = results.best
-    for label in ("pgq noop", "da noop", "pgq write", "da write"):
+    for label in ("pgq noop", "da noop", "pgq write", "da write", "raw write"):
         costs = results.costs.get(label, [])
         client = "/".join(f"{c.client_us:.0f}" for c in costs)
         server = "/".join("-" if c.server_us is None else f"{c.server_us:.0f}" for c in costs)
@@ -733,6 +804,8 @@ def report_drains(results: Results) -> None:
     pgq = best("pgq noop")
     print(f"  (a) dispatch-aio no-op / PgQueuer no-op: {best('da noop') / pgq:.2f}x")
     print(f"  (b) dispatch-aio writing / PgQueuer no-op: {best('da write') / pgq:.2f}x")
+    raw = best("raw write")
+    print(f"      dispatch-aio writing / raw asyncpg's writes: {best('da write') / raw:.2f}x")
 
 
 def main() -> int:
