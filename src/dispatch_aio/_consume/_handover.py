@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -103,8 +103,7 @@ class HandOver:
             stored = await self._leases.read_cursors(conn, self._event_types, gained)
             # The gained partitions are read from their lowest stored cursor, by a stream
             # of their own; the cursors stored for everything held follow the lower mark.
-            for (_, partition), key in stored.items():
-                floors[partition] = min(key, floors.get(partition, key))
+            floors, _ = _lowest(stored, gained)
             start = min(floors.values(), default=fetcher.low_water())
             scheduler.restart_cursors(min(start, fetcher.low_water()))
         fetcher.restart(readable, start, floors)
@@ -128,13 +127,7 @@ class HandOver:
         stored = await self._leases.read_cursors(conn, self._event_types, range(PARTITION_COUNT))
         # No await from here on: what is held is what the member task holds now.
         readable = self._members.readable()
-        held = _all(readable)
-        floors: dict[int, tuple[int, int]] = {}
-        per_type: dict[str, tuple[int, int]] = {}
-        for (event_type, partition), key in stored.items():
-            if partition in held:
-                floors[partition] = min(key, floors.get(partition, key))
-                per_type[event_type] = min(key, per_type.get(event_type, key))
+        floors, per_type = _lowest(stored, _all(readable))
         start = min(floors.values(), default=min(stored.values(), default=(0, 0)))
         scheduler.restart_cursors(start, per_type)
         fetcher.reset(readable, start, floors)
@@ -167,6 +160,20 @@ class HandOver:
             and not members.settling
             and not members.unstarted
         )
+
+
+def _lowest(
+    stored: Mapping[tuple[str, int], tuple[int, int]], held: Collection[int]
+) -> tuple[dict[int, tuple[int, int]], dict[str, tuple[int, int]]]:
+    """The lowest of the ``stored`` cursors of the partitions in ``held``: per partition,
+    and per event type."""
+    floors: dict[int, tuple[int, int]] = {}
+    per_type: dict[str, tuple[int, int]] = {}
+    for (event_type, partition), key in stored.items():
+        if partition in held:
+            floors[partition] = min(key, floors.get(partition, key))
+            per_type[event_type] = min(key, per_type.get(event_type, key))
+    return floors, per_type
 
 
 def _all(partitions: frozenset[int] | None) -> frozenset[int]:
