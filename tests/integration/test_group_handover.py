@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Literal
 
 import asyncpg
 import pytest
 
 from dispatch_aio import Consumer, Dispatcher, Event
+from dispatch_aio._consume._items import Item
 from dispatch_aio._consume.leases_store import LeaseStore
 
 from .helpers import eventually, locked_payload, uid
@@ -592,14 +593,16 @@ async def test_a_partition_handed_over_is_read_by_its_next_owner_from_its_own_ma
     async with a:
         me = a._leases.member_id
         departures = 0  # how many times partitions left a
-        marks = a._scheduler.partition_marks
+        marks = a._scheduler.marks.partition_marks
 
-        def counted(parts: set[int]) -> dict[tuple[str, int], tuple[int, int]]:
+        def counted(
+            inflight: Iterable[Item], parts: set[int]
+        ) -> dict[tuple[str, int], tuple[int, int]]:
             nonlocal departures
             departures += bool(parts)
-            return marks(parts)
+            return marks(inflight, parts)
 
-        a._scheduler.partition_marks = counted  # type: ignore[method-assign]
+        a._scheduler.marks.partition_marks = counted  # type: ignore[method-assign]
         await eventually(lambda: _holds(pool, me, 256), within=30, what="a holds all")
         # One transaction, subjects interleaved: the type's mark stays below the slowest.
         await dispatcher.publish_many(events(subjects * 5))

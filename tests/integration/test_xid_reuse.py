@@ -198,7 +198,7 @@ async def test_no_cursor_is_stored_from_a_lost_read_connection_until_read_again(
             await eventually(lambda e=envelope.event_id: e in handled, within=10, what="the event")  # type: ignore[misc]
             # Between two reads: the read loop stores nothing while this is held.
             async with reader._conn_lock:
-                if not reader._scheduler.moved_cursors():
+                if not reader._scheduler.marks.moved():
                     continue  # stored already; try with the next event
                 conn = reader.connection
                 assert conn is not None
@@ -208,14 +208,14 @@ async def test_no_cursor_is_stored_from_a_lost_read_connection_until_read_again(
                 before = await _stored(dispatch_pool)
                 await reader.flush_cursors()  # on a pool connection of its own
                 assert await _stored(dispatch_pool) == before
-                assert reader._scheduler.moved_cursors()  # kept for later
+                assert reader._scheduler.marks.moved()  # kept for later
             break
         else:
             pytest.fail("every cursor was stored before the test could hold the read loop")
         # Read again from the stored cursors, the read loop stores cursors again.
         await consumer.wait_idle()
         await eventually(
-            lambda: not reader._scheduler.moved_cursors(),
+            lambda: not reader._scheduler.marks.moved(),
             within=10,
             what="the moved cursors stored",
         )

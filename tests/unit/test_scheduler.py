@@ -102,11 +102,11 @@ def test_complete_moves_the_low_water_mark_over_the_finished_prefix_only() -> No
     s.complete(by_position[2], Outcome.HANDLED)
     s.complete(by_position[3], Outcome.HANDLED)
     # Just below 1, which has no outcome yet (ADR 0006: (xid, position - 1)).
-    assert s.moved_cursors() == {TYPE: (1, 0)}
+    assert s.marks.moved() == {TYPE: (1, 0)}
     s.complete(by_position[1], Outcome.HANDLED)
-    assert s.moved_cursors() == {TYPE: (3, 3)}
-    s.flushed(s.moved_cursors())
-    assert s.moved_cursors() == {}
+    assert s.marks.moved() == {TYPE: (3, 3)}
+    s.marks.flushed(s.marks.moved())
+    assert s.marks.moved() == {}
     assert s.idle
 
 
@@ -119,9 +119,9 @@ def test_complete_handled_is_complete_for_each_event_of_a_group() -> None:
     s.complete_handled(first)
     assert all(i.done and i.row is None and i.event is None for i in first)
     assert sorted(s.inflight) == [1]
-    assert s.moved_cursors() == {TYPE: (1, 0)}  # 1 has no outcome yet
+    assert s.marks.moved() == {TYPE: (1, 0)}  # 1 has no outcome yet
     s.complete_handled([i for i in group if i.position == 1])
-    assert s.moved_cursors() == {TYPE: (4, 4)}
+    assert s.marks.moved() == {TYPE: (4, 4)}
     s.release(group)
     for position in (1, 2, 3, 4):  # an overlapping read sees them again: all done
         s.read(row(position, "a" if position in (1, 3) else "x"), make)
@@ -158,7 +158,7 @@ def test_dedup_hits_and_rereads_do_not_run_events_twice() -> None:
     s.release([item])
     s.read(row(2), make)  # an overlapping read sees it again
     assert take_group(s) == []
-    assert s.moved_cursors() == {TYPE: (2, 2)}
+    assert s.marks.moved() == {TYPE: (2, 2)}
 
 
 def test_an_isolated_event_runs_alone() -> None:
@@ -186,11 +186,11 @@ def test_reading_pauses_for_a_type_at_the_buffer_cap_behind_a_stuck_head() -> No
         s.complete(group[0], Outcome.HANDLED)
         s.release(group)
     # Four finished events wait behind the stuck head: the cap is reached.
-    assert s.read_positions() == {}
+    assert s.marks.at_cap()
     assert s.buffered() == 5
-    assert s.oldest_held() is stuck
     s.complete(stuck, Outcome.HANDLED)
-    assert s.read_positions() == {TYPE: (5, 5)}
+    assert not s.marks.at_cap()
+    assert s.marks.moved() == {TYPE: (5, 5)}
     assert s.buffered() == 0
 
 
@@ -229,7 +229,7 @@ def test_replays_are_tracked_apart_from_the_cursor() -> None:
     s.complete(item, Outcome.REPLAYED)
     s.release([item])
     assert s.idle
-    assert s.moved_cursors() == {}
+    assert s.marks.moved() == {}
 
 
 def test_on_ready_is_called_once_per_subject_becoming_ready() -> None:
@@ -255,13 +255,13 @@ def test_the_cursor_never_passes_the_reader_s_bound() -> None:
     # what was read, so the stored cursor stays below it whatever finishes above.
     s = scheduler(workers=4, max_group=10)
     s.read(row(10, "a", xid=9), make)
-    s.set_bound((5, 0))
+    s.marks.set_bound((5, 0))
     [item] = take_group(s)
     s.complete(item, Outcome.HANDLED)
-    assert s.moved_cursors() == {TYPE: (5, 0)}
-    s.set_bound((12, 0))
-    s.advance()
-    assert s.moved_cursors() == {TYPE: (9, 10)}  # the last row read: the same, in effect
+    assert s.marks.moved() == {TYPE: (5, 0)}
+    s.marks.set_bound((12, 0))
+    s.marks.advance_all()
+    assert s.marks.moved() == {TYPE: (9, 10)}  # the last row read: the same, in effect
 
 
 def test_rows_below_a_type_s_own_start_are_skipped() -> None:
@@ -316,9 +316,9 @@ def test_dropping_queued_events_frees_the_buffer_they_filled() -> None:
         item = make(r)
         item.partition = 7
         s.read(r, lambda _r, it=item: it)
-    assert s.at_cap()
+    assert s.marks.at_cap()
     assert s.drop({7}) == 4
-    assert not s.at_cap()
+    assert not s.marks.at_cap()
     assert s.inflight == {}
 
 
@@ -341,22 +341,22 @@ def test_an_event_read_again_after_its_partition_came_back_is_queued_once_more()
     [running] = take_group(s)  # a's event holds the type's mark below it
     assert running.position == 1
     assert s.drop({7}) == 1
-    s.restart_cursors((0, 0))
+    s.marks.restart((0, 0))
     read(2, "b", 7)  # the partition came back: its stream reads from its cursor again
     read(3, "c", 9)
-    s.set_bound((5, 5))
+    s.marks.set_bound((5, 5))
     s.complete(running, Outcome.HANDLED)
     s.release([running])
-    s.advance()
-    assert s.moved_cursors() == {TYPE: (2, 1)}  # below b's event, read again
+    s.marks.advance_all()
+    assert s.marks.moved() == {TYPE: (2, 1)}  # below b's event, read again
     groups = [take_group(s), take_group(s)]
     assert sorted(i.position for g in groups for i in g) == [2, 3]
     for group in groups:
         for item in group:
             s.complete(item, Outcome.HANDLED)
         s.release(group)
-    s.advance()
-    assert s.moved_cursors() == {TYPE: (3, 3)}
+    s.marks.advance_all()
+    assert s.marks.moved() == {TYPE: (3, 3)}
 
 
 def test_the_mark_stays_below_the_first_unfinished_key_whatever_the_read_order() -> None:
@@ -376,7 +376,7 @@ def test_the_mark_stays_below_the_first_unfinished_key_whatever_the_read_order()
         rng.shuffle(rows)
         for r in rows:
             s.read(r, make)
-        s.set_bound((100, 0))
+        s.marks.set_bound((100, 0))
         items = list(s.inflight.values())
         rng.shuffle(items)
         committed = (0, 0)
@@ -388,7 +388,7 @@ def test_the_mark_stays_below_the_first_unfinished_key_whatever_the_read_order()
                 xid, position = min(left)
                 expected = min(expected, (xid, position - 1))
             committed = max(committed, expected)
-            assert s.cursors[TYPE].committed == committed, seed
+            assert s.marks.cursors[TYPE].committed == committed, seed
 
 
 def test_a_group_starts_with_the_longest_of_the_first_ready_subjects() -> None:
@@ -529,7 +529,7 @@ def test_a_replay_found_finished_elsewhere_leaves_cursors_and_events_alone() -> 
     s.read(row(7), make)  # the same event, read as a regular one (no outcome here yet)
     s.complete(replay, Outcome.DONE_ELSEWHERE)
     assert 7 in s.inflight
-    assert s.moved_cursors() == {}
+    assert s.marks.moved() == {}
     assert not s.idle
     assert not s.begin_replay("dlq_1", "t1")
 
@@ -556,18 +556,18 @@ def test_a_partitions_own_mark_is_below_its_first_event_without_an_outcome() -> 
         item = items[position] = make(r)
         item.partition = partition
         s.read(r, lambda _r, it=item: it)
-    s.set_bound((60, 0))
+    s.marks.set_bound((60, 0))
     group = take_group(s)  # partition 7's event runs; 9's first subject's head too
     for other in (take_group(s), take_group(s)):
         group += other
     done = [i for i in group if i.position in (2, 4)]
     for item in done:
         s.complete(item, Outcome.HANDLED)
-    s.advance()
-    assert s.cursors[TYPE].committed == (50, 0)  # held by partition 7's event 1
-    marks = s.partition_marks({7, 9, 11})
+    s.marks.advance_all()
+    assert s.marks.cursors[TYPE].committed == (50, 0)  # held by partition 7's event 1
+    marks = s.marks.partition_marks(s.inflight.values(), {7, 9, 11})
     assert marks[(TYPE, 7)] == (50, 0)
     assert marks[(TYPE, 9)] == (50, 2)  # event 3 has no outcome; 2 and 4 have
     assert marks[(TYPE, 11)] == (50, 4)  # nothing here: the last row read
-    s.set_bound((40, 0))
-    assert s.partition_marks({9})[(TYPE, 9)] == (40, 0)
+    s.marks.set_bound((40, 0))
+    assert s.marks.partition_marks(s.inflight.values(), {9})[(TYPE, 9)] == (40, 0)

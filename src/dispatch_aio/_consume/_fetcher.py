@@ -1,12 +1,12 @@
 """The fetcher: one snapshot-aware read (ADR 0006), handed to the scheduler.
 
 Its whole interface to the rest of the consumer is :meth:`Fetcher.read` and
-:meth:`Fetcher.read_replays` (on a connection the caller holds) and the scheduler's
-``at_cap`` / ``read`` / ``pull`` / ``add`` / ``set_bound`` verbs. Committed events are
-handed out as soon as they are read, whatever transactions are still open; a
-:class:`~.horizon.Stream` remembers the ids in progress that the read passed, reads
-their rows when they end, and gives the scheduler the bound its stored cursors must
-stay below.
+:meth:`Fetcher.read_replays` (on a connection the caller holds), the scheduler's
+``read`` / ``pull`` / ``add`` verbs and its marks' ``at_cap`` / ``set_bound``.
+Committed events are handed out as soon as they are read, whatever transactions are
+still open; a :class:`~.horizon.Stream` remembers the ids in progress that the read
+passed, reads their rows when they end, and gives the scheduler the bound its stored
+cursors must stay below.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ class Fetcher:
         readings = self._readings
         if not readings[0].partitions:
             return ReadResult(False, False, 0)  # no lease held here (yet)
-        if scheduler.at_cap():
+        if scheduler.marks.at_cap():
             # A type holds its cap of events behind a head without an outcome.
             return ReadResult(False, self._watching(), 0)
         # A full batch means a backlog: read ahead in bigger steps (up to the buffer),
@@ -176,8 +176,7 @@ class Fetcher:
         full = any(not r.stream.caught_up for r in readings)
         if len(readings) > 1:
             self._merge()
-        scheduler.set_bound(self.low_water())
-        scheduler.advance()
+        scheduler.marks.set_bound(self.low_water())
         room = max(self._batch_size, scheduler.max_buffered - len(scheduler.inflight))
         self._limit = room if full else self._batch_size
         return ReadResult(full, self._watching(), hits)

@@ -8,7 +8,7 @@ needs:
   cursor of it is stored after that, and its queued events are dropped (the new owner
   reads them from its stored cursor);
 - a partition handed over is not read any more, its cursor is stored below its own
-  events without an outcome (:meth:`Scheduler.partition_marks`), and its queued events
+  events without an outcome (:meth:`TypeMarks.partition_marks`), and its queued events
   are dropped as a lost one's are: only what already runs in a group finishes here, so
   the partition goes to its new owner as soon as those groups end, not after its whole
   backlog;
@@ -85,7 +85,9 @@ class HandOver:
         if kept != before:
             # Their own marks, taken while their events are still here: the next owner
             # starts below what has no outcome in them, not at the type's mark.
-            leaving = scheduler.partition_marks(set(_all(before) - _all(kept)))
+            leaving = scheduler.marks.partition_marks(
+                scheduler.inflight.values(), set(_all(before) - _all(kept))
+            )
             fetcher.restart(kept, None)
             reader.cursor_partitions = kept
         if self._members.handing_over:
@@ -105,7 +107,7 @@ class HandOver:
             # of their own; the cursors stored for everything held follow the lower mark.
             floors, _ = _lowest(stored, gained)
             start = min(floors.values(), default=fetcher.low_water())
-            scheduler.restart_cursors(min(start, fetcher.low_water()))
+            scheduler.marks.restart(min(start, fetcher.low_water()))
         fetcher.restart(readable, start, floors)
         reader.cursor_partitions = readable
         # Reads begun so far covered less than is held now: none of them finds it idle.
@@ -129,7 +131,7 @@ class HandOver:
         readable = self._members.readable()
         floors, per_type = _lowest(stored, _all(readable))
         start = min(floors.values(), default=min(stored.values(), default=(0, 0)))
-        scheduler.restart_cursors(start, per_type)
+        scheduler.marks.restart(start, per_type)
         fetcher.reset(readable, start, floors)
         # Reads begun so far knew less than is known now: none of them finds it idle.
         self._settled_seq = reader.fetch_seq

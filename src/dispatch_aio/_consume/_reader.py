@@ -348,7 +348,7 @@ class ReadLoop:
 
     def _flush_due(self) -> bool:
         """Whether moved cursors should be stored now: at most every :meth:`_flush_every`."""
-        if not self._scheduler.moved_cursors():
+        if not self._scheduler.marks.moved():
             return False
         return time.monotonic() - self._flushed_at >= self._flush_every()
 
@@ -356,7 +356,7 @@ class ReadLoop:
         """How long to wait for a wake-up: until the next poll, or less to store a cursor."""
         now = time.monotonic()
         poll = max(self._read_at + poll_interval - now, 0.0)
-        if not self._scheduler.moved_cursors():
+        if not self._scheduler.marks.moved():
             return poll
         return min(poll, max(self._flushed_at + self._flush_every() - now, 0.0))
 
@@ -376,7 +376,7 @@ class ReadLoop:
         result = await self._fetcher.read(conn)
         if self._on_read is not None:
             self._on_read()
-        self._capped = self._scheduler.at_cap()
+        self._capped = self._scheduler.marks.at_cap()
         self._stats.fetches += 1
         self._cursor_held = result.cursor_held
         now = time.monotonic()
@@ -396,7 +396,7 @@ class ReadLoop:
 
     async def flush_cursors(self, conn: asyncpg.Connection | None = None) -> None:
         """Store cursors that moved. A low-water mark: losing one only costs a re-read."""
-        moved = self._scheduler.moved_cursors()
+        moved = self._scheduler.marks.moved()
         if not moved or not self.cursors_trusted():
             return
         if conn is None:
@@ -404,7 +404,7 @@ class ReadLoop:
                 await self._store_cursors(own, moved)
         else:
             await self._store_cursors(conn, moved)
-        self._scheduler.flushed(moved)
+        self._scheduler.marks.flushed(moved)
         self._flushed_at = time.monotonic()
 
     async def _store_cursors(

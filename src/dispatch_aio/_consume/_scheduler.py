@@ -6,11 +6,9 @@ What it holds:
   head of a subject runs, and a subject runs in one group at a time (``busy``);
 - the **ready queue**: subjects whose head can run now (the longest of the first few
   goes first);
-- **per-type low-water marks** (ADR 0006): for each event type, the events read
-  without an outcome, in (xid, position) order; the committed cursor (what is stored)
-  is the smaller of the reader's bound (:meth:`~Scheduler.set_bound`: below every id
-  still in progress) and just below the first unfinished event, and never moves
-  backwards;
+- **per-type low-water marks** (ADR 0006), in :attr:`~Scheduler.marks`
+  (:class:`~._marks.TypeMarks`): for each event type, the events read without an
+  outcome, and where its stored cursor may be;
 - the **retry heap**: subjects parked until their head's retry is due, on an injectable
   clock;
 - the **in-flight** set (read, no outcome yet) and the **recently done** set (so that a
@@ -34,19 +32,19 @@ import collections
 import heapq
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._items import (
     Item,
     Outcome,
     SubjectQueue,
-    TypeCursor,
     by_position,
     hold,
     joins,
     take_head,
 )
+from ._marks import TypeMarks
 
 __all__ = ["Scheduler"]
 
@@ -84,11 +82,9 @@ class Scheduler:
         self.clock = clock
         self._on_ready = on_ready
         self._on_retry = on_retry
-        self.cursors = {
-            t: TypeCursor(read=c, committed=c, flushed=c, start=c) for t, c in cursors.items()
-        }
-        #: The reader's low-water mark over every type (below every id in progress).
-        self.bound: tuple[int, int] | None = None
+        #: Where each type's stored cursor may be; the fetcher, the read loop and the
+        #: hand-over read and move it (reads pause while a type holds ``max_buffered``).
+        self.marks = TypeMarks(cursors, max_buffered)
         self.subjects: dict[str, SubjectQueue] = {}
         self.ready: collections.deque[str] = collections.deque()
         self.inflight: dict[int, Item] = {}
@@ -103,27 +99,6 @@ class Scheduler:
 
     # -- what the fetcher hands over ---------------------------------------------------
 
-    def read_positions(self) -> dict[str, tuple[int, int]]:
-        """The largest key read per type; types holding ``max_buffered`` events are left out.
-
-        A stuck head keeps every later event of its type in memory until it has an
-        outcome: stopping the read there bounds that memory, whatever waits behind it.
-        """
-        cap = self.max_buffered
-        return {t: c.read for t, c in self.cursors.items() if len(c.pending) < cap}
-
-    def at_cap(self) -> bool:
-        """Some type holds ``max_buffered`` events behind a head without an outcome.
-
-        One read serves every type (ADR 0006), so reading pauses for all of them.
-        """
-        cap = self.max_buffered
-        return any(len(c.pending) >= cap for c in self.cursors.values())
-
-    def set_bound(self, bound: tuple[int, int]) -> None:
-        """The reader's low-water mark: no id in progress, no unread row, at or below it."""
-        self.bound = bound
-
     def read(self, row: Any, make: Callable[[Any], Item]) -> bool:
         """Take an event read; True when it was already done (dedup hit).
 
@@ -131,7 +106,7 @@ class Scheduler:
         builds the item (decoding is only paid for events that will run).
         """
         xid, position = row["xid"], row["position"]
-        cursor = self.cursors[row["event_type"]]
+        cursor = self.marks.cursors[row["event_type"]]
         key = (xid, position)
         if key > cursor.read:
             cursor.read = key
@@ -154,7 +129,7 @@ class Scheduler:
         if row["handled"] or position in self.inflight or position in self._recent:
             return
         item = make(row)
-        cursor = self.cursors.get(item.event_type)
+        cursor = self.marks.cursors.get(item.event_type)
         if cursor is not None:
             hold(cursor.pending, item)
         self.add(item)
@@ -322,11 +297,12 @@ class Scheduler:
             types.add(item.event_type)
         while len(recent) > _RECENT_LIMIT:
             recent.popitem(last=False)
-        cursors = self.cursors
+        marks = self.marks
+        cursors = marks.cursors
         for event_type in types:
             cursor = cursors.get(event_type)
             if cursor is not None:
-                self._advance(cursor)
+                marks.advance(cursor)
 
     def release(self, group: list[Item]) -> None:
         """The group is over: its subjects are free and their next events can run."""
@@ -356,22 +332,6 @@ class Scheduler:
                 self._mark_ready(key, subject)
         return heap[0][0] - now if heap else None
 
-    # -- cursors -----------------------------------------------------------------------
-
-    def advance(self) -> None:
-        """Move every type's committed cursor over its prefix of finished events."""
-        for cursor in self.cursors.values():
-            self._advance(cursor)
-
-    def moved_cursors(self) -> dict[str, tuple[int, int]]:
-        """Committed cursors not stored yet."""
-        return {t: c.committed for t, c in self.cursors.items() if c.committed > c.flushed}
-
-    def flushed(self, moved: dict[str, tuple[int, int]]) -> None:
-        """``moved`` (from :meth:`moved_cursors`) is stored."""
-        for event_type, value in moved.items():
-            self.cursors[event_type].flushed = value
-
     # -- partitions (ADR 0006) ---------------------------------------------------------
 
     def busy_partitions(self) -> set[int]:
@@ -384,30 +344,6 @@ class Scheduler:
         for item in self.inflight.values():
             counts[item.partition] = counts.get(item.partition, 0) + 1
         return counts
-
-    def partition_marks(self, partitions: set[int]) -> dict[tuple[str, int], tuple[int, int]]:
-        """Where the stored cursor of each (type, partition) of ``partitions`` may be now:
-        below each of their events read here without an outcome, and not above the type's
-        own mark before any other event (the reader's bound, the last row read).
-
-        For partitions that stop being read here (handed over): their next owner starts
-        there, so it reads again only what has no outcome yet, not everything since the
-        type's mark, which waits for the slowest partition held.
-        """
-        firsts: dict[tuple[str, int], tuple[int, int]] = {}
-        for item in self.inflight.values():
-            if item.partition in partitions:
-                key = (item.event_type, item.partition)
-                below = (item.xid, item.position - 1)
-                if key not in firsts or below < firsts[key]:
-                    firsts[key] = below
-        marks: dict[tuple[str, int], tuple[int, int]] = {}
-        for event_type, cursor in self.cursors.items():
-            base = self._read_mark(cursor)
-            for partition in partitions:
-                first = firsts.get((event_type, partition))
-                marks[(event_type, partition)] = base if first is None else min(base, first)
-        return marks
 
     def running_partitions(self) -> set[int]:
         """Partitions with events in a running group (read, not queued any more)."""
@@ -440,14 +376,14 @@ class Scheduler:
             # Their entries leave the types' pending events now: left for a later outcome
             # to clear, they could hold the buffer's cap with nothing else in flight, and
             # no read would come again.
-            self.advance()
+            self.marks.advance_all()
         return dropped
 
     def forget(self, items: Iterable[Item]) -> None:
         """Let events go without an outcome (their lease was lost mid-group)."""
         for item in items:
             self._forget(item)
-        self.advance()
+        self.marks.advance_all()
 
     def _forget(self, item: Item) -> None:
         self.inflight.pop(item.position, None)
@@ -455,24 +391,6 @@ class Scheduler:
         # cursor, and the type's mark must not wait for an event it will never handle.
         item.done = True
         item.row = item.event = item.dead_letter = None
-
-    def restart_cursors(
-        self, start: tuple[int, int], stored: Mapping[str, tuple[int, int]] | None = None
-    ) -> None:
-        """Partitions gained are read from ``start``: cursors follow from there.
-
-        The largest key read stays: the rows below it that are read again (the gained
-        partitions') are held back by the bound, which the reader raises as it reads
-        them; the partitions read before are not read again to raise it once more.
-        ``stored``: each type's stored cursor as read again now, which a server crash
-        may have taken back (one stored without waiting for the disk): rows above it are
-        not taken as done before the start any more.
-        """
-        for event_type, cursor in self.cursors.items():
-            cursor.committed = cursor.flushed = min(cursor.committed, start)
-            if stored is not None and event_type in stored:
-                cursor.start = min(cursor.start, stored[event_type])
-        self.bound = start
 
     # -- observation -------------------------------------------------------------------
 
@@ -483,19 +401,7 @@ class Scheduler:
 
     def buffered(self) -> int:
         """Events held in memory: in flight, plus finished ones held by a cursor entry."""
-        return max(
-            len(self.inflight), max((len(c.pending) for c in self.cursors.values()), default=0)
-        )
-
-    def oldest_held(self) -> Item | None:
-        """The head event of the type whose cursor holds the most events behind it."""
-        best: Item | None = None
-        held = 0
-        for cursor in self.cursors.values():
-            self._advance(cursor)
-            if cursor.pending and len(cursor.pending) > held:
-                best, held = cursor.pending[0], len(cursor.pending)
-        return best
+        return max(len(self.inflight), self.marks.held())
 
     # -- internals ---------------------------------------------------------------------
 
@@ -551,21 +457,3 @@ class Scheduler:
             self.ready.append(key)
             if self._on_ready is not None:
                 self._on_ready()
-
-    def _read_mark(self, cursor: TypeCursor) -> tuple[int, int]:
-        """The type's mark before its events without an outcome: the reader's bound, not
-        above the last row of the type read. Every row of the type between the two was
-        read, so both say the same, and a real row's key is what status, retention and
-        the horizon check at start expect (the bound's may be xmax)."""
-        return cursor.read if self.bound is None else min(self.bound, cursor.read)
-
-    def _advance(self, cursor: TypeCursor) -> None:
-        pending = cursor.pending
-        while pending and pending[0].done:
-            pending.popleft()
-        mark = self._read_mark(cursor)
-        if pending:
-            head = pending[0]
-            mark = min(mark, (head.xid, head.position - 1))
-        if mark > cursor.committed:
-            cursor.committed = mark
