@@ -774,6 +774,17 @@ def test_date_time_checker_edges() -> None:
     assert is_rfc3339_datetime((now + timedelta(hours=5)).astimezone().isoformat())
 
 
+@pytest.mark.parametrize("year", ["0000", "0001", "1900", "2000", "2023", "2024", "9999"])
+def test_date_time_checker_knows_every_day_of_every_month(year: str) -> None:
+    # Most values are decided by one regular expression (a day the month always has),
+    # the rest by the calendar: both agree with the reference on every day.
+    for month in range(14):
+        for day in range(33):
+            for tail in ("T16:00:00Z", "t23:59:59.5+05:30"):
+                text = f"{year}-{month:02d}-{day:02d}{tail}"
+                assert is_rfc3339_datetime(text) == validate_rfc3339(text.upper()), text
+
+
 def test_example_paths_are_inside_contracts() -> None:
     for _, _, path in PAYLOAD_SCHEMAS:
         assert (CONTRACTS / path).resolve().is_relative_to(Path(CONTRACTS).resolve())
