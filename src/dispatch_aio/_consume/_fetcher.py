@@ -177,7 +177,7 @@ class Fetcher:
         if len(readings) > 1:
             self._merge()
         scheduler.marks.set_bound(self.low_water())
-        room = max(self._batch_size, scheduler.max_buffered - len(scheduler.inflight))
+        room = max(self._batch_size, scheduler.marks.cap - len(scheduler.inflight))
         self._limit = room if full else self._batch_size
         return ReadResult(full, self._watching(), hits)
 

@@ -78,7 +78,6 @@ class Scheduler:
     ) -> None:
         self.workers = max(1, workers)
         self.max_group = max_group
-        self.max_buffered = max_buffered
         self.clock = clock
         self._on_ready = on_ready
         self._on_retry = on_retry
