@@ -65,6 +65,7 @@ COLUMNS = (
     "causation_id",
     "traceparent",
     "payload",
+    "checked_against",
 )
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
@@ -106,7 +107,8 @@ class Workload:
         return person, payload
 
     def raw_row(self) -> tuple[Any, ...]:
-        """What a hand-written outbox insert sends: same ids, same JSON, no checks."""
+        """What a hand-written outbox insert sends: same ids, same JSON, no checks (and so
+        no digest of a schema checked against: NULL)."""
         subject, payload = self.payload()
         return (
             _id("evt"),
@@ -121,6 +123,7 @@ class Workload:
             None,
             None,
             _dumps(payload),
+            None,
         )
 
     def specs(self) -> list[EventSpec]:

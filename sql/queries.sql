@@ -44,18 +44,20 @@ SELECT EXISTS (
 -- name: insert_event
 INSERT INTO {{schema}}.dispatcher_event (
     event_id, event_type, schema_version, tenant_id, producer, subject, actor,
-    occurred_at, correlation_id, causation_id, traceparent, payload, xid, position
-) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, '0', 0)
+    occurred_at, correlation_id, causation_id, traceparent, payload, checked_against,
+    xid, position
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, '0', 0)
 
 -- name: insert_events
 INSERT INTO {{schema}}.dispatcher_event (
     event_id, event_type, schema_version, tenant_id, producer, subject, actor,
-    occurred_at, correlation_id, causation_id, traceparent, payload, xid, position
+    occurred_at, correlation_id, causation_id, traceparent, payload, checked_against,
+    xid, position
 )
 SELECT e.*, '0'::xid8, 0
 FROM unnest(
     $1::text[], $2::text[], $3::integer[], $4::text[], $5::text[], $6::text[], $7::text[],
-    $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::jsonb[]
+    $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::jsonb[], $13::bigint[]
 ) AS e
 
 -- name: inbox_insert_event
@@ -565,7 +567,8 @@ SET LOCAL plan_cache_mode = force_generic_plan
 -- position) order over all its types: kind 0, rows of watched ids; then, only when kind 0
 -- was not full, kind 1, rows above the frontier. Kind 2: rows pulled forward for
 -- out_of_order candidates (ADR 0002). Kind 3, last: the statement's own snapshot, which
--- says exactly which ids it could not see. `handled`: consumer $9 has an outcome for it;
+-- says exactly which ids it could not see. `checked_against`: see migration 0006 (ADR
+-- 0007). `handled`: consumer $9 has an outcome for it;
 -- `attempts`: its failed attempts so far; occurred_at as microseconds (as consumer_fetch).
 -- Floors ($10 xid, $11 position; empty arrays: none): a catch-up stream's partitions'
 -- own stored cursors, element (stream - 1) * 256 + partition + 1 (NULL: none); rows at
@@ -592,7 +595,7 @@ watched AS MATERIALIZED (
             SELECT e.position, e.xid, e.event_id, e.event_type, e.schema_version,
                    e.tenant_id, e.producer, e.subject, e.actor, e.occurred_at,
                    e.correlation_id, e.causation_id, e.traceparent, e.payload,
-                   e.out_of_order,
+                   e.checked_against, e.out_of_order,
                    coalesce(e.partition, {{schema}}.dispatcher_partition(e.subject))
                        AS partition
             FROM {{schema}}.dispatcher_event e
@@ -630,7 +633,7 @@ ranged AS MATERIALIZED (
             SELECT e.position, e.xid, e.event_id, e.event_type, e.schema_version,
                    e.tenant_id, e.producer, e.subject, e.actor, e.occurred_at,
                    e.correlation_id, e.causation_id, e.traceparent, e.payload,
-                   e.out_of_order,
+                   e.checked_against, e.out_of_order,
                    coalesce(e.partition, {{schema}}.dispatcher_partition(e.subject))
                        AS partition
             FROM {{schema}}.dispatcher_event e
@@ -662,7 +665,7 @@ pulled AS (
     CROSS JOIN LATERAL (
         SELECT p.position, p.xid, p.event_id, p.event_type, p.schema_version, p.tenant_id,
                p.producer, p.subject, p.actor, p.occurred_at, p.correlation_id,
-               p.causation_id, p.traceparent, p.payload, p.out_of_order,
+               p.causation_id, p.traceparent, p.payload, p.checked_against, p.out_of_order,
                coalesce(p.partition, {{schema}}.dispatcher_partition(p.subject)) AS partition
         FROM {{schema}}.dispatcher_event p
         WHERE p.subject = c.subject AND p.xid > c.xid AND p.position < c.position
@@ -676,7 +679,7 @@ SELECT r.kind, r.stream, r.position, r.xid::text::bigint AS xid, r.event_id, r.e
        CASE WHEN isfinite(r.occurred_at)
             THEN (extract(epoch FROM r.occurred_at) * 1000000)::bigint END AS occurred_us,
        r.correlation_id, r.causation_id, r.traceparent, r.payload::text AS payload,
-       r.partition,
+       r.checked_against, r.partition,
        -- Probes by primary key, one per row read: the cost follows the batch, never the
        -- size of the consumer's markers (a join may hash or loop over all of them, and so
        -- may an EXISTS: planned while the markers looked few, as after a TRUNCATE or for a
@@ -690,7 +693,7 @@ SELECT r.kind, r.stream, r.position, r.xid::text::bigint AS xid, r.event_id, r.e
 FROM (SELECT * FROM candidates UNION ALL SELECT * FROM pulled) r
 UNION ALL
 SELECT 3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       NULL, NULL, NULL, NULL, NULL,
+       NULL, NULL, NULL, NULL, NULL, NULL,
        pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint,
        ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(s) AS x ORDER BY 1)
 FROM horizon

@@ -53,7 +53,14 @@ _BEFORE_OCCURRED = PLAIN_FIELDS[:7]
 _AFTER_OCCURRED = PLAIN_FIELDS[7:]
 #: The event table's columns that :func:`publish_parameters` fills, in its order (what
 #: publish_many's COPY names; the insert trigger sets xid, position and partition).
-PUBLISH_COLUMNS = (*_BEFORE_OCCURRED, "occurred_at", *_AFTER_OCCURRED, "payload")
+#: ``checked_against``: the digest of the schema the payload was checked against.
+PUBLISH_COLUMNS = (
+    *_BEFORE_OCCURRED,
+    "occurred_at",
+    *_AFTER_OCCURRED,
+    "payload",
+    "checked_against",
+)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EVENT_FIELDS = frozenset(Event.model_fields)
 _ENVELOPE_FIELDS = tuple(Envelope.model_fields)
@@ -92,9 +99,12 @@ class UndecodableEventError(ValueError):
     """A stored event holds a value Python cannot represent (a dead letter, not a crash)."""
 
 
-def publish_parameters(envelope: Envelope, encoded_payload: str) -> tuple[Any, ...]:
-    """The insert queries' parameters for ``envelope`` (payload already encoded)."""
-    return (*_PUBLISHED_VALUES(envelope.__dict__), encoded_payload)
+def publish_parameters(
+    envelope: Envelope, encoded_payload: str, checked_against: int
+) -> tuple[Any, ...]:
+    """The insert queries' parameters for ``envelope`` (payload already encoded), whose
+    payload was checked against the schema whose digest is ``checked_against``."""
+    return (*_PUBLISHED_VALUES(envelope.__dict__), encoded_payload, checked_against)
 
 
 def trusted_envelope(values: dict[str, Any]) -> Envelope | None:

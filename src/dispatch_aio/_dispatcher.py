@@ -71,6 +71,8 @@ class EventSpec(_EventSpecRequired, total=False):
 
 # The name the inbox imports: one definition of what jsonb refuses.
 _has_nul = has_nul
+#: Where the encoded payload sits in an insert row (publish_parameters).
+_PAYLOAD = PUBLISH_COLUMNS.index("payload")
 
 
 class Dispatcher:
@@ -172,7 +174,7 @@ class Dispatcher:
             occurred_at,
             traceparent,
         )
-        return envelope, row[-1]
+        return envelope, row[_PAYLOAD]
 
     # -- publishing ----------------------------------------------------------------
 

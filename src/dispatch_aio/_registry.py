@@ -23,6 +23,7 @@ import copy
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Final, cast
 
 import fastjsonschema
@@ -31,7 +32,7 @@ from pydantic import BaseModel
 from ._contracts.entries import EventTypeEntry, Status, VersionEntry
 from ._contracts.loading import ENVELOPE_SCHEMA_PATH, REGISTRY_FILENAME, load_contracts
 from ._contracts.models import Mismatch, compare_model_to_schema
-from ._contracts.schema_rules import Validator, compile_schema, describe
+from ._contracts.schema_rules import Validator, compile_schema, describe, schema_digest
 from ._errors import (
     ContractError,
     InvalidEnvelopeError,
@@ -85,6 +86,7 @@ class Registry:
     """
 
     __slots__ = (
+        "_digests",
         "_entries",
         "_envelope_schema",
         "_envelope_validator",
@@ -108,6 +110,7 @@ class Registry:
         self._root = root
         self._entries = entries
         self._schemas = schemas
+        self._digests = {key: schema_digest(schema) for key, schema in schemas.items()}
         self._validators = validators
         self._envelope_validator = envelope_validator
         self._envelope_schema = copy.deepcopy(envelope_schema or {})
@@ -208,6 +211,23 @@ class Registry:
         Raises UnknownEventTypeError for a type the registry does not know.
         """
         return {event_type: self.compare_model(event_type, m) for event_type, m in models.items()}
+
+    def payload_digest(self, event_type: str, version: int) -> int:
+        """The digest of the payload schema of ``event_type`` at ``version``.
+
+        What publish stores with each payload it checked (``checked_against``): another
+        registry whose schema has the same digest accepts every payload this one does.
+        Raises UnknownEventTypeError or UnknownSchemaVersionError.
+        """
+        digest = self._digests.get((event_type, version)) if _is_key(event_type, version) else None
+        if digest is None:
+            raise self._lookup_error(event_type, version)
+        return digest
+
+    @property
+    def payload_digests(self) -> Mapping[tuple[str, int], int]:
+        """:meth:`payload_digest` of every (event type, version), read-only."""
+        return MappingProxyType(self._digests)
 
     # -- validation --------------------------------------------------------------------
 

@@ -422,6 +422,9 @@ BUGGY_MODULE = textwrap.dedent(
         def validate_payload(self, *args, **kwargs):
             raise KeyError("a bug in validation")
 
+        # No digest of its own: it checks every payload (ADR 0007), and so meets its bug.
+        payload_digests = {}
+
     def make(pool):
         consumer = Consumer(pool, name="buggy", poll_interval=0.1, registry=BrokenRegistry())
 

@@ -64,6 +64,7 @@ PAGES = [
     "adr/0004-notify-coalescing.md",
     "adr/0005-failure-classes.md",
     "adr/0006-partitioned-reads-above-the-horizon.md",
+    "adr/0007-payloads-checked-once.md",
 ]
 #: Fragments are the exception: each one is code that cannot run in a test.
 MAX_FRAGMENTS = 4

@@ -67,7 +67,7 @@ def test_a_trusted_envelope_equals_a_validated_one(optional: dict[str, Any]) -> 
     assert trusted.model_dump() == validated.model_dump()
     assert trusted.model_dump(exclude_unset=True) == validated.model_dump(exclude_unset=True)
     assert repr(trusted) == repr(validated)
-    assert publish_parameters(trusted, "{}") == publish_parameters(validated, "{}")
+    assert publish_parameters(trusted, "{}", 7) == publish_parameters(validated, "{}", 7)
     with pytest.raises(ValueError, match="frozen"):
         trusted.subject = "per_2"  # type: ignore[misc]
 

@@ -10,6 +10,7 @@ import pytest
 from dispatch_aio import Envelope
 from dispatch_aio._codec import (
     PLAIN_FIELDS,
+    PUBLISH_COLUMNS,
     dead_letter_envelope,
     event_from_row,
     publish_parameters,
@@ -45,7 +46,7 @@ def stored(env: Envelope) -> dict[str, object]:
 
 def test_publish_parameters_follow_the_insert_column_order() -> None:
     env = envelope()
-    params = publish_parameters(env, '{"a":1}')
+    params = publish_parameters(env, '{"a":1}', -42)
     assert params == (
         "evt_1",
         "credit.locked",
@@ -59,7 +60,9 @@ def test_publish_parameters_follow_the_insert_column_order() -> None:
         "evt_0",
         None,
         '{"a":1}',
+        -42,
     )
+    assert len(params) == len(PUBLISH_COLUMNS)
 
 
 def test_a_row_becomes_the_event_that_was_published() -> None:
@@ -156,6 +159,27 @@ def test_the_decoder_refuses_a_row_with_one_of_its_decode_errors(
     row = {**registry_row(None), **change}
     with pytest.raises(DECODE_ERRORS, match=error):
         EventDecoder(Registry.load(), {})(row)
+
+
+def test_the_decoder_checks_a_payload_unless_publish_checked_it_against_our_schema() -> None:
+    from dispatch_aio import Registry
+    from dispatch_aio._consume._codec import DECODE_ERRORS, EventDecoder
+
+    registry = Registry.load()
+    decode = EventDecoder(registry, {})
+    ours = registry.payload_digest("credit.locked", registry.current_version("credit.locked"))
+    # A payload its schema refuses: whether it passes says whether it was checked.
+    row = registry_row({"not": "a credit.locked payload"})
+    for unchecked in (None, ours + 1, registry.payload_digest("credit.released", 1)):
+        with pytest.raises(DECODE_ERRORS, match="payload"):
+            decode({**row, "checked_against": unchecked})
+    with pytest.raises(DECODE_ERRORS, match="payload"):
+        decode(row)  # a row read without the column (a replay's)
+    event = decode({**row, "checked_against": ours})
+    assert event.payload == {"not": "a credit.locked payload"}
+    # A type the registry does not know is refused whatever the row says.
+    with pytest.raises(DECODE_ERRORS, match=r"credit\.nope"):
+        decode({**row, "event_type": "credit.nope", "checked_against": None})
 
 
 def test_the_decoder_parses_a_typed_handlers_model_and_refuses_what_it_refuses() -> None:

@@ -174,6 +174,7 @@ def test_example_payload_without_examples(contracts: Path) -> None:
         lambda r: r.example_payload("credit.nope"),
         lambda r: r.payload_schema("credit.nope", 1),
         lambda r: r.validate_payload("credit.nope", 1, {}),
+        lambda r: r.payload_digest("credit.nope", 1),
     ],
 )
 def test_unknown_event_type(registry: Registry, call: Any) -> None:
@@ -188,6 +189,7 @@ def test_unknown_event_type(registry: Registry, call: Any) -> None:
         lambda r: r.example_payload("credit.released", 3),
         lambda r: r.payload_schema("credit.released", 0),
         lambda r: r.validate_payload("credit.released", 3, {}),
+        lambda r: r.payload_digest("credit.released", 3),
     ],
 )
 def test_unknown_schema_version(registry: Registry, call: Any) -> None:
@@ -657,3 +659,55 @@ def test_missing_envelope_and_directory(contracts: Path, tmp_path: Path) -> None
     (contracts / "event-envelope/schema/envelope-v1.json").unlink()
     assert any("envelope-v1.json: file not found" in p for p in problems_of(contracts))
     assert "does not exist" in problems_of(tmp_path / "missing")[0]
+
+
+# --------------------------------------------------------------------------- digests
+
+
+def test_every_schema_has_a_digest_of_its_own(registry: Registry) -> None:
+    digests = registry.payload_digests
+    keys = {(t, v) for t in registry.event_types() for v in registry.versions(t)}
+    assert set(digests) == keys
+    assert len(set(digests.values())) == len(keys)  # 24 schemas, 24 digests
+    assert all(-(2**63) <= d < 2**63 for d in digests.values())  # a PostgreSQL bigint
+    assert registry.payload_digest("credit.locked", 1) == digests["credit.locked", 1]
+    with pytest.raises(TypeError):
+        digests["credit.locked", 1] = 0  # type: ignore[index]
+
+
+def test_a_digest_follows_the_schema_and_not_where_it_was_loaded_from(
+    registry: Registry, contracts: Path
+) -> None:
+    # Same schemas elsewhere, their keys written in another order: the same digests.
+    edit_schema(contracts, LOCKED, lambda s: s.update(dict(reversed(list(s.items())))))
+    assert Registry.load(contracts).payload_digests == registry.payload_digests
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda s: s["properties"]["locked_credits"].update(maximum=100),
+        lambda s: s["required"].remove("locked_at"),
+        lambda s: s.update(description="reworded"),
+    ],
+)
+def test_any_change_to_a_schema_changes_its_digest_alone(
+    registry: Registry, contracts: Path, change: Any
+) -> None:
+    edit_schema(contracts, LOCKED, change)
+    changed = Registry.load(contracts).payload_digests
+    assert changed["credit.locked", 1] != registry.payload_digests["credit.locked", 1]
+    others = {k: v for k, v in changed.items() if k != ("credit.locked", 1)}
+    assert others == {k: v for k, v in registry.payload_digests.items() if k in others}
+
+
+def test_the_rules_of_the_check_are_part_of_the_digest(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dispatch_aio._contracts import schema_rules
+
+    schema = {"type": "object", "properties": {"a": {"type": "string", "format": "date-time"}}}
+    before = schema_rules.schema_digest(schema)
+    monkeypatch.setattr(schema_rules, "CHECK_RULES", schema_rules.CHECK_RULES + 1)
+    assert schema_rules.schema_digest(schema) != before
+    monkeypatch.undo()
+    monkeypatch.setattr(fastjsonschema, "VERSION", "0.0.0")
+    assert schema_rules.schema_digest(schema) != before

@@ -101,6 +101,7 @@ def _quick_builder(
     versions = builder.current_versions
     registry = builder.registry
     validate_payload = registry.validate_payload
+    digests = registry.payload_digests
     subject_ok, actor_ok = fields["subject"], fields["actor"]
     correlation_ok, causation_ok = fields["correlation_id"], fields["causation_id"]
     encode = builder.encode_payload
@@ -181,6 +182,6 @@ def _quick_builder(
             },
             set(fields_sets[no_correlation, no_causation]),
         )
-        return envelope, publish_parameters(envelope, encoded)
+        return envelope, publish_parameters(envelope, encoded, digests[event_type, version])
 
     return quick

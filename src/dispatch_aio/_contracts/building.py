@@ -244,7 +244,8 @@ class EnvelopeBuilder:
                 envelope = Envelope.model_validate(given)
             except ValidationError as exc:
                 raise InvalidEnvelopeError(event_type, version, "$", str(exc)) from None
-        return envelope, publish_parameters(envelope, encoded)
+        digest = registry.payload_digest(event_type, version)
+        return envelope, publish_parameters(envelope, encoded, digest)
 
     def encode_payload(self, event_type: str, version: int, payload: dict[str, Any]) -> str:
         try:

@@ -8,6 +8,7 @@ to compile validators and to name the JSON path of a failure.
 from __future__ import annotations
 
 import calendar
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -17,11 +18,13 @@ import fastjsonschema
 
 __all__ = [
     "CHECKED_FORMATS",
+    "CHECK_RULES",
     "FORMATS",
     "Validator",
     "compile_schema",
     "describe",
     "is_rfc3339_datetime",
+    "schema_digest",
     "schema_problems",
 ]
 
@@ -96,6 +99,28 @@ CHECKED_FORMATS: Final = frozenset(
         "uuid",
     }
 )
+
+
+#: The version of the rules a payload check follows here: raised whenever what the check
+#: accepts changes (a format function, the fast path, how a schema is compiled). Part of
+#: every :func:`schema_digest`, so an event checked under other rules is checked again.
+CHECK_RULES: Final = 1
+
+
+def schema_digest(schema: Mapping[str, Any]) -> int:
+    """A signed 64-bit digest of ``schema`` and of the rules it is checked by.
+
+    Two schemas share a digest only if they are the same JSON (keys in any order) and
+    are checked by the same rules (:data:`CHECK_RULES`, fastjsonschema's version): a
+    payload one accepts, the other accepts too. Publish stores it with each payload it
+    checked (``checked_against``); a consumer with the same digest need not check again
+    (docs/adr/0007-payloads-checked-once.md).
+    """
+    text = json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    digest = hashlib.blake2b(digest_size=8, person=b"dispatch-aio")
+    digest.update(f"{CHECK_RULES}:{fastjsonschema.VERSION}:".encode())
+    digest.update(text.encode("utf-8", "surrogatepass"))
+    return int.from_bytes(digest.digest(), "big", signed=True)
 
 
 def compile_schema(schema: Mapping[str, Any]) -> Validator:
