@@ -65,11 +65,13 @@ FROM unnest(
 -- tenant, occurred_at, traceparent); a redelivery meets the event_id key and writes
 -- nothing. The insert trigger still sets xid and position, and notifies, as for publish.
 -- $12 is the request's whole (validated) body: the payload is stored as it was signed,
--- taken out here rather than encoded again in Python.
+-- taken out here rather than encoded again in Python. $13: the digest of the schema the
+-- payload was checked against (ADR 0007).
 INSERT INTO {{schema}}.dispatcher_event (
     event_id, event_type, schema_version, tenant_id, producer, subject, actor,
-    occurred_at, correlation_id, causation_id, traceparent, payload, xid, position
-) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb -> 'payload', '0', 0)
+    occurred_at, correlation_id, causation_id, traceparent, payload, checked_against,
+    xid, position
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb -> 'payload', $13, '0', 0)
 ON CONFLICT ON CONSTRAINT dispatcher_event_event_id_key DO NOTHING
 RETURNING position
 
@@ -78,20 +80,21 @@ RETURNING position
 -- WAL flush and one notification for all). Rows go in by the subject's advisory-lock
 -- key, so two such statements never wait on each other's locks in opposite orders; a
 -- redelivered event_id writes nothing, and only the event_ids written come back. $12
--- holds the requests' whole bodies, as in inbox_insert_event.
+-- holds the requests' whole bodies and $13 their digests, as in inbox_insert_event.
 INSERT INTO {{schema}}.dispatcher_event (
     event_id, event_type, schema_version, tenant_id, producer, subject, actor,
-    occurred_at, correlation_id, causation_id, traceparent, payload, xid, position
+    occurred_at, correlation_id, causation_id, traceparent, payload, checked_against,
+    xid, position
 )
 SELECT e.event_id, e.event_type, e.schema_version, e.tenant_id, e.producer, e.subject,
        e.actor, e.occurred_at, e.correlation_id, e.causation_id, e.traceparent,
-       e.body -> 'payload', '0'::xid8, 0
+       e.body -> 'payload', e.checked_against, '0'::xid8, 0
 FROM unnest(
     $1::text[], $2::text[], $3::integer[], $4::text[], $5::text[], $6::text[], $7::text[],
-    $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::jsonb[]
+    $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::jsonb[], $13::bigint[]
 ) WITH ORDINALITY AS e(
     event_id, event_type, schema_version, tenant_id, producer, subject, actor,
-    occurred_at, correlation_id, causation_id, traceparent, body, ord
+    occurred_at, correlation_id, causation_id, traceparent, body, checked_against, ord
 )
 ORDER BY hashtext(e.subject), e.ord
 ON CONFLICT ON CONSTRAINT dispatcher_event_event_id_key DO NOTHING

@@ -65,6 +65,8 @@ async def test_an_event_is_inserted_with_its_original_identity(
     assert json.loads(row["payload"]) == sent.payload
     assert row["position"] > 0
     assert int(row["xid"]) > 0  # set by the trigger, as for a local publish
+    # Checked here against our own schema: consumers need not check it again (ADR 0007).
+    assert row["checked_against"] == REGISTRY.payload_digest(sent.event_type, sent.schema_version)
 
 
 async def test_a_redelivered_event_answers_200_and_writes_no_second_row(

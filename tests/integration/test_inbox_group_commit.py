@@ -50,6 +50,10 @@ async def test_requests_arriving_together_share_one_commit(dispatch_pool: asyncp
     assert sorted(r["event_id"] for r in rows) == sorted(e.event_id for e in sent)
     # Queued while the first flush had not started: all in one transaction.
     assert len({r["xid"] for r in rows}) == 1
+    # Each with the digest of the schema the inbox checked it against (ADR 0007).
+    assert {r["checked_against"] for r in rows} == {
+        REGISTRY.payload_digest(e.event_type, e.schema_version) for e in sent
+    }
 
 
 async def test_a_redelivery_in_the_same_batch_writes_one_row(

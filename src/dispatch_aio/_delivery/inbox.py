@@ -261,6 +261,7 @@ class Inbox:
             # The payload goes in as the body holds it: PostgreSQL takes it out of the
             # (validated) envelope, with no second encoding here.
             text,
+            registry.payload_digest(event_type, version),
         )
 
     async def _store(self, row: InboxRow) -> InboxResponse:

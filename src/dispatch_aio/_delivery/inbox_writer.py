@@ -36,9 +36,10 @@ __all__ = ["InboxRow", "InboxWriter"]
 
 #: (event_id, event_type, schema_version, tenant_id, producer, subject, actor,
 #: occurred_at, correlation_id, causation_id, traceparent, the request's body: the
-#: validated envelope as JSON text, whose payload PostgreSQL stores as sent)
+#: validated envelope as JSON text, whose payload PostgreSQL stores as sent; the digest
+#: of the schema that payload was checked against, ADR 0007)
 InboxRow = tuple[
-    str, str, int, str, str, str, str, datetime, str | None, str | None, str | None, str
+    str, str, int, str, str, str, str, datetime, str | None, str | None, str | None, str, int
 ]
 
 _MAX_ROWS = 256
