@@ -147,7 +147,7 @@ class EventDecoder:
 
     def __init__(self, registry: Registry, payload_models: Mapping[str, PayloadModel]) -> None:
         self._registry = registry
-        self._digests = registry.payload_digests
+        self._digests = dict(registry.payload_digests)  # a dict's get: once per event
         self._models = dict(payload_models)
 
     def __call__(self, row: Any, attempt: int = 1) -> Event | StoredEvent:

@@ -307,13 +307,15 @@ class Fetcher:
     def _make_item(self, row: Any) -> Item:
         # Not decoded here: the group runner builds the Event right before its handler
         # runs (see EventDecoder), and dead-letters the row then if it cannot.
+        # Positional (position, xid, event_id, event_type, subject, row, attempts,
+        # partition): once per row read, at half the cost of keywords.
         return Item(
-            position=row["position"],
-            xid=row["xid"],
-            event_id=row["event_id"],
-            event_type=row["event_type"],
-            subject=row["subject"],
-            row=row,
-            attempts=row["attempts"] or 0,
-            partition=row.get("partition", -1),
+            row["position"],
+            row["xid"],
+            row["event_id"],
+            row["event_type"],
+            row["subject"],
+            row,
+            row["attempts"] or 0,
+            row.get("partition", -1),
         )

@@ -49,10 +49,14 @@ class Item:
     subject: str
     #: The row as read (released once the event is done: memory stays bounded).
     row: Any
-    #: The decoded event handed to the handler; None when the row could not be decoded.
-    event: Any = None
+    # The fields the fetcher fills come first: it builds one item per row read, and a
+    # call with positional arguments only costs half one with keywords.
     #: Attempts so far (failures recorded earlier included).
     attempts: int = 0
+    #: Its subject's partition (ADR 0006); -1 for a replay (not fenced).
+    partition: int = -1
+    #: The decoded event handed to the handler; None when the row could not be decoded.
+    event: Any = None
     #: Set when the next group must dead-letter the event instead of handling it.
     dead_letter: Any = None
     #: A handler without a connection succeeded; only its marker is left to commit.
@@ -64,8 +68,6 @@ class Item:
     #: Its group's commit was under way when the connection failed: it may have committed.
     in_doubt: bool = False
     done: bool = False
-    #: Its subject's partition (ADR 0006); -1 for a replay (not fenced).
-    partition: int = -1
 
 
 @dataclass(slots=True, eq=False)
