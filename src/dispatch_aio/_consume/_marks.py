@@ -39,8 +39,7 @@ class TypeMarks:
         outcome; one read serves every type (ADR 0006), so reading pauses for all of
         them: that bounds the memory, whatever waits behind the head.
         """
-        cap = self.cap
-        return any(len(c.pending) >= cap for c in self.cursors.values())
+        return self.held() >= self.cap
 
     def held(self) -> int:
         """The most events one type holds (finished ones behind an unfinished head too)."""
