@@ -13,7 +13,7 @@ from dispatch_aio import Dispatcher
 from dispatch_aio._consume.horizon import Key, Stream
 from dispatch_aio._consume.streams_store import StreamsStore, partition_mask
 
-from .helpers import eventually, locked_payload, uid
+from .helpers import eventually, example, locked_payload, uid
 
 pytestmark = pytest.mark.anyio
 
@@ -334,3 +334,81 @@ async def test_concurrent_transactions_lose_double_and_reorder_nothing(
     for subject in subjects:
         in_order = [r["event_id"] for r in rows if r["subject"] == subject]
         assert [e for s, e in handled if s == subject] == in_order  # 0 reordered
+
+
+async def test_the_read_of_one_plain_stream_answers_as_the_general_read_does(
+    dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
+) -> None:
+    """consumer_fetch_range is consumer_fetch_streams for one stream with nothing watched
+    and no floors: over two types, partition masks, batch limits that cut through a
+    subject, rows pulled forward for an early transaction's events, rows with a marker
+    and rows with failed attempts, both give the same rows, kinds and snapshot."""
+    types = ["credit.locked", "credit.reserved"]
+    subjects = [uid("per") for _ in range(6)]
+    async with dispatch_pool.acquire() as conn, dispatch_pool.acquire() as early:
+        tx = early.transaction()
+        await tx.start()
+        await early.fetchval("SELECT pg_current_xact_id()")
+        for i, subject in enumerate(subjects * 3):
+            event_type = types[i % 2]
+            await dispatcher.publish_many(
+                [
+                    {
+                        "event_type": event_type,
+                        "payload": locked_payload() if i % 2 == 0 else example(event_type),
+                        "subject": subject,
+                        "actor": "system:tests",
+                    }
+                ]
+            )
+        # Committed after the others with a smaller id: out of order, so a read of them
+        # pulls the later-id events of their subjects forward.
+        await publish(dispatcher, 2, conn=early, subject=subjects[0])
+        await publish(dispatcher, 1, conn=early, subject=subjects[3])
+        await tx.commit()
+        rows = await conn.fetch(
+            "SELECT event_id, xid::text::bigint AS xid, position, out_of_order"
+            " FROM dispatcher_event ORDER BY xid, position"
+        )
+        assert sum(r["out_of_order"] for r in rows) == 3
+        await conn.execute(
+            "INSERT INTO dispatcher_dedup (consumer, event_id, outcome)"
+            " VALUES ('coaching', $1, 'handled'), ('coaching', $2, 'dead_lettered')",
+            rows[1]["event_id"],
+            rows[7]["event_id"],
+        )
+        await conn.execute(
+            "INSERT INTO dispatcher_attempt (consumer, event_id, attempts, last_error)"
+            " VALUES ('coaching', $1, 2, 'boom')",
+            rows[4]["event_id"],
+        )
+        store = StreamsStore("public", "coaching", types)
+        q = store.q
+        partitions = {
+            r["partition"]
+            for r in await conn.fetch(
+                "SELECT dispatcher_partition(subject) AS partition FROM dispatcher_event"
+            )
+        }
+        masks = [None, partition_mask(set(sorted(partitions)[::2])), partition_mask(set())]
+        frontiers = [(0, 0), (rows[5]["xid"], rows[5]["position"])]
+        compared = pulled = 0
+        for mask in masks:
+            for frontier in frontiers:
+                for limit in (1, 2, 5, 100):
+                    general = await conn.fetch(
+                        q.consumer_fetch_streams, types, [frontier[0]], [frontier[1]], [mask],
+                        [], [], [], limit, "coaching", [], [],
+                    )  # fmt: skip
+                    plain = await conn.fetch(
+                        q.consumer_fetch_range, types, frontier[0], frontier[1], mask, limit,
+                        "coaching",
+                    )  # fmt: skip
+                    assert sorted(map(tuple, plain), key=repr) == sorted(
+                        map(tuple, general), key=repr
+                    )
+                    assert list(plain[0].keys()) == list(general[0].keys())
+                    compared += len(general)
+                    pulled += sum(r["kind"] == 2 for r in general)
+        assert pulled > 0
+        assert compared > 3 * len(rows)

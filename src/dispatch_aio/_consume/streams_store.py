@@ -123,20 +123,34 @@ class StreamsStore:
         transaction = _ReadTransaction(conn)
         try:
             await conn.execute(self.q.consumer_fetch_streams_begin)
-            rows = await conn.fetch(
-                self.q.consumer_fetch_streams,
-                self.event_types,
-                [plan.frontier[0] for plan, _ in plans],
-                [plan.frontier[1] for plan, _ in plans],
-                [mask for _, mask in plans],
-                watched_stream,
-                watched_xid,
-                watched_after,
-                limit,
-                self.consumer,
-                floor_xid,
-                floor_position,
-            )
+            if len(plans) == 1 and not watched_stream and not floor_xid:
+                # One stream, nothing watched, no floors: the read of a backlog, and of
+                # a steady trickle whenever no transaction was open below the frontier.
+                ((plan, mask),) = plans
+                rows = await conn.fetch(
+                    self.q.consumer_fetch_range,
+                    self.event_types,
+                    plan.frontier[0],
+                    plan.frontier[1],
+                    mask,
+                    limit,
+                    self.consumer,
+                )
+            else:
+                rows = await conn.fetch(
+                    self.q.consumer_fetch_streams,
+                    self.event_types,
+                    [plan.frontier[0] for plan, _ in plans],
+                    [plan.frontier[1] for plan, _ in plans],
+                    [mask for _, mask in plans],
+                    watched_stream,
+                    watched_xid,
+                    watched_after,
+                    limit,
+                    self.consumer,
+                    floor_xid,
+                    floor_position,
+                )
             await transaction.commit()
         except BaseException:
             # Shielded and bounded: under a cancel scope every later await is cancelled
