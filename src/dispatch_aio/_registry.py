@@ -30,7 +30,12 @@ import fastjsonschema
 from pydantic import BaseModel
 
 from ._contracts.entries import EventTypeEntry, Status, VersionEntry
-from ._contracts.loading import ENVELOPE_SCHEMA_PATH, REGISTRY_FILENAME, load_contracts
+from ._contracts.loading import (
+    ENVELOPE_SCHEMA_PATH,
+    REGISTRY_FILENAME,
+    contracts_fingerprint,
+    load_contracts,
+)
 from ._contracts.models import Mismatch, compare_model_to_schema
 from ._contracts.schema_rules import Validator, compile_schema, describe, schema_digest
 from ._errors import (
@@ -54,6 +59,10 @@ __all__ = [
 
 #: Environment variable naming a contracts directory to use instead of the bundled one.
 CONTRACTS_ENV_VAR: Final = "DISPATCH_AIO_CONTRACTS"
+
+#: Registries loaded lately, by class, directory and fingerprint of its files (see load).
+_LOADED: dict[tuple[type[Registry], str, bytes], Registry] = {}
+_LOADED_LIMIT: Final = 8
 
 
 #: Top-level envelope schema keywords under which each field can be checked on its own.
@@ -128,6 +137,10 @@ class Registry:
         :class:`RegistryError`: registry shape, missing or unparsable files, schemas
         that do not compile, duplicate or missing versions, unknown statuses, examples
         that fail their own schema, and keywords fastjsonschema would ignore.
+
+        Loading a directory whose files are the same, path and content, as in a load
+        before returns that load's registry (a registry is read-only); a change to any
+        file under the directory makes the next load read it again.
         """
         if path is not None:
             root = Path(path)
@@ -135,8 +148,15 @@ class Registry:
             root = Path(env)
         else:
             root = bundled_contracts_dir()
+        # A registry is never changed once loaded, so one loaded from the same files is
+        # handed out again: every Dispatcher and Consumer made without a registry loads
+        # one, and parsing and compiling the bundled contracts takes some 60 ms.
+        fingerprint = contracts_fingerprint(root)
+        key = None if fingerprint is None else (cls, str(root), fingerprint)
+        if key is not None and (cached := _LOADED.get(key)) is not None:
+            return cached
         parts = load_contracts(root)
-        return cls(
+        registry = cls(
             root,
             parts.entries,
             parts.schemas,
@@ -144,6 +164,11 @@ class Registry:
             parts.envelope_validator,
             parts.envelope_schema,
         )
+        if key is not None:
+            while len(_LOADED) >= _LOADED_LIMIT:
+                del _LOADED[next(iter(_LOADED))]
+            _LOADED[key] = registry
+        return registry
 
     # -- lookups ---------------------------------------------------------------------
 

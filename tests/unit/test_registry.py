@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 from types import MappingProxyType
@@ -99,6 +100,41 @@ def test_environment_variable_is_read_at_call_time(
     assert "lead.reached" not in Registry.load()
     monkeypatch.setenv(CONTRACTS_ENV_VAR, "")
     assert "lead.reached" in Registry.load()
+
+
+def test_a_directory_loaded_again_unchanged_gives_the_same_registry(contracts: Path) -> None:
+    first = Registry.load(contracts)
+    assert Registry.load(contracts) is first
+    assert Registry.load(str(contracts)) is first
+
+
+def test_any_change_to_a_file_is_read_on_the_next_load(contracts: Path) -> None:
+    first = Registry.load(contracts)
+    relative = first.entry("credit.locked").versions[-1].payload_schema
+    path = contracts / relative
+    before = path.read_bytes()
+    # Same size, same modification time: only the content tells the change.
+    changed = before.replace(b'"type"', b'"Type"', 1)
+    assert len(changed) == len(before)
+    assert changed != before
+    stat = path.stat()
+    path.write_bytes(changed)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert problems_of(contracts)  # an unknown keyword now: the file was read again
+    path.write_bytes(before)
+    again = Registry.load(contracts)
+    assert again is first  # the same files as the first load
+    (contracts / "notes.txt").write_text("a file loading does not read still counts")
+    assert Registry.load(contracts) is not first
+
+
+def test_a_directory_that_failed_to_load_is_read_again_once_mended(contracts: Path) -> None:
+    registry_file = contracts / "event-types-registry.json"
+    good = registry_file.read_bytes()
+    registry_file.write_text("{")
+    assert problems_of(contracts)
+    registry_file.write_bytes(good)
+    assert "credit.locked" in Registry.load(contracts)
 
 
 def test_explicit_directory_wins_over_environment(
