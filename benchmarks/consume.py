@@ -22,13 +22,14 @@ write transactions. On a small machine the two compete for the same cores, so th
 why one round was slower than another better than the rates can.
 
 Both systems get one database each on one embedded PostgreSQL with fsync on, an
-asyncpg pool of the same size, the standard asyncio event loop, and settled tables
-(VACUUM ANALYZE + CHECKPOINT before measuring). Drains run ``--rounds`` times, the
-order flipped every round; the best round of each counts (all are printed), except
-for (d), whose ratio is the median of the rounds' own. A drain counts from starting
-the consumer to the last event done: for dispatch-aio, its outcome committed; for
-PgQueuer, its handler returned (its status write is buffered and comes later, so this
-favours PgQueuer slightly).
+asyncpg pool of the same size, the standard asyncio event loop, settled tables
+(VACUUM ANALYZE + CHECKPOINT before measuring) and no garbage of earlier drains left
+for the drain to collect (``gc.collect()`` before the timed window). Drains run
+``--rounds`` times, the order flipped every round; the best round of each counts (all
+are printed), except for (d), whose ratio is the median of the rounds' own. A drain
+counts from starting the consumer to the last event done: for dispatch-aio, its outcome
+committed; for PgQueuer, its handler returned (its status write is buffered and comes
+later, so this favours PgQueuer slightly).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import json
 import statistics
 import sys
@@ -199,6 +201,17 @@ class CostMeter:
         return self.cost
 
 
+def collect_garbage() -> None:
+    """Collect what earlier drains and this one's setup left, before the timed window.
+
+    Every system runs in this process, one drain after another: without this, one
+    drain's garbage (a consumer's registry, a read's rows) is collected in the middle of
+    whichever drain comes next, and that drain pays for it. The Python counterpart of
+    settling the tables before each measurement.
+    """
+    gc.collect()
+
+
 # -- dispatch-aio --------------------------------------------------------------------------
 
 
@@ -233,6 +246,7 @@ async def dispatch_drain(
         async def no_op(event: Event) -> None:
             return None
 
+    collect_garbage()
     if meter is not None:
         await meter.start(pool)
     start = time.perf_counter()
@@ -296,6 +310,7 @@ async def raw_drain(
                         await conn.execute(INSERT_PROJECTION, event_id)
                     await conn.execute(RAW_MARKERS, RAW_CONSUMER, group)
 
+    collect_garbage()
     if meter is not None:
         await meter.start(pool)
     start = time.perf_counter()
@@ -354,6 +369,7 @@ async def pgq_drain(
             nonlocal handled
             handled += 1
 
+    collect_garbage()
     if meter is not None:
         await meter.start(pool)
     start = time.perf_counter()
