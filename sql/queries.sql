@@ -688,10 +688,14 @@ SELECT r.kind, r.stream, r.position, r.xid::text::bigint AS xid, r.event_id, r.e
        -- may an EXISTS: planned while the markers looked few, as after a TRUNCATE or for a
        -- new consumer, it became a hashed subplan reading every marker on every read, kept
        -- for the connection's life by the generic plan). A scalar subquery is never hashed.
+       -- Attempts rows exist only for events that failed: the attempts probe runs only
+       -- when the consumer has any (one look per read, not one per row).
        coalesce((SELECT true FROM {{schema}}.dispatcher_dedup d
                  WHERE d.consumer = $9 AND d.event_id = r.event_id), false) AS handled,
-       (SELECT a.attempts FROM {{schema}}.dispatcher_attempt a
-        WHERE a.consumer = $9 AND a.event_id = r.event_id) AS attempts,
+       CASE WHEN (SELECT EXISTS (SELECT 1 FROM {{schema}}.dispatcher_attempt
+                                 WHERE consumer = $9))
+            THEN (SELECT a.attempts FROM {{schema}}.dispatcher_attempt a
+                  WHERE a.consumer = $9 AND a.event_id = r.event_id) END AS attempts,
        NULL::bigint AS snapshot_xmin, NULL::bigint AS snapshot_xmax, NULL::bigint[] AS xip
 FROM (SELECT * FROM candidates UNION ALL SELECT * FROM pulled) r
 UNION ALL
@@ -757,8 +761,10 @@ SELECT r.kind, 1::bigint AS stream, r.position, r.xid::text::bigint AS xid, r.ev
        -- Probes by primary key, as in consumer_fetch_streams (which says why).
        coalesce((SELECT true FROM {{schema}}.dispatcher_dedup d
                  WHERE d.consumer = $6 AND d.event_id = r.event_id), false) AS handled,
-       (SELECT a.attempts FROM {{schema}}.dispatcher_attempt a
-        WHERE a.consumer = $6 AND a.event_id = r.event_id) AS attempts,
+       CASE WHEN (SELECT EXISTS (SELECT 1 FROM {{schema}}.dispatcher_attempt
+                                 WHERE consumer = $6))
+            THEN (SELECT a.attempts FROM {{schema}}.dispatcher_attempt a
+                  WHERE a.consumer = $6 AND a.event_id = r.event_id) END AS attempts,
        NULL::bigint AS snapshot_xmin, NULL::bigint AS snapshot_xmax, NULL::bigint[] AS xip
 FROM (SELECT 1 AS kind, * FROM ranged UNION ALL SELECT 2, * FROM pulled) r
 UNION ALL

@@ -377,13 +377,36 @@ async def test_the_read_of_one_plain_stream_answers_as_the_general_read_does(
             rows[1]["event_id"],
             rows[7]["event_id"],
         )
+        store = StreamsStore("public", "coaching", types)
+        q = store.q
+
+        async def attempts_read() -> list[dict[str, int | None]]:
+            general = await conn.fetch(
+                q.consumer_fetch_streams, types, [0], [0], [None], [], [], [], 100,
+                "coaching", [], [],
+            )  # fmt: skip
+            plain = await conn.fetch(q.consumer_fetch_range, types, 0, 0, None, 100, "coaching")
+            return [
+                {r["event_id"]: r["attempts"] for r in answer if r["kind"] != 3}
+                for answer in (general, plain)
+            ]
+
+        # No attempts rows for this consumer (another consumer's do not count): none read.
+        await conn.execute(
+            "INSERT INTO dispatcher_attempt (consumer, event_id, attempts, last_error)"
+            " VALUES ('someone-else', $1, 5, 'boom')",
+            rows[4]["event_id"],
+        )
+        for answer in await attempts_read():
+            assert len(answer) == len(rows)
+            assert set(answer.values()) == {None}
         await conn.execute(
             "INSERT INTO dispatcher_attempt (consumer, event_id, attempts, last_error)"
             " VALUES ('coaching', $1, 2, 'boom')",
             rows[4]["event_id"],
         )
-        store = StreamsStore("public", "coaching", types)
-        q = store.q
+        for answer in await attempts_read():
+            assert {k: v for k, v in answer.items() if v is not None} == {rows[4]["event_id"]: 2}
         partitions = {
             r["partition"]
             for r in await conn.fetch(
