@@ -128,6 +128,25 @@ def test_any_change_to_a_file_is_read_on_the_next_load(contracts: Path) -> None:
     assert Registry.load(contracts) is not first
 
 
+def test_a_change_behind_a_symbolic_link_is_read_on_the_next_load(
+    contracts: Path, tmp_path: Path
+) -> None:
+    """A contracts directory may link in schemas kept elsewhere (loading follows the
+    link); a change there is a change of the directory. A link back up the tree is
+    walked once."""
+    relative = Registry.load(contracts).entry("credit.locked").versions[-1].payload_schema
+    linked = (contracts / relative).parent
+    outside = tmp_path / "kept-elsewhere"
+    shutil.move(linked, outside)
+    linked.symlink_to(outside, target_is_directory=True)
+    (contracts / "loop").symlink_to(contracts, target_is_directory=True)
+    first = Registry.load(contracts)
+    assert Registry.load(contracts) is first
+    path = outside / Path(relative).name
+    path.write_bytes(path.read_bytes().replace(b'"type"', b'"Type"', 1))
+    assert problems_of(contracts)  # an unknown keyword now: the linked file was read again
+
+
 def test_a_directory_that_failed_to_load_is_read_again_once_mended(contracts: Path) -> None:
     registry_file = contracts / "event-types-registry.json"
     good = registry_file.read_bytes()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,7 +77,7 @@ def contracts_fingerprint(root: Path) -> bytes | None:
     try:
         if not root.is_dir():
             return None
-        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        for path in sorted(_files_under(root)):
             name = path.relative_to(root).as_posix().encode()
             content = path.read_bytes()
             digest.update(len(name).to_bytes(8, "big") + name)
@@ -84,6 +85,22 @@ def contracts_fingerprint(root: Path) -> bytes | None:
     except OSError:
         return None
     return digest.digest()
+
+
+def _files_under(root: Path) -> Iterator[Path]:
+    """Every file under ``root``, through symbolic links (loading follows them too), each
+    directory once: a link back up the tree is not walked again."""
+    seen: set[tuple[int, int]] = set()
+    for directory, subdirectories, files in os.walk(root, followlinks=True):
+        info = os.stat(directory)
+        if (info.st_dev, info.st_ino) in seen:
+            subdirectories.clear()
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        for name in files:
+            path = Path(directory, name)
+            if path.is_file():
+                yield path
 
 
 # --------------------------------------------------------------------------- loading
