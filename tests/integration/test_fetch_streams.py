@@ -18,6 +18,8 @@ from .helpers import eventually, example, locked_payload, uid
 pytestmark = pytest.mark.anyio
 
 TYPES = ["credit.locked"]
+#: What the read sets for its own transaction (consumer_fetch_streams_begin).
+SETTINGS = ("plan_cache_mode", "enable_seqscan")
 
 
 class Reader:
@@ -98,15 +100,15 @@ async def test_delivery_goes_on_while_an_unrelated_write_transaction_stays_open(
         assert reader.stream.low_water() > (open_xid, 0)
 
 
-async def test_the_read_leaves_its_plan_setting_and_no_transaction_behind(
+async def test_the_read_leaves_its_plan_settings_and_no_transaction_behind(
     dispatch_pool: asyncpg.Pool, dispatcher: Dispatcher
 ) -> None:
     published = await publish(dispatcher, 5)
     async with dispatch_pool.acquire() as conn:
-        default = await conn.fetchval("SHOW plan_cache_mode")
+        defaults = [await conn.fetchval(f"SHOW {name}") for name in SETTINGS]
         assert sorted(await Reader().read_all(conn)) == sorted(published)
         assert not conn.is_in_transaction()
-        assert await conn.fetchval("SHOW plan_cache_mode") == default
+        assert [await conn.fetchval(f"SHOW {name}") for name in SETTINGS] == defaults
 
 
 async def test_a_read_cancelled_by_its_scope_leaves_no_transaction_open(
