@@ -1,4 +1,6 @@
 -- Every query dispatch-aio runs, by name. {{schema}} is the quoted schema name.
+-- {{name(arguments)}} is a fragment's text: a text several queries share, written once in
+-- a block that starts `-- fragment:` (the reads' column lists, an event's partition).
 
 -- name: migration_lock
 -- Serialises migrate() across processes until the migrating transaction ends.
@@ -518,7 +520,7 @@ lag AS (
        AND (e.xid, e.position) > (f.last_xid, f.last_position)
     JOIN cursors cu
         ON cu.event_type = e.event_type
-       AND cu.partition = coalesce(e.partition, {{schema}}.dispatcher_partition(e.subject))
+       AND cu.partition = {{partition_of(e)}}
     WHERE (e.xid, e.position) > (cu.last_xid, cu.last_position)
     GROUP BY cu.partition
 )
@@ -540,16 +542,70 @@ ORDER BY g.partition
 SELECT u.partition, count(*)::int AS n
 FROM unnest($1::text[]) AS t(event_type)
 CROSS JOIN LATERAL (
-    SELECT coalesce(e.partition, {{schema}}.dispatcher_partition(e.subject)) AS partition
+    SELECT {{partition_of(e)}} AS partition
     FROM {{schema}}.dispatcher_event e
     WHERE e.event_type = t.event_type
       AND (e.xid, e.position) > ($2::bigint::text::xid8, $3::bigint)
-      AND ($4::bytea IS NULL OR get_bit($4,
-           coalesce(e.partition, {{schema}}.dispatcher_partition(e.subject))) = 1)
+      AND ($4::bytea IS NULL OR get_bit($4, {{partition_of(e)}}) = 1)
     ORDER BY e.xid, e.position
     LIMIT $5
 ) u
 GROUP BY u.partition
+
+-- fragment: partition_of(e)
+-- An event row's partition (ADR 0006): the one stored with it, or its subject's hash for
+-- a row written before the column was.
+coalesce(e.partition, {{schema}}.dispatcher_partition(e.subject))
+
+-- fragment: read_columns(e)
+-- The columns a read takes of an event row, in the order its UNIONs need them.
+e.position, e.xid, e.event_id, e.event_type, e.schema_version, e.tenant_id, e.producer,
+e.subject, e.actor, e.occurred_at, e.correlation_id, e.causation_id, e.traceparent,
+e.payload, e.checked_against, e.out_of_order, {{partition_of(e)}} AS partition
+
+-- fragment: in_stream(e)
+-- Whether the event row belongs to stream s of consumer_fetch_streams: its partition is in
+-- the stream's mask, and above that partition's floor when the read has floors.
+(s.mask IS NULL OR get_bit(s.mask, {{partition_of(e)}}) = 1)
+AND (cardinality($10::bigint[]) = 0 OR NOT coalesce(
+    (e.xid, e.position) <= (
+        ($10::bigint[])[(s.stream - 1) * 256 + {{partition_of(e)}} + 1]::text::xid8,
+        ($11::bigint[])[(s.stream - 1) * 256 + {{partition_of(e)}} + 1]),
+    false))
+
+-- fragment: read_fields(r, $consumer)
+-- What a read returns of each row r, after its kind and stream: as a handler needs it
+-- (occurred_at as microseconds, NULL when infinite; the payload as text), with whether
+-- $consumer has an outcome for it (`handled`) and its failed attempts so far.
+-- Probes by primary key, one per row read: the cost follows the batch, never the size of
+-- the consumer's markers (a join may hash or loop over all of them, and so may an EXISTS:
+-- planned while the markers looked few, as after a TRUNCATE or for a new consumer, it
+-- became a hashed subplan reading every marker on every read, kept for the connection's
+-- life by the generic plan). A scalar subquery is never hashed. Attempts rows exist only
+-- for events that failed: the attempts probe runs only when the consumer has any (one
+-- look per read, not one per row). The snapshot's columns are NULL (see snapshot_row).
+r.position, r.xid::text::bigint AS xid, r.event_id, r.event_type, r.schema_version,
+r.tenant_id, r.producer, r.subject, r.actor,
+CASE WHEN isfinite(r.occurred_at)
+     THEN (extract(epoch FROM r.occurred_at) * 1000000)::bigint END AS occurred_us,
+r.correlation_id, r.causation_id, r.traceparent, r.payload::text AS payload,
+r.checked_against, r.partition,
+coalesce((SELECT true FROM {{schema}}.dispatcher_dedup d
+          WHERE d.consumer = $consumer AND d.event_id = r.event_id), false) AS handled,
+CASE WHEN (SELECT EXISTS (SELECT 1 FROM {{schema}}.dispatcher_attempt
+                          WHERE consumer = $consumer))
+     THEN (SELECT a.attempts FROM {{schema}}.dispatcher_attempt a
+           WHERE a.consumer = $consumer AND a.event_id = r.event_id) END AS attempts,
+NULL::bigint AS snapshot_xmin, NULL::bigint AS snapshot_xmax, NULL::bigint[] AS xip
+
+-- fragment: snapshot_row()
+-- A read's last row (kind 3): the snapshot of CTE `horizon` (which ids it could not see),
+-- its other columns NULL.
+SELECT 3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       NULL, NULL, NULL, NULL, NULL, NULL,
+       pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint,
+       ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(s) AS x ORDER BY 1)
+FROM horizon
 
 -- name: consumer_fetch_streams_begin
 -- Begins the read's own transaction (read only), in the same round trip as the setting
@@ -602,26 +658,13 @@ watched AS MATERIALIZED (
         SELECT e.*
         FROM unnest($1::text[]) AS t(event_type)
         CROSS JOIN LATERAL (
-            SELECT e.position, e.xid, e.event_id, e.event_type, e.schema_version,
-                   e.tenant_id, e.producer, e.subject, e.actor, e.occurred_at,
-                   e.correlation_id, e.causation_id, e.traceparent, e.payload,
-                   e.checked_against, e.out_of_order,
-                   coalesce(e.partition, {{schema}}.dispatcher_partition(e.subject))
-                       AS partition
+            SELECT {{read_columns(e)}}
             FROM {{schema}}.dispatcher_event e
             WHERE e.event_type = t.event_type
               AND e.xid = ANY (ARRAY(SELECT w.xid FROM watch w WHERE w.stream = s.stream))
               AND e.position > (SELECT w.after FROM watch w
                                 WHERE w.stream = s.stream AND w.xid = e.xid)
-              AND (s.mask IS NULL OR get_bit(s.mask,
-                   coalesce(e.partition, {{schema}}.dispatcher_partition(e.subject))) = 1)
-              AND (cardinality($10::bigint[]) = 0 OR NOT coalesce(
-                   (e.xid, e.position) <= (
-                       ($10::bigint[])[(s.stream - 1) * 256 + coalesce(e.partition,
-                           {{schema}}.dispatcher_partition(e.subject)) + 1]::text::xid8,
-                       ($11::bigint[])[(s.stream - 1) * 256 + coalesce(e.partition,
-                           {{schema}}.dispatcher_partition(e.subject)) + 1]),
-                   false))
+              AND {{in_stream(e)}}
             ORDER BY e.xid, e.position
             LIMIT $8
         ) e
@@ -640,24 +683,11 @@ ranged AS MATERIALIZED (
         SELECT e.*
         FROM unnest($1::text[]) AS t(event_type)
         CROSS JOIN LATERAL (
-            SELECT e.position, e.xid, e.event_id, e.event_type, e.schema_version,
-                   e.tenant_id, e.producer, e.subject, e.actor, e.occurred_at,
-                   e.correlation_id, e.causation_id, e.traceparent, e.payload,
-                   e.checked_against, e.out_of_order,
-                   coalesce(e.partition, {{schema}}.dispatcher_partition(e.subject))
-                       AS partition
+            SELECT {{read_columns(e)}}
             FROM {{schema}}.dispatcher_event e
             WHERE e.event_type = t.event_type
               AND (e.xid, e.position) > (s.frontier_xid::text::xid8, s.frontier_position)
-              AND (s.mask IS NULL OR get_bit(s.mask,
-                   coalesce(e.partition, {{schema}}.dispatcher_partition(e.subject))) = 1)
-              AND (cardinality($10::bigint[]) = 0 OR NOT coalesce(
-                   (e.xid, e.position) <= (
-                       ($10::bigint[])[(s.stream - 1) * 256 + coalesce(e.partition,
-                           {{schema}}.dispatcher_partition(e.subject)) + 1]::text::xid8,
-                       ($11::bigint[])[(s.stream - 1) * 256 + coalesce(e.partition,
-                           {{schema}}.dispatcher_partition(e.subject)) + 1]),
-                   false))
+              AND {{in_stream(e)}}
             ORDER BY e.xid, e.position
             LIMIT $8 - coalesce(tk.n, 0)
         ) e
@@ -673,10 +703,7 @@ pulled AS (
     SELECT DISTINCT ON (p.position) c.stream, 2 AS kind, p.*
     FROM (SELECT * FROM candidates WHERE out_of_order) c
     CROSS JOIN LATERAL (
-        SELECT p.position, p.xid, p.event_id, p.event_type, p.schema_version, p.tenant_id,
-               p.producer, p.subject, p.actor, p.occurred_at, p.correlation_id,
-               p.causation_id, p.traceparent, p.payload, p.checked_against, p.out_of_order,
-               coalesce(p.partition, {{schema}}.dispatcher_partition(p.subject)) AS partition
+        SELECT {{read_columns(p)}}
         FROM {{schema}}.dispatcher_event p
         WHERE p.subject = c.subject AND p.xid > c.xid AND p.position < c.position
           AND p.event_type = ANY($1::text[])
@@ -684,33 +711,11 @@ pulled AS (
     WHERE NOT EXISTS (SELECT 1 FROM candidates c2 WHERE c2.position = p.position)
     ORDER BY p.position, c.stream
 )
-SELECT r.kind, r.stream, r.position, r.xid::text::bigint AS xid, r.event_id, r.event_type,
-       r.schema_version, r.tenant_id, r.producer, r.subject, r.actor,
-       CASE WHEN isfinite(r.occurred_at)
-            THEN (extract(epoch FROM r.occurred_at) * 1000000)::bigint END AS occurred_us,
-       r.correlation_id, r.causation_id, r.traceparent, r.payload::text AS payload,
-       r.checked_against, r.partition,
-       -- Probes by primary key, one per row read: the cost follows the batch, never the
-       -- size of the consumer's markers (a join may hash or loop over all of them, and so
-       -- may an EXISTS: planned while the markers looked few, as after a TRUNCATE or for a
-       -- new consumer, it became a hashed subplan reading every marker on every read, kept
-       -- for the connection's life by the generic plan). A scalar subquery is never hashed.
-       -- Attempts rows exist only for events that failed: the attempts probe runs only
-       -- when the consumer has any (one look per read, not one per row).
-       coalesce((SELECT true FROM {{schema}}.dispatcher_dedup d
-                 WHERE d.consumer = $9 AND d.event_id = r.event_id), false) AS handled,
-       CASE WHEN (SELECT EXISTS (SELECT 1 FROM {{schema}}.dispatcher_attempt
-                                 WHERE consumer = $9))
-            THEN (SELECT a.attempts FROM {{schema}}.dispatcher_attempt a
-                  WHERE a.consumer = $9 AND a.event_id = r.event_id) END AS attempts,
-       NULL::bigint AS snapshot_xmin, NULL::bigint AS snapshot_xmax, NULL::bigint[] AS xip
+SELECT r.kind, r.stream,
+       {{read_fields(r, $9)}}
 FROM (SELECT * FROM candidates UNION ALL SELECT * FROM pulled) r
 UNION ALL
-SELECT 3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       NULL, NULL, NULL, NULL, NULL, NULL,
-       pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint,
-       ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(s) AS x ORDER BY 1)
-FROM horizon
+{{snapshot_row()}}
 
 -- name: consumer_fetch_range
 -- consumer_fetch_streams for its most common case, at three quarters of its server time per
@@ -728,16 +733,11 @@ ranged AS (
     SELECT e.*
     FROM unnest($1::text[]) AS t(event_type)
     CROSS JOIN LATERAL (
-        SELECT e.position, e.xid, e.event_id, e.event_type, e.schema_version,
-               e.tenant_id, e.producer, e.subject, e.actor, e.occurred_at,
-               e.correlation_id, e.causation_id, e.traceparent, e.payload,
-               e.checked_against, e.out_of_order,
-               coalesce(e.partition, {{schema}}.dispatcher_partition(e.subject)) AS partition
+        SELECT {{read_columns(e)}}
         FROM {{schema}}.dispatcher_event e
         WHERE e.event_type = t.event_type
           AND (e.xid, e.position) > ($2::bigint::text::xid8, $3::bigint)
-          AND ($4::bytea IS NULL OR get_bit($4::bytea,
-               coalesce(e.partition, {{schema}}.dispatcher_partition(e.subject))) = 1)
+          AND ($4::bytea IS NULL OR get_bit($4::bytea, {{partition_of(e)}}) = 1)
         ORDER BY e.xid, e.position
         LIMIT $5
     ) e
@@ -748,10 +748,7 @@ pulled AS (
     SELECT DISTINCT ON (p.position) p.*
     FROM (SELECT * FROM ranged WHERE out_of_order) c
     CROSS JOIN LATERAL (
-        SELECT p.position, p.xid, p.event_id, p.event_type, p.schema_version, p.tenant_id,
-               p.producer, p.subject, p.actor, p.occurred_at, p.correlation_id,
-               p.causation_id, p.traceparent, p.payload, p.checked_against, p.out_of_order,
-               coalesce(p.partition, {{schema}}.dispatcher_partition(p.subject)) AS partition
+        SELECT {{read_columns(p)}}
         FROM {{schema}}.dispatcher_event p
         WHERE p.subject = c.subject AND p.xid > c.xid AND p.position < c.position
           AND p.event_type = ANY($1::text[])
@@ -759,27 +756,11 @@ pulled AS (
     WHERE NOT EXISTS (SELECT 1 FROM ranged c2 WHERE c2.position = p.position)
     ORDER BY p.position
 )
-SELECT r.kind, 1::bigint AS stream, r.position, r.xid::text::bigint AS xid, r.event_id,
-       r.event_type, r.schema_version, r.tenant_id, r.producer, r.subject, r.actor,
-       CASE WHEN isfinite(r.occurred_at)
-            THEN (extract(epoch FROM r.occurred_at) * 1000000)::bigint END AS occurred_us,
-       r.correlation_id, r.causation_id, r.traceparent, r.payload::text AS payload,
-       r.checked_against, r.partition,
-       -- Probes by primary key, as in consumer_fetch_streams (which says why).
-       coalesce((SELECT true FROM {{schema}}.dispatcher_dedup d
-                 WHERE d.consumer = $6 AND d.event_id = r.event_id), false) AS handled,
-       CASE WHEN (SELECT EXISTS (SELECT 1 FROM {{schema}}.dispatcher_attempt
-                                 WHERE consumer = $6))
-            THEN (SELECT a.attempts FROM {{schema}}.dispatcher_attempt a
-                  WHERE a.consumer = $6 AND a.event_id = r.event_id) END AS attempts,
-       NULL::bigint AS snapshot_xmin, NULL::bigint AS snapshot_xmax, NULL::bigint[] AS xip
+SELECT r.kind, 1::bigint AS stream,
+       {{read_fields(r, $6)}}
 FROM (SELECT 1 AS kind, * FROM ranged UNION ALL SELECT 2, * FROM pulled) r
 UNION ALL
-SELECT 3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       NULL, NULL, NULL, NULL, NULL, NULL,
-       pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint,
-       ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(s) AS x ORDER BY 1)
-FROM horizon
+{{snapshot_row()}}
 
 -- Dead letters
 -- Every dead-letter query takes the tenant as a parameter: NULL reads and writes every
@@ -1041,7 +1022,7 @@ WITH doomed AS (
           -- Partitioned consumers (ADR 0006): the cursor of the event's own partition.
           SELECT 1 FROM {{schema}}.dispatcher_partition_cursor pc
           WHERE pc.event_type = e.event_type
-            AND pc.partition = coalesce(e.partition, {{schema}}.dispatcher_partition(e.subject))
+            AND pc.partition = {{partition_of(e)}}
             AND (pc.last_xid, pc.last_position) < (e.xid, e.position)
       )
       AND NOT EXISTS (

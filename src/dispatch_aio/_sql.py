@@ -2,6 +2,15 @@
 
 Only the storage modules use this. Queries live in ``sql/queries.sql`` as blocks that
 start with ``-- name: <query_name>``; they are read once and rendered once per schema.
+
+A text several queries share (a read's column list, an event's partition) is written
+once, as a block that starts with ``-- fragment: <name>(<parameters>)``, and used as
+``{{<name>(<arguments>)}}``. A parameter is a table alias (``e``: the fragment's ``e.``
+qualifiers take the argument's alias) or a statement parameter (``$consumer``: replaced
+by the argument, ``$9``). Fragments may use fragments; they are expanded when the file
+is read, so a query's text is whole before any schema is rendered into it. A fragment
+holds no comment (expanded inside a line, it would hide the rest of the line): what it
+needs said goes above it, in the comment lines that follow its header.
 """
 
 from __future__ import annotations
@@ -17,16 +26,30 @@ from ._resources import bundled_sql_dir
 __all__ = [
     "Migration",
     "Queries",
+    "SqlFileError",
     "channel_for",
     "lease_channel_for",
     "lock_class_for",
     "migrations",
+    "parse_blocks",
     "queries",
     "replay_channel_for",
 ]
 
-_NAME = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+_HEADER = re.compile(
+    r"^-- (name|fragment): ([a-z_][a-z0-9_]*)(?:\(([^()]*)\))?[ \t]*$", re.MULTILINE
+)
+_CALL = re.compile(r"\{\{([a-z_][a-z0-9_]*)\(([^(){}]*)\)\}\}")
+_ALIAS = re.compile(r"[a-z_][a-z0-9_]*\Z")
+_PARAMETER = re.compile(r"\$[a-z_][a-z0-9_]*\Z")
+_ARGUMENT = re.compile(r"(?:[a-z_][a-z0-9_]*|\$[0-9]+|\$[a-z_][a-z0-9_]*)\Z")
+_MAX_DEPTH = 8
 _MIGRATION_FILE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql\Z")
+
+
+class SqlFileError(ValueError):
+    """``sql/queries.sql`` does not read as named queries and fragments (a packaging or
+    editing mistake: the message names the block)."""
 
 
 def lock_class_for(schema: str) -> int:
@@ -122,11 +145,120 @@ class Queries:
             raise AttributeError(f"no query named {name!r} in sql/queries.sql") from None
 
 
+@dataclass(frozen=True)
+class _Fragment:
+    params: tuple[str, ...]
+    body: str
+
+
+def parse_blocks(text: str) -> dict[str, str]:
+    """The named queries of a queries file's ``text``, their fragments expanded.
+
+    Raises :class:`SqlFileError` for a name given twice, a fragment that is not defined,
+    takes other arguments, holds a comment, uses itself or is used nowhere.
+    """
+    headers = list(_HEADER.finditer(text))
+    queries: dict[str, str] = {}
+    fragments: dict[str, _Fragment] = {}
+    for index, header in enumerate(headers):
+        kind, name, params = header.groups()
+        end = headers[index + 1].start() if index + 1 < len(headers) else len(text)
+        body = text[header.end() : end]
+        if name in queries or name in fragments:
+            raise SqlFileError(f"{name!r} is defined twice")
+        if kind == "name":
+            if params is not None:
+                raise SqlFileError(f"query {name!r} takes no parameters")
+            queries[name] = body.strip()
+            continue
+        fragments[name] = _fragment(name, params or "", body)
+    used: set[str] = set()
+    expanded = {name: _expand(body, fragments, name, 0, used) for name, body in queries.items()}
+    unused = sorted(set(fragments) - used)
+    if unused:
+        raise SqlFileError(f"fragments used by no query: {', '.join(unused)}")
+    return expanded
+
+
+def _fragment(name: str, params: str, body: str) -> _Fragment:
+    names = tuple(p.strip() for p in params.split(",") if p.strip())
+    for param in names:
+        if not (_ALIAS.match(param) or _PARAMETER.match(param)):
+            raise SqlFileError(f"fragment {name!r}: {param!r} is not an alias or a $name")
+    # The comment lines under the header say what the fragment is; they are not its text.
+    lines = body.strip().splitlines()
+    while lines and lines[0].lstrip().startswith("--"):
+        lines.pop(0)
+    text = "\n".join(lines).strip()
+    if not text:
+        raise SqlFileError(f"fragment {name!r} is empty")
+    if "--" in text:
+        raise SqlFileError(f"fragment {name!r} holds a comment: put it above its text")
+    return _Fragment(names, text)
+
+
+def _expand(
+    text: str, fragments: dict[str, _Fragment], where: str, depth: int, used: set[str]
+) -> str:
+    """``text`` with every fragment call replaced by the fragment's text; a fragment's
+    lines after its first are indented to the column its call began at."""
+    if depth > _MAX_DEPTH:
+        raise SqlFileError(f"{where!r}: fragments nested deeper than {_MAX_DEPTH} (a loop?)")
+
+    def call(match: re.Match[str]) -> str:
+        name = match.group(1)
+        fragment = fragments.get(name)
+        if fragment is None:
+            raise SqlFileError(f"{where!r} uses {name!r}, which is not a fragment")
+        args = tuple(a.strip() for a in match.group(2).split(",") if a.strip())
+        if len(args) != len(fragment.params) or not all(_ARGUMENT.match(a) for a in args):
+            raise SqlFileError(
+                f"{where!r} gives {name!r} ({', '.join(args)}); it takes "
+                f"({', '.join(fragment.params)})"
+            )
+        body = _bind(fragment, dict(zip(fragment.params, args, strict=True)))
+        used.add(name)
+        body = _expand(body, fragments, name, depth + 1, used)
+        column = match.start() - (text.rfind("\n", 0, match.start()) + 1)
+        return body.replace("\n", "\n" + " " * column)
+
+    return _CALL.sub(call, text)
+
+
+def _bind(fragment: _Fragment, bound: dict[str, str]) -> str:
+    """The fragment's text with its parameters replaced (in the calls it makes too)."""
+
+    def nested(match: re.Match[str]) -> str:
+        args = (a.strip() for a in match.group(2).split(","))
+        given = ", ".join(bound.get(a, a) for a in args if a)
+        return "{{" + match.group(1) + "(" + given + ")}}"
+
+    body = _CALL.sub(nested, fragment.body)
+    # One pass for all of them: an argument that names another parameter (f(x, e) for
+    # f(e, x)) must not be replaced again.
+    aliases = [re.escape(p) for p in bound if not p.startswith("$")]
+    params = [re.escape(p[1:]) for p in bound if p.startswith("$")]
+    patterns = []
+    if aliases:
+        # A qualifier only: ``e.`` not preceded by a word, a dot or a quote.
+        patterns.append(r"(?<![\w.$\"])(?P<alias>" + "|".join(aliases) + r")\.")
+    if params:
+        patterns.append(r"\$(?P<param>" + "|".join(params) + r")\b")
+    if not patterns:
+        return body
+
+    def bind(match: re.Match[str]) -> str:
+        alias = match.group("alias") if aliases else None
+        if alias is not None:
+            return bound[alias] + "."
+        return bound["$" + match.group("param")]
+
+    return re.sub("|".join(patterns), bind, body)
+
+
 @functools.cache
 def _blocks() -> dict[str, str]:
-    text = (bundled_sql_dir() / "queries.sql").read_text()
-    parts = _NAME.split(text)
-    return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
+    return parse_blocks((bundled_sql_dir() / "queries.sql").read_text())
 
 
 @functools.cache
