@@ -36,8 +36,9 @@ __all__ = [
     "replay_channel_for",
 ]
 
+# A header line may end in "\r": a checkout with Windows line endings reads the same.
 _HEADER = re.compile(
-    r"^-- (name|fragment): ([a-z_][a-z0-9_]*)(?:\(([^()]*)\))?[ \t]*$", re.MULTILINE
+    r"^-- (name|fragment): ([a-z_][a-z0-9_]*)(?:\(([^()]*)\))?[ \t\r]*$", re.MULTILINE
 )
 _CALL = re.compile(r"\{\{([a-z_][a-z0-9_]*)\(([^(){}]*)\)\}\}")
 _ALIAS = re.compile(r"[a-z_][a-z0-9_]*\Z")

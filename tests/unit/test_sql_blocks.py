@@ -43,6 +43,11 @@ def test_fragments_are_expanded_with_their_arguments() -> None:
     assert blocks["second"] == 'SELECT p.tag IS NOT NULL AND "x".y = 1 AND max.x = 2 FROM t p'
 
 
+def test_windows_line_endings_read_the_same() -> None:
+    crlf = parse_blocks(FILE.replace("\n", "\r\n"))
+    assert {name: text.replace("\r", "") for name, text in crlf.items()} == parse_blocks(FILE)
+
+
 def test_arguments_that_name_other_parameters_are_not_replaced_twice() -> None:
     text = """\
 -- name: q
