@@ -249,9 +249,8 @@ def _bind(fragment: _Fragment, bound: dict[str, str]) -> str:
         return body
 
     def bind(match: re.Match[str]) -> str:
-        alias = match.group("alias") if aliases else None
-        if alias is not None:
-            return bound[alias] + "."
+        if match.lastgroup == "alias":
+            return bound[match.group("alias")] + "."
         return bound["$" + match.group("param")]
 
     return re.sub("|".join(patterns), bind, body)
